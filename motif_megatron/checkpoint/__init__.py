@@ -1,0 +1,1 @@
+"""Checkpoints: Megatron dist checkpoints, HF safetensors, and the layout mapping between them."""

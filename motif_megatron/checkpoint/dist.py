@@ -1,0 +1,267 @@
+"""Megatron-Core distributed checkpoints (``torch_dist``): layout on disk, save, load, stream.
+
+A checkpoint root follows Megatron-LM: ``latest_checkpointed_iteration.txt`` names ``release`` or
+an iteration, whose folder (``release/``, ``iter_0000100/``) is a ``dist_checkpointing`` directory.
+Beside them live ``motif_model.json`` (the ``LlamaArgs``) and ``tokenizer/``. Saves go to a
+temporary folder that is renamed into place before the tracker file is updated, so a crash during
+a save leaves the previous checkpoint loadable.
+
+Streaming: :func:`stream_save` writes a model whose parameters are placeholders (never touched,
+so never resident) and asks a producer for each parameter's real value only when the writer
+reaches it; :class:`CheckpointReader` reads one tensor, or one layer of a stacked tensor, at a
+time. Both keep peak memory near the largest tensor, whatever the model size.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from motif_megatron.errors import UserError
+
+TRACKER_FILE = "latest_checkpointed_iteration.txt"
+RELEASE = "release"
+
+
+def iteration_dir(root: str | Path, iteration: int | None) -> Path:
+    """``root/release`` for converted checkpoints, ``root/iter_0000042`` for training saves."""
+    return Path(root) / (RELEASE if iteration is None else f"iter_{iteration:07d}")
+
+
+def resolve(load: str | Path) -> Path:
+    """The ``dist_checkpointing`` folder for ``load`` (a root with a tracker, or the folder itself)."""
+    path = Path(load)
+    if (path / "metadata.json").is_file():
+        return path
+    tracker = path / TRACKER_FILE
+    if not tracker.is_file():
+        raise UserError(f"{path} is not a checkpoint: no {TRACKER_FILE} or metadata.json")
+    value = tracker.read_text().strip()
+    ckpt = iteration_dir(path, None if value == RELEASE else int(value))
+    if not (ckpt / "metadata.json").is_file():
+        raise UserError(f"{tracker} points to {ckpt.name}, which is missing or incomplete")
+    return ckpt
+
+
+def root_of(load: str | Path) -> Path:
+    """The checkpoint root (where ``motif_model.json`` lives) for a root or an iteration folder."""
+    path = Path(load)
+    return (
+        path
+        if (path / TRACKER_FILE).is_file() or not (path / "metadata.json").is_file()
+        else path.parent
+    )
+
+
+def _publish(tmp: Path, final: Path, root: Path, tracker_value: str) -> None:
+    """Rank 0 moves a finished save into place, then points the tracker at it (both atomic)."""
+    if dist.get_rank() == 0:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        tracker_tmp = root / (TRACKER_FILE + ".tmp")
+        tracker_tmp.write_text(tracker_value + "\n")
+        os.replace(tracker_tmp, root / TRACKER_FILE)
+    dist.barrier()
+
+
+def _tmp_dir(final: Path) -> Path:
+    tmp = final.with_name(final.name + ".tmp")
+    if dist.get_rank() == 0:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+    dist.barrier()
+    return tmp
+
+
+def save(sharded_state_dict: dict, root: str | Path, iteration: int | None = None) -> Path:
+    """Save a sharded state dict (model, optimizer, ...) atomically under ``root``."""
+    from megatron.core import dist_checkpointing
+
+    final = iteration_dir(root, iteration)
+    tmp = _tmp_dir(final)
+    dist_checkpointing.save(sharded_state_dict, str(tmp))
+    _publish(tmp, final, Path(root), RELEASE if iteration is None else str(iteration))
+    return final
+
+
+def checkpoint_keys(ckpt_dir: str | Path) -> set[str]:
+    from torch.distributed.checkpoint import FileSystemReader
+
+    return set(FileSystemReader(str(ckpt_dir)).read_metadata().state_dict_metadata)
+
+
+def load_model(model: torch.nn.Module, load: str | Path, strict: bool = True) -> Path:
+    """Load model weights from a checkpoint saved at any TP/PP into this (sharded) model."""
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+    ckpt = resolve(load)
+    sharded = model.sharded_state_dict()
+    # TE modules keep fp8 metadata in ``_extra_state``; a checkpoint from the local spec has none.
+    stored = checkpoint_keys(ckpt)
+    sharded = {
+        k: v
+        for k, v in sharded.items()
+        if not (
+            isinstance(v, ShardedObject)
+            and k.endswith("_extra_state")
+            and not any(s.startswith(v.key) for s in stored)
+        )
+    }
+    state = dist_checkpointing.load(sharded, str(ckpt))
+    model.load_state_dict(state, strict=strict and len(state) == len(model.state_dict()))
+    return ckpt
+
+
+class _LazySavePlanner:
+    """Mixin for Megatron's save planner: resolve each placeholder view through a producer."""
+
+    def __init__(
+        self,
+        produce: Callable[[str], torch.Tensor],
+        params: dict[str, torch.Tensor],
+        *args,
+        **kwargs,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._produce = produce
+        self._owner = {p.untyped_storage().data_ptr(): (name, p) for name, p in params.items()}
+        self._cached: tuple[str, torch.Tensor] | None = None
+
+    def resolve_data(self, write_item):
+        placeholder = super().resolve_data(write_item)
+        if not isinstance(placeholder, torch.Tensor):
+            return placeholder  # serialised ShardedObject bytes
+        name, param = self._owner[placeholder.untyped_storage().data_ptr()]
+        if self._cached is None or self._cached[0] != name:
+            value = self._produce(name)
+            if value.shape != param.shape or value.dtype != param.dtype:
+                raise ValueError(
+                    f"{name}: expected {tuple(param.shape)} {param.dtype}, "
+                    f"produced {tuple(value.shape)} {value.dtype}"
+                )
+            self._cached = (name, value.contiguous())
+        value = self._cached[1]
+        return value.as_strided(
+            placeholder.shape,
+            placeholder.stride(),
+            placeholder.storage_offset() - param.storage_offset(),
+        )
+
+
+def stream_save(
+    model: torch.nn.Module, produce: Callable[[str], torch.Tensor], root: str | Path
+) -> Path:
+    """Save ``model`` as a ``release`` checkpoint, asking ``produce(param_name)`` for each value.
+
+    ``model``'s own parameters are placeholders that are never read (build it with
+    ``perform_initialization=False``: ``torch.empty`` pages are never touched). The writer saves
+    one file per tensor chunk so nothing is retained after it is written.
+    """
+    from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.strategies.torch import (
+        MCoreSavePlanner,
+        TorchDistSaveShardedStrategy,
+        _replace_state_dict_keys_with_sharded_keys,
+        mcore_to_pyt_state_dict,
+    )
+    from torch.distributed.checkpoint import FileSystemWriter
+    from torch.distributed.checkpoint import save as dcp_save
+
+    params = dict(model.named_parameters())
+
+    class Planner(_LazySavePlanner, MCoreSavePlanner):
+        pass
+
+    class StreamingStrategy(TorchDistSaveShardedStrategy):
+        def save(self, sharded_state_dict, checkpoint_dir):
+            sharded_state_dict, _, _ = _replace_state_dict_keys_with_sharded_keys(
+                sharded_state_dict, True
+            )
+            writer = FileSystemWriter(
+                str(checkpoint_dir), single_file_per_rank=False, thread_count=1
+            )
+            dcp_save(
+                mcore_to_pyt_state_dict(sharded_state_dict, False),
+                storage_writer=writer,
+                planner=Planner(
+                    produce, params, dedup_replicated_tensors=False, flatten_state_dict=False
+                ),
+            )
+
+    final = iteration_dir(root, None)
+    tmp = _tmp_dir(final)
+    dist_checkpointing.save(
+        model.sharded_state_dict(), str(tmp), sharded_strategy=StreamingStrategy("torch_dist", 1)
+    )
+    _publish(tmp, final, Path(root), RELEASE)
+    return final
+
+
+class _SlicePlanner:
+    """Load planner that reads one chunk (offsets + the target's shape) of a stored tensor."""
+
+    def __init__(self, offsets: tuple[int, ...]) -> None:
+        from torch.distributed.checkpoint import DefaultLoadPlanner
+
+        class Planner(DefaultLoadPlanner):
+            def create_local_plan(inner):
+                from torch.distributed.checkpoint.metadata import ChunkStorageMetadata
+                from torch.distributed.checkpoint.planner import LoadPlan
+                from torch.distributed.checkpoint.planner_helpers import (
+                    create_read_items_for_chunk_list,
+                )
+
+                ((fqn, tensor),) = inner.state_dict.items()
+                chunk = ChunkStorageMetadata(offsets=torch.Size(offsets), sizes=tensor.shape)
+                stored = inner.metadata.state_dict_metadata[fqn]
+                return LoadPlan(create_read_items_for_chunk_list(fqn, stored, [chunk]))
+
+            def lookup_tensor(inner, index):
+                return inner.state_dict[index.fqn]
+
+        self.planner = Planner()
+
+
+class CheckpointReader:
+    """Read single tensors (or single layers of stacked tensors) from a ``torch_dist`` checkpoint.
+
+    Only the stored chunks that overlap the request are read, so a layer slice of a stacked
+    tensor costs one layer of memory.
+    """
+
+    def __init__(self, load: str | Path) -> None:
+        from torch.distributed.checkpoint import FileSystemReader
+
+        self.dir = resolve(load)
+        metadata = FileSystemReader(str(self.dir)).read_metadata().state_dict_metadata
+        self.shapes = {k: tuple(m.size) for k, m in metadata.items() if hasattr(m, "size")}
+        self.dtypes = {k: m.properties.dtype for k, m in metadata.items() if hasattr(m, "size")}
+
+    def get(self, key: str, layer: int | None = None) -> torch.Tensor:
+        """The whole tensor ``key``, or its slice ``[layer]`` along the stacked layer axis."""
+        from torch.distributed.checkpoint import FileSystemReader
+        from torch.distributed.checkpoint import load as dcp_load
+
+        if key not in self.shapes:
+            raise UserError(f"tensor {key!r} missing from checkpoint {self.dir}")
+        shape = self.shapes[key]
+        if layer is None:
+            target, offsets = torch.empty(shape, dtype=self.dtypes[key]), (0,) * len(shape)
+        else:
+            target = torch.empty((1, *shape[1:]), dtype=self.dtypes[key])
+            offsets = (layer,) + (0,) * (len(shape) - 1)
+        dcp_load(
+            {key: target},
+            storage_reader=FileSystemReader(str(self.dir)),
+            planner=_SlicePlanner(offsets).planner,
+            no_dist=True,
+        )
+        return target if layer is None else target[0]

@@ -1,0 +1,145 @@
+"""Stream HF safetensors checkpoints tensor by tensor, in both directions.
+
+Reading opens every shard lazily (``safe_open``) and returns one tensor at a time. Writing lays out
+all shard headers up front from the planned names, shapes and dtypes, then writes each tensor's
+bytes at its offset, so peak memory is one tensor whatever the model size.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from motif_megatron.errors import UserError
+
+_ST_DTYPES = {
+    torch.float32: "F32",
+    torch.bfloat16: "BF16",
+    torch.float16: "F16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+}
+INDEX_FILE = "model.safetensors.index.json"
+
+
+class HFWeights:
+    """Read-only view of an HF checkpoint directory's safetensors weights."""
+
+    def __init__(self, hf_dir: str | Path) -> None:
+        self.dir = Path(hf_dir)
+        index = self.dir / INDEX_FILE
+        single = self.dir / "model.safetensors"
+        if index.is_file():
+            weight_map = json.loads(index.read_text())["weight_map"]
+        elif single.is_file():
+            with safe_open(single, framework="pt") as f:
+                weight_map = {name: single.name for name in f.keys()}  # noqa: SIM118
+        else:
+            raise UserError(f"no model.safetensors or {INDEX_FILE} in {self.dir}")
+        self._files = {name: self.dir / file for name, file in weight_map.items()}
+        self._handles: dict[Path, object] = {}
+
+    def names(self) -> list[str]:
+        return list(self._files)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._files
+
+    def get(self, name: str) -> torch.Tensor:
+        if name not in self._files:
+            raise UserError(f"tensor {name!r} missing from {self.dir}")
+        path = self._files[name]
+        if path not in self._handles:
+            self._handles[path] = safe_open(path, framework="pt")
+        return self._handles[path].get_tensor(name)
+
+
+class SafetensorsWriter:
+    """Write planned tensors into sharded safetensors files, in any order, one tensor in memory."""
+
+    def __init__(
+        self,
+        out_dir: str | Path,
+        plan: Iterable[tuple[str, tuple[int, ...], torch.dtype]],
+        max_shard_bytes: int = 5 * 1024**3,
+    ) -> None:
+        self.dir = Path(out_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        shards: list[list[tuple[str, tuple[int, ...], torch.dtype]]] = [[]]
+        size = 0
+        for name, shape, dtype in plan:
+            nbytes = _nbytes(shape, dtype)
+            if shards[-1] and size + nbytes > max_shard_bytes:
+                shards.append([])
+                size = 0
+            shards[-1].append((name, tuple(shape), dtype))
+            size += nbytes
+        total = len(shards)
+        self._where: dict[str, tuple[Path, int, tuple[int, ...], torch.dtype]] = {}
+        self._written: set[str] = set()
+        self.files = []
+        for i, shard in enumerate(shards):
+            file = self.dir / (
+                "model.safetensors"
+                if total == 1
+                else f"model-{i + 1:05d}-of-{total:05d}.safetensors"
+            )
+            self.files.append(file)
+            header, offset = {"__metadata__": {"format": "pt"}}, 0
+            for name, shape, dtype in shard:
+                end = offset + _nbytes(shape, dtype)
+                header[name] = {
+                    "dtype": _ST_DTYPES[dtype],
+                    "shape": list(shape),
+                    "data_offsets": [offset, end],
+                }
+                offset = end
+            blob = json.dumps(header, separators=(",", ":")).encode()
+            blob += b" " * (-len(blob) % 8)
+            with open(file, "wb") as f:
+                f.write(struct.pack("<Q", len(blob)) + blob)
+                f.truncate(8 + len(blob) + offset)
+            data_start = 8 + len(blob)
+            for name, shape, dtype in shard:
+                self._where[name] = (
+                    file,
+                    data_start + header[name]["data_offsets"][0],
+                    shape,
+                    dtype,
+                )
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        file, offset, shape, dtype = self._where[name]
+        if tuple(tensor.shape) != shape or tensor.dtype != dtype:
+            raise ValueError(
+                f"{name}: planned {shape} {dtype}, got {tuple(tensor.shape)} {tensor.dtype}"
+            )
+        data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+        with open(file, "r+b") as f:
+            f.seek(offset)
+            f.write(memoryview(data))
+        self._written.add(name)
+
+    def close(self) -> None:
+        missing = sorted(set(self._where) - self._written)
+        if missing:
+            raise RuntimeError(f"planned tensors never written: {missing}")
+        if len(self.files) > 1:
+            total = sum(_nbytes(s, d) for _, _, s, d in self._where.values())
+            index = {
+                "metadata": {"total_size": total},
+                "weight_map": {n: w[0].name for n, w in sorted(self._where.items())},
+            }
+            (self.dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+
+
+def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    numel = 1
+    for s in shape:
+        numel *= s
+    return numel * torch.empty((), dtype=dtype).element_size()

@@ -1,0 +1,1 @@
+"""Compatibility layers for running Megatron-Core outside its GPU home."""

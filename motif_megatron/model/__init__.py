@@ -1,0 +1,1 @@
+"""Megatron-Core Llama: config mapping, layer specs, builders, inference helpers."""

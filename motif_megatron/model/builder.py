@@ -1,0 +1,165 @@
+"""Build a Megatron-Core ``GPTModel`` configured as Llama.
+
+The layer spec is Transformer Engine's when TE and CUDA are present (the production path: fused
+norm+linear, fp8/bf16 kernels), Megatron-Core's local spec otherwise; ``spec`` picks one explicitly.
+Both save the same checkpoint keys (the local spec maps its norms onto TE's names), so checkpoints
+move freely between them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from motif_megatron.compat import cpu
+from motif_megatron.errors import UserError
+from motif_megatron.model.llama import LlamaArgs, llama3_inv_freq, padded_vocab_size
+
+SpecName = Literal["auto", "te", "local"]
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """How to instantiate (not what to instantiate: that is ``LlamaArgs``)."""
+
+    tp: int = 1
+    pp: int = 1
+    spec: SpecName = "auto"
+    params_dtype: torch.dtype | None = None
+    """Parameter dtype; None keeps the checkpoint's native dtype."""
+    make_vocab_size_divisible_by: int = 128
+    sequence_parallel: bool = False
+    init_std: float | None = None
+    """Weight init std for fresh models; None uses the config's ``initializer_range``."""
+    initialize: bool = True
+    """False leaves weights as untouched ``torch.empty`` placeholders (for streaming writers)."""
+
+
+def te_available() -> bool:
+    return torch.cuda.is_available() and importlib.util.find_spec("transformer_engine") is not None
+
+
+def resolve_spec(spec: SpecName) -> Literal["te", "local"]:
+    if spec == "auto":
+        return "te" if te_available() else "local"
+    if spec == "te" and not te_available():
+        raise UserError("--spec te needs CUDA and transformer-engine (pip install .[gpu])")
+    return spec
+
+
+def check_parallel_shapes(args: LlamaArgs, tp: int, pp: int) -> None:
+    """Refuse a TP/PP split the model cannot take, with one line naming the numbers."""
+    problems = []
+    if args.num_attention_heads % tp:
+        problems.append(
+            f"num_attention_heads={args.num_attention_heads} is not divisible by tp={tp}"
+        )
+    if args.num_key_value_heads % tp:
+        problems.append(
+            f"num_key_value_heads={args.num_key_value_heads} is not divisible by tp={tp}"
+        )
+    if args.intermediate_size % tp:
+        problems.append(f"intermediate_size={args.intermediate_size} is not divisible by tp={tp}")
+    if args.num_hidden_layers % pp:
+        problems.append(f"num_hidden_layers={args.num_hidden_layers} is not divisible by pp={pp}")
+    if problems:
+        raise UserError("; ".join(problems))
+
+
+def transformer_config(args: LlamaArgs, options: BuildOptions):
+    """The Megatron-Core ``TransformerConfig`` for a Llama with these args."""
+    from megatron.core.transformer import TransformerConfig
+
+    check_parallel_shapes(args, options.tp, options.pp)
+    if options.sequence_parallel and not te_available():
+        raise UserError(
+            "sequence parallel needs Transformer Engine or apex norms, which need CUDA; "
+            "drop --sequence-parallel on CPU"
+        )
+    dtype = options.params_dtype or args.torch_dtype
+    overrides = cpu.CPU_CONFIG_OVERRIDES if cpu.needed() else {}
+    return TransformerConfig(
+        num_layers=args.num_hidden_layers,
+        hidden_size=args.hidden_size,
+        ffn_hidden_size=args.intermediate_size,
+        num_attention_heads=args.num_attention_heads,
+        num_query_groups=args.num_key_value_heads,
+        kv_channels=args.head_dim,
+        normalization="RMSNorm",
+        layernorm_epsilon=args.rms_norm_eps,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=options.init_std or args.initializer_range,
+        params_dtype=dtype,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        pipeline_dtype=dtype,
+        attention_softmax_in_fp32=True,
+        tensor_model_parallel_size=options.tp,
+        pipeline_model_parallel_size=options.pp,
+        sequence_parallel=options.sequence_parallel,
+        perform_initialization=options.initialize,
+        **overrides,
+    )
+
+
+def model_vocab_size(args: LlamaArgs, options: BuildOptions) -> int:
+    """The checkpoint's padded vocabulary when this TP divides it, else Megatron-LM's padding."""
+    if args.padded_vocab_size and args.padded_vocab_size % options.tp == 0:
+        return args.padded_vocab_size
+    return padded_vocab_size(args.vocab_size, options.make_vocab_size_divisible_by, options.tp)
+
+
+def layer_spec(spec: Literal["te", "local"]):
+    from megatron.core.models.gpt import gpt_layer_specs
+
+    if spec == "te":
+        return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
+    return gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+
+
+def build_model(args: LlamaArgs, options: BuildOptions):
+    """One ``GPTModel`` chunk for this process's pipeline stage (model-parallel state must exist)."""
+    from megatron.core import parallel_state
+    from megatron.core.models.gpt import GPTModel
+
+    config = transformer_config(args, options)
+    model = GPTModel(
+        config=config,
+        transformer_layer_spec=layer_spec(resolve_spec(options.spec)),
+        vocab_size=model_vocab_size(args, options),
+        max_sequence_length=args.max_position_embeddings,
+        pre_process=parallel_state.is_pipeline_first_stage(),
+        post_process=parallel_state.is_pipeline_last_stage(),
+        share_embeddings_and_output_weights=args.tie_word_embeddings,
+        position_embedding_type="rope",
+        rotary_base=int(args.rope_theta),
+    )
+    # Megatron-Core fixes the Llama-3 scaling constants and truncates rope_theta to int; set the
+    # inverse frequencies HF computes so any config is exact.
+    rotary = model.rotary_pos_emb
+    rotary.inv_freq = llama3_inv_freq(args).to(rotary.inv_freq.device)
+    # like Megatron-LM's Float16Module: norms too live in the model dtype (a no-op for the
+    # linear weights, which are created in it, so placeholders stay untouched)
+    return model.to(config.params_dtype)
+
+
+def build_from_checkpoint(load: str, options: BuildOptions):
+    """Build this rank's model chunk from ``load``'s ``motif_model.json`` and load its weights.
+
+    Returns ``(model, args)``. Weights load at any TP/PP, in ``options.params_dtype`` if given.
+    """
+    from motif_megatron.checkpoint import dist
+
+    args = LlamaArgs.load(dist.root_of(load))
+    model = build_model(args, options)
+    dist.load_model(model, load)
+    return model, args

@@ -1,0 +1,1 @@
+"""Tokenizer assets, training and vocabulary expansion."""

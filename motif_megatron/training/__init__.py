@@ -1,0 +1,1 @@
+"""Training: engine (DDP, optimizer, pipelined steps); the trainer loop arrives with pretrain_motif.py."""

@@ -1,0 +1,40 @@
+"""motif-megatron: Korean (and other language) adaptation of Llama models on Megatron-Core."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+CPU_TORCH = "torch==2.13.0"  # the CPU wheel this project is developed and tested with
+
+setup(
+    name="motif-megatron",
+    version="0.1.0",
+    description="Grow an English Llama into a strong Korean+English model on Megatron-Core",
+    long_description=Path("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["motif_megatron", "motif_megatron.*"]),
+    install_requires=[
+        "torch>=2.6",
+        # megatron-core 0.17+ needs Python 3.12; 0.16.1 is verified on CPU with Python 3.11
+        "megatron-core>=0.16.1,<0.17; python_version < '3.12'",
+        "megatron-core>=0.16.1; python_version >= '3.12'",
+        "psutil",  # megatron's checkpoint writer hangs without it
+        "pybind11>=2.12",
+        "transformers>=4.45",
+        "safetensors",
+        "tokenizers",
+        "sentencepiece",
+        "datasets",
+        "numpy",
+        "tqdm",
+        "pyyaml",
+    ],
+    extras_require={
+        # CPU development and CI: pin the CPU wheel (an unpinned torch pulls a multi-GB CUDA build)
+        "cpu": [CPU_TORCH],
+        "dev": [CPU_TORCH, "pytest>=8", "ruff>=0.6"],
+        # GPU clusters: Transformer Engine from PyPI; apex is built from source (see README)
+        "gpu": ["transformer-engine[pytorch]"],
+    },
+)

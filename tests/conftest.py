@@ -1,0 +1,81 @@
+"""Shared fixtures: the real Llama-3 tokenizer, a random tiny HF Llama, and command runners.
+
+Multi-process tests launch ``torchrun --nproc_per_node=2`` on gloo, exactly as users do.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+TORCHRUN = str(Path(PYTHON).parent / "torchrun")
+
+
+def run(args: list[str], nproc: int = 1, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run a project script (under torchrun when ``nproc`` > 1) from the repository root."""
+    script, *rest = args
+    cmd = (
+        [PYTHON, str(ROOT / script), *rest]
+        if nproc == 1
+        else [TORCHRUN, f"--nproc_per_node={nproc}", "--standalone", str(ROOT / script), *rest]
+    )
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def ok(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, (
+        f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    )
+    return result.stdout
+
+
+def max_abs_diff(stdout: str) -> float:
+    last = stdout.strip().splitlines()[-1]
+    match = re.fullmatch(r"max_abs_diff=(\S+)", last)
+    assert match, f"last line is not max_abs_diff=...: {last!r}"
+    return float(match.group(1))
+
+
+@pytest.fixture(scope="session")
+def llama3_tokenizer(tmp_path_factory) -> Path:
+    from motif_megatron.tokenizer.bundled import unpack
+
+    return unpack("llama3", tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tiny_hf(tmp_path_factory, llama3_tokenizer) -> Path:
+    """A random-weight tiny Llama (GQA, Llama-3 RoPE scaling) with the real Llama-3 tokenizer."""
+    from motif_megatron.model.presets import random_hf_model
+
+    return random_hf_model(tmp_path_factory.mktemp("hf") / "tiny", "tiny", llama3_tokenizer, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory, tiny_hf) -> Path:
+    out = tmp_path_factory.mktemp("ckpt") / "tiny"
+    ok(
+        run(
+            [
+                "tools/convert_hf.py",
+                "import",
+                "--hf-dir",
+                str(tiny_hf),
+                "--out",
+                str(out),
+                "--tp",
+                "1",
+                "--pp",
+                "1",
+            ]
+        )
+    )
+    return out
