@@ -131,3 +131,23 @@ def test_one_optimizer_step_same_loss_at_tp1_and_tp2_and_reshards(tmp_path, tiny
     assert _one_step(saved, 2, "--eval-only", "--pp", "2", "--micro-batch-size", "1")[
         "loss_before"
     ] == pytest.approx(tp2["loss_after"], abs=1e-5)
+
+
+def test_tied_embeddings_across_pipeline_stages(tmp_path, llama3_tokenizer):
+    from motif_megatron.model.presets import random_hf_model
+
+    hf = random_hf_model(
+        tmp_path / "tied", "tiny", llama3_tokenizer, seed=3, tie_word_embeddings=True
+    )
+    ckpt = tmp_path / "ckpt"
+    ok(run(["tools/convert_hf.py", "import", "--hf-dir", str(hf), "--out", str(ckpt)]))
+    out = ok(
+        run(
+            ["tools/check_equivalence.py", "--hf-dir", str(hf), "--load", str(ckpt), "--pp", "2"],
+            nproc=2,
+        )
+    )
+    assert max_abs_diff(out) < 1e-4
+    exported = _export(ckpt, tmp_path / "out")
+    assert "lm_head.weight" not in _tensors(exported)
+    assert json.loads((exported / "config.json").read_text())["tie_word_embeddings"] is True

@@ -53,25 +53,38 @@ def copy_tokenizer(src: Path, dst: Path) -> list[str]:
 
 
 def _hf_producer(args: LlamaArgs, weights: HFWeights, padded_vocab: int):
-    """``produce(megatron_param_name) -> tensor`` reading the HF tensors it needs."""
+    """``produce(megatron_param_name) -> tensor`` reading the HF tensors it needs.
+
+    Concatenated (fc1) and padded (vocab) tensors are read straight into their rows of the output,
+    so a parameter costs its own size; qkv, regrouped per KV head, costs twice that.
+    """
     by_local = {p.local_name: p for p in layout.LAYER_PARAMS}
 
-    def pad_vocab(t: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros(padded_vocab, t.shape[1], dtype=t.dtype)
-        out[: t.shape[0]] = t
+    def read_rows(names: list[str], rows: int | None = None) -> torch.Tensor:
+        shapes = [weights.shape(n) for n in names]
+        total = sum(s[0] for s in shapes)
+        out = torch.empty(
+            total if rows is None else rows, *shapes[0][1:], dtype=weights.dtype(names[0])
+        )
+        out[total:].zero_()  # Megatron-LM's vocabulary padding rows
+        offset = 0
+        for name, shape in zip(names, shapes, strict=True):
+            weights.get(name, out=out[offset : offset + shape[0]])
+            offset += shape[0]
         return out
 
     def produce(name: str) -> torch.Tensor:
         match = _LAYER_NAME.fullmatch(name)
         if match:
-            layer, local = int(match.group(1)), match.group(2)
-            param = by_local[local]
-            hf = [weights.get(n) for n in layout.hf_layer_names(param, layer)]
-            return layout.to_megatron(param, hf, args)
+            param = by_local[match.group(2)]
+            names = layout.hf_layer_names(param, int(match.group(1)))
+            if len(names) == 3:
+                return layout.to_megatron(param, [weights.get(n) for n in names], args)
+            return read_rows(names)
         if name == layout.EMBEDDING[0]:
-            return pad_vocab(weights.get(layout.EMBEDDING[1]))
+            return read_rows([layout.EMBEDDING[1]], padded_vocab)
         if name == layout.OUTPUT[0]:
-            return pad_vocab(weights.get(layout.OUTPUT[1]))
+            return read_rows([layout.OUTPUT[1]], padded_vocab)
         if name == layout.FINAL_NORM[0]:
             return weights.get(layout.FINAL_NORM[1])
         raise KeyError(f"no HF source for Megatron parameter {name}")

@@ -13,7 +13,6 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from motif_megatron.errors import UserError
 
@@ -28,35 +27,71 @@ INDEX_FILE = "model.safetensors.index.json"
 
 
 class HFWeights:
-    """Read-only view of an HF checkpoint directory's safetensors weights."""
+    """Read-only view of an HF checkpoint directory's safetensors weights.
+
+    Tensors are read with positioned reads into fresh tensors rather than through an mmap: mapped
+    file pages stay resident in the process, so an mmap reader grows to the model's size.
+    """
 
     def __init__(self, hf_dir: str | Path) -> None:
         self.dir = Path(hf_dir)
         index = self.dir / INDEX_FILE
         single = self.dir / "model.safetensors"
         if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         elif single.is_file():
-            with safe_open(single, framework="pt") as f:
-                weight_map = {name: single.name for name in f.keys()}  # noqa: SIM118
+            files = [single.name]
         else:
             raise UserError(f"no model.safetensors or {INDEX_FILE} in {self.dir}")
-        self._files = {name: self.dir / file for name, file in weight_map.items()}
-        self._handles: dict[Path, object] = {}
+        self._entries: dict[str, tuple[Path, int, list[int], torch.dtype]] = {}
+        for file in files:
+            path = self.dir / file
+            for name, (offset, shape, dtype) in _read_header(path).items():
+                self._entries[name] = (path, offset, shape, dtype)
 
     def names(self) -> list[str]:
-        return list(self._files)
+        return list(self._entries)
 
     def __contains__(self, name: str) -> bool:
-        return name in self._files
+        return name in self._entries
 
-    def get(self, name: str) -> torch.Tensor:
-        if name not in self._files:
+    def shape(self, name: str) -> list[int]:
+        return self._entries[name][2]
+
+    def dtype(self, name: str) -> torch.dtype:
+        return self._entries[name][3]
+
+    def get(self, name: str, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Read tensor ``name``, into ``out`` (a contiguous slice of a larger tensor) if given."""
+        if name not in self._entries:
             raise UserError(f"tensor {name!r} missing from {self.dir}")
-        path = self._files[name]
-        if path not in self._handles:
-            self._handles[path] = safe_open(path, framework="pt")
-        return self._handles[path].get_tensor(name)
+        path, offset, shape, dtype = self._entries[name]
+        if out is not None and (list(out.shape) != list(shape) or out.dtype != dtype):
+            raise UserError(
+                f"{name}: stored {shape} {dtype}, expected {list(out.shape)} {out.dtype}"
+            )
+        tensor = torch.empty(shape, dtype=dtype) if out is None else out
+        buffer = tensor.reshape(-1).view(torch.uint8).numpy()
+        with open(path, "rb") as f:
+            f.seek(offset)
+            if f.readinto(memoryview(buffer)) != buffer.nbytes:
+                raise UserError(f"{path} is truncated (tensor {name})")
+        return tensor
+
+
+def _read_header(path: Path) -> dict[str, tuple[int, list[int], torch.dtype]]:
+    """``name -> (absolute byte offset, shape, dtype)`` from a safetensors file header."""
+    with open(path, "rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+    header.pop("__metadata__", None)
+    by_code = {code: dtype for dtype, code in _ST_DTYPES.items()}
+    entries = {}
+    for name, info in header.items():
+        if info["dtype"] not in by_code:
+            raise UserError(f"{path.name}: tensor {name} has unsupported dtype {info['dtype']}")
+        entries[name] = (8 + size + info["data_offsets"][0], info["shape"], by_code[info["dtype"]])
+    return entries
 
 
 class SafetensorsWriter:
