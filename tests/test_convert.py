@@ -128,6 +128,10 @@ def test_one_optimizer_step_same_loss_at_tp1_and_tp2_and_reshards(tmp_path, tiny
     assert _one_step(saved, 1, "--eval-only")["loss_before"] == pytest.approx(
         tp2["loss_after"], abs=1e-5
     )
+    # data parallel: both replicas see the same batch, so DP=2 must reproduce TP=1 exactly
+    dp2 = _one_step(tiny_ckpt, 2)
+    for key in ("loss_before", "loss", "loss_after", "grad_norm"):
+        assert dp2[key] == pytest.approx(tp1[key], abs=1e-5), key
     assert _one_step(saved, 2, "--eval-only", "--pp", "2", "--micro-batch-size", "1")[
         "loss_before"
     ] == pytest.approx(tp2["loss_after"], abs=1e-5)

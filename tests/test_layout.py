@@ -87,3 +87,15 @@ def test_hf_config_round_trip_keeps_unknown_fields():
     out = args.to_hf_config()
     assert out["bos_token_id"] == 128000 and out["rope_parameters"]["rope_theta"] == 500000.0
     assert LlamaArgs.from_hf_config(out) == args.replace(hf_config=out)
+
+
+def test_sequence_parallel_is_refused_without_te():
+    import pytest
+
+    from motif_megatron.errors import UserError
+    from motif_megatron.model.builder import BuildOptions, te_available, transformer_config
+
+    if te_available():
+        pytest.skip("Transformer Engine present: sequence parallel is allowed")
+    with pytest.raises(UserError, match="sequence parallel needs Transformer Engine"):
+        transformer_config(_args(), BuildOptions(tp=2, sequence_parallel=True))
