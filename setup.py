@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import find_packages, setup
 
 CPU_TORCH = "torch==2.13.0"  # the CPU wheel this project is developed and tested with
@@ -14,6 +15,12 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["motif_megatron", "motif_megatron.*"]),
+    ext_modules=[
+        Pybind11Extension(
+            "motif_megatron._helpers", ["csrc/helpers.cpp"], cxx_std=17, extra_compile_args=["-O3"]
+        )
+    ],
+    cmdclass={"build_ext": build_ext},
     install_requires=[
         "torch>=2.6",
         # megatron-core 0.17+ needs Python 3.12; 0.16.1 is verified on CPU with Python 3.11
@@ -29,6 +36,11 @@ setup(
         "numpy",
         "tqdm",
         "pyyaml",
+        "gigatoken",  # Rust tokeniser, ids identical to HF tokenizers (checked in tests)
+        "datasketch>=1.6",
+        "matplotlib",
+        "zstandard",
+        "pyarrow",
     ],
     extras_require={
         # CPU development and CI: pin the CPU wheel (an unpinned torch pulls a multi-GB CUDA build)

@@ -1,0 +1,1 @@
+"""Corpus pipeline: readers, filters, dedup, tokenisation into Megatron indexed shards, blends."""

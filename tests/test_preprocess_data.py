@@ -1,0 +1,128 @@
+"""Indexed shards: byte-identical to Megatron's builder, readable by its IndexedDataset, ids = HF."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import ok, run
+
+from motif_megatron.data.indexed import IndexedWriter, token_count
+
+
+def _corpus(tmp_path, name="ko-libreoffice-help", n=None):
+    import lzma
+
+    from conftest import ROOT
+
+    lines = lzma.decompress((ROOT / f"examples/data/corpus/{name}.jsonl.xz").read_bytes()).decode()
+    lines = lines.splitlines()[:n]
+    path = tmp_path / f"{name}.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path, [json.loads(line)["text"] for line in lines]
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.int32])
+def test_writer_is_byte_identical_to_megatron_builder(tmp_path, dtype):
+    import torch
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(0, 60000, size=rng.integers(0, 50)) for _ in range(37)]
+    ours = IndexedWriter(tmp_path / "ours", dtype)
+    ours.add_flat(np.concatenate(docs), [len(d) for d in docs])
+    ours.close()
+    builder = IndexedDatasetBuilder(str(tmp_path / "theirs.bin"), dtype=dtype)
+    for doc in docs:
+        builder.add_document(torch.tensor(doc), [len(doc)])
+    builder.finalize(str(tmp_path / "theirs.idx"))
+    for suffix in (".bin", ".idx"):
+        assert (tmp_path / f"ours{suffix}").read_bytes() == (
+            tmp_path / f"theirs{suffix}"
+        ).read_bytes()
+
+
+def test_preprocess_data_matches_hf_tokenizer_and_megatron_reader(tmp_path, llama3_tokenizer):
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+    from tokenizers import Tokenizer
+
+    corpus, texts = _corpus(tmp_path)
+    bad = tmp_path / "with_bad.jsonl"
+    bad.write_bytes(corpus.read_bytes() + b'{"text": 3}\nnot json\n\xff\xfe\n')
+    out = ok(
+        run(
+            [
+                "tools/preprocess_data.py",
+                "--input",
+                str(bad),
+                "--output-prefix",
+                str(tmp_path / "ko"),
+                "--tokenizer-model",
+                str(llama3_tokenizer),
+                "--json-keys",
+                "text",
+                "--append-eod",
+                "--workers",
+                "2",
+                "--partition-docs",
+                "128",
+            ]
+        )
+    )
+    assert "3 rejected lines" in out
+    prefix = str(tmp_path / "ko_text_document")
+    dataset = IndexedDataset(prefix)
+    assert len(dataset) == len(texts)
+    assert dataset.index.dtype == np.int32  # Llama-3's 128k vocabulary does not fit uint16
+    reference = Tokenizer.from_file(str(llama3_tokenizer / "tokenizer.json"))
+    for i, enc in enumerate(reference.encode_batch(texts, add_special_tokens=False)):
+        assert dataset[i].tolist() == [*enc.ids, 128001], i
+    assert token_count(prefix) == sum(len(dataset[i]) for i in range(len(dataset)))
+    reasons = [json.loads(line)["reason"] for line in open(prefix + ".rejects.jsonl")]
+    assert reasons == ["non_string_text", "malformed_json", "invalid_utf8"]
+
+
+def test_preprocess_data_resumes_finished_partitions(tmp_path, llama3_tokenizer):
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    corpus, _ = _corpus(tmp_path, "en-python-docs", n=40)
+    args = [
+        "tools/preprocess_data.py",
+        "--input",
+        str(corpus),
+        "--output-prefix",
+        str(tmp_path / "en"),
+        "--tokenizer-model",
+        str(llama3_tokenizer),
+        "--append-eod",
+        "--partition-docs",
+        "10",
+    ]
+    ok(run(args))
+    prefix = str(tmp_path / "en_text_document")
+    full = IndexedDataset(prefix)
+    full = [full[i].copy() for i in range(len(full))]
+    # a run killed after partition 0: its shard (here zeros, to tell it apart) and marker remain
+    part = IndexedWriter(prefix + ".part00000", np.int32)
+    part.add_flat(np.zeros(sum(len(d) for d in full[:10])), [len(d) for d in full[:10]])
+    part.close()
+    (tmp_path / "en_text_document.part00000.done").write_text(
+        json.dumps({"documents": 10, "tokens": sum(len(d) for d in full[:10])})
+    )
+    ok(run(args))
+    resumed = IndexedDataset(prefix)
+    assert all(not resumed[i].any() for i in range(10))  # partition 0 was reused, not redone
+    assert all(np.array_equal(resumed[i], full[i]) for i in range(10, 40))
+    assert not list(tmp_path.glob("*.part*"))  # partitions are merged and removed
+
+
+@pytest.mark.parametrize("backend", ["gigatoken", "reference"])
+def test_backends_agree_on_real_corpora(tmp_path, llama3_tokenizer, backend):
+    from motif_megatron.data.tokenize import Encoder
+
+    _, ko = _corpus(tmp_path, n=200)
+    _, en = _corpus(tmp_path, "en-python-docs", n=30)
+    tokens, lengths = Encoder(llama3_tokenizer, backend).encode(ko + en)
+    ref_tokens, ref_lengths = Encoder(llama3_tokenizer, "reference").encode(ko + en)
+    assert np.array_equal(lengths, ref_lengths) and np.array_equal(tokens, ref_tokens)
