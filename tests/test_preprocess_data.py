@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -79,7 +80,8 @@ def test_preprocess_data_matches_hf_tokenizer_and_megatron_reader(tmp_path, llam
     for i, enc in enumerate(reference.encode_batch(texts, add_special_tokens=False)):
         assert dataset[i].tolist() == [*enc.ids, 128001], i
     assert token_count(prefix) == sum(len(dataset[i]) for i in range(len(dataset)))
-    reasons = [json.loads(line)["reason"] for line in open(prefix + ".rejects.jsonl")]
+    lines = Path(prefix + ".rejects.jsonl").read_text().splitlines()
+    reasons = [json.loads(line)["reason"] for line in lines]
     assert reasons == ["non_string_text", "malformed_json", "invalid_utf8"]
 
 

@@ -41,8 +41,8 @@ def _open_binary(path: Path) -> io.BufferedIOBase:
     if path.suffix == ".zst":
         import zstandard
 
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb")))  # noqa: SIM115
-    return open(path, "rb")  # noqa: SIM115 -- closed by the caller's with
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb")))
+    return open(path, "rb")
 
 
 def _from_mapping(record: object, line: int, source: str, text_key: str, id_key: str):
