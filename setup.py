@@ -18,7 +18,10 @@ setup(
     ext_modules=[
         Pybind11Extension(
             "motif_megatron._helpers", ["csrc/helpers.cpp"], cxx_std=17, extra_compile_args=["-O3"]
-        )
+        ),
+        Pybind11Extension(
+            "motif_megatron._minhash", ["csrc/minhash.cpp"], cxx_std=17, extra_compile_args=["-O3"]
+        ),
     ],
     cmdclass={"build_ext": build_ext},
     install_requires=[

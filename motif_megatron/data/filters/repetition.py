@@ -1,0 +1,89 @@
+"""Gopher repetition filters (Rae et al. 2021, Table A1), word n-grams by whitespace.
+
+Defaults are the paper's: duplicate lines 0.30 / paragraphs 0.30 of the units, 0.20 / 0.20 of the
+characters; top 2/3/4-gram char fraction 0.20 / 0.18 / 0.16; duplicate 5..10-gram char fraction
+0.15 .. 0.10. They catch boilerplate-heavy and looping pages.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+from motif_megatron.data.filters.base import Filter, exceeds
+
+TOP_NGRAM = {2: 0.20, 3: 0.18, 4: 0.16}
+DUP_NGRAM = {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10}
+_PARAGRAPH = re.compile(r"\n\s*\n")
+
+
+def _dup_stats(units: list[str]) -> tuple[float, float]:
+    """Fraction of units that repeat an earlier one, and of characters in them."""
+    seen: set[str] = set()
+    dup = dup_chars = 0
+    for unit in units:
+        if unit in seen:
+            dup += 1
+            dup_chars += len(unit)
+        seen.add(unit)
+    total_chars = sum(map(len, units))
+    return (dup / len(units) if units else 0.0), (dup_chars / total_chars if total_chars else 0.0)
+
+
+def _top_ngram_frac(words: list[str], n: int) -> float:
+    grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+    if not grams:
+        return 0.0
+    gram, count = grams.most_common(1)[0]
+    total = sum(map(len, words))
+    return count * sum(map(len, gram)) / total if total else 0.0
+
+
+def _dup_ngram_frac(words: list[str], n: int) -> float:
+    total = sum(map(len, words))
+    if len(words) < n or not total:
+        return 0.0
+    seen: set[tuple[str, ...]] = set()
+    covered = [False] * len(words)
+    for i in range(len(words) - n + 1):
+        gram = tuple(words[i : i + n])
+        if gram in seen:
+            for j in range(i, i + n):
+                covered[j] = True
+        seen.add(gram)
+    return sum(len(w) for w, c in zip(words, covered, strict=True) if c) / total
+
+
+class RepetitionFilter(Filter):
+    name = "repetition"
+
+    def __init__(self, dup_line_frac: float | None = 0.30, dup_para_frac: float | None = 0.30,
+                 dup_line_char_frac: float | None = 0.20, dup_para_char_frac: float | None = 0.20,
+                 top_ngram: dict[int, float] | None = None,
+                 dup_ngram: dict[int, float] | None = None) -> None:
+        self.dup_line_frac, self.dup_para_frac = dup_line_frac, dup_para_frac
+        self.dup_line_char_frac, self.dup_para_char_frac = dup_line_char_frac, dup_para_char_frac
+        self.top_ngram = TOP_NGRAM if top_ngram is None else top_ngram
+        self.dup_ngram = DUP_NGRAM if dup_ngram is None else dup_ngram
+
+    def check(self, text: str) -> str | None:
+        paragraphs = [p.strip() for p in _PARAGRAPH.split(text) if p.strip()]
+        frac, char_frac = _dup_stats(paragraphs)
+        if exceeds(frac, self.dup_para_frac):
+            return "dup_para_frac"
+        if exceeds(char_frac, self.dup_para_char_frac):
+            return "dup_para_char_frac"
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        frac, char_frac = _dup_stats(lines)
+        if exceeds(frac, self.dup_line_frac):
+            return "dup_line_frac"
+        if exceeds(char_frac, self.dup_line_char_frac):
+            return "dup_line_char_frac"
+        words = text.split()
+        for n, limit in self.top_ngram.items():
+            if exceeds(_top_ngram_frac(words, n), limit):
+                return f"top_{n}gram_frac"
+        for n, limit in self.dup_ngram.items():
+            if exceeds(_dup_ngram_frac(words, n), limit):
+                return f"dup_{n}gram_frac"
+        return None

@@ -1,0 +1,134 @@
+"""MinHash near-duplicate detection for Korean and English text, vectorised and out-of-core.
+
+Shingles are character n-grams (5 by default: Korean words are short and agglutinative, so word
+shingles miss near-duplicates) of the lower-cased, whitespace-folded text, hashed with a rolling
+polynomial over code points. Each of ``num_perm`` permutations is a multiply-shift universal hash,
+applied by a C++ kernel (``csrc/minhash.cpp``) in one pass with the minima in cache, instead of one
+Python call per shingle. Signatures are written to ``.npy`` files per partition (the unit of resume and of
+the worker pool); banding follows datasketch's optimal ``(b, r)`` for the threshold, and buckets are
+found band by band by sorting, so memory holds one band of keys, not an index of every document.
+Candidate pairs are joined with union-find; optionally each pair is verified by the exact Jaccard
+similarity of its shingle sets. One document per cluster is kept: the first in input order.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+_SPACE = re.compile(r"\s+")
+_MULT = np.uint64(0x100000001B3)  # FNV-style odd multiplier for the rolling n-gram hash
+
+
+@dataclass(frozen=True)
+class MinHashConfig:
+    """Shingling, signature and banding parameters shared by every stage of a dedup run."""
+
+    num_perm: int = 128
+    ngram: int = 5
+    threshold: float = 0.8
+    seed: int = 1
+    verify: bool = False
+    """Merge a candidate pair only if its exact shingle-set Jaccard reaches ``threshold``."""
+
+    def bands(self) -> tuple[int, int]:
+        """datasketch's optimal (bands, rows) for this threshold and permutation count."""
+        from datasketch.lsh import _optimal_param
+
+        return _optimal_param(self.threshold, self.num_perm, 0.5, 0.5)
+
+    def permutations(self) -> tuple[np.ndarray, np.ndarray]:
+        rng = np.random.default_rng(self.seed)
+        a = rng.integers(1, 2**63, size=self.num_perm, dtype=np.uint64) | np.uint64(1)
+        b = rng.integers(0, 2**63, size=self.num_perm, dtype=np.uint64)
+        return a, b
+
+
+def normalise(text: str) -> str:
+    return _SPACE.sub(" ", text.lower()).strip()
+
+
+def shingle_hashes(text: str, ngram: int) -> np.ndarray:
+    """uint64 hashes of the text's character n-grams (the text itself if it is shorter)."""
+    codes = np.frombuffer(normalise(text).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+    if len(codes) < ngram:
+        codes = np.concatenate([codes, np.zeros(ngram - len(codes), np.uint64)])
+    n = len(codes) - ngram + 1
+    h = np.zeros(n, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for i in range(ngram):
+            h = h * _MULT + codes[i : i + n]
+    return h
+
+
+def signatures(texts: list[str], config: MinHashConfig, threads: int = 1) -> np.ndarray:
+    """``[len(texts), num_perm]`` uint32 MinHash signatures (C++ kernel over NumPy shingles)."""
+    from motif_megatron._minhash import signatures as kernel
+
+    a, b = config.permutations()
+    hashes = [shingle_hashes(t, config.ngram) for t in texts]
+    offsets = np.zeros(len(hashes) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, hashes), dtype=np.int64, count=len(hashes)), out=offsets[1:])
+    flat = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+    return kernel(flat, offsets, a, b, threads)
+
+
+def jaccard(x: str, y: str, ngram: int) -> float:
+    """Exact Jaccard similarity of two documents' shingle sets."""
+    sx, sy = set(shingle_hashes(x, ngram).tolist()), set(shingle_hashes(y, ngram).tolist())
+    return len(sx & sy) / len(sx | sy) if sx | sy else 1.0
+
+
+class UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = np.arange(n)
+
+    def find(self, x: int) -> int:
+        root = x
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[x] != root:
+            self.parent[x], x = root, self.parent[x]
+        return int(root)
+
+    def union(self, x: int, y: int) -> None:
+        rx, ry = self.find(x), self.find(y)
+        if rx != ry:  # the smaller index (earlier document) becomes the root
+            self.parent[max(rx, ry)] = min(rx, ry)
+
+
+def candidate_pairs(signature_files: list[Path], config: MinHashConfig):
+    """Yield (i, j) pairs sharing a band bucket; i, j index documents across all files in order."""
+    bands, rows = config.bands()
+    mats = [np.load(f, mmap_mode="r") for f in signature_files]
+    for band in range(bands):
+        cols = slice(band * rows, (band + 1) * rows)
+        keys = np.concatenate([np.ascontiguousarray(m[:, cols]).view(f"V{4 * rows}").ravel()
+                               for m in mats]) if mats else np.zeros(0, f"V{4 * rows}")
+        order = np.argsort(keys, kind="stable")
+        sorted_keys = keys[order]
+        same = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1])
+        # each document joins the first member of its bucket (a star: enough for union-find)
+        starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+        bucket_first = order[starts[np.searchsorted(starts, same + 1, side="right") - 1]]
+        yield from zip(bucket_first.tolist(), order[same + 1].tolist(), strict=True)
+
+
+def clusters(signature_files: list[Path], total: int, config: MinHashConfig,
+             texts: list[str] | None = None) -> UnionFind:
+    """Union-find over all candidate pairs (verified against ``texts`` when ``config.verify``)."""
+    uf = UnionFind(total)
+    checked: set[tuple[int, int]] = set()
+    for i, j in candidate_pairs(signature_files, config):
+        if config.verify:
+            pair = (min(i, j), max(i, j))
+            if pair in checked or uf.find(i) == uf.find(j):
+                continue
+            checked.add(pair)
+            if texts is None or jaccard(texts[i], texts[j], config.ngram) < config.threshold:
+                continue
+        uf.union(i, j)
+    return uf
