@@ -106,8 +106,13 @@ def candidate_pairs(signature_files: list[Path], config: MinHashConfig):
     mats = [np.load(f, mmap_mode="r") for f in signature_files]
     for band in range(bands):
         cols = slice(band * rows, (band + 1) * rows)
-        keys = np.concatenate([np.ascontiguousarray(m[:, cols]).view(f"V{4 * rows}").ravel()
-                               for m in mats]) if mats else np.zeros(0, f"V{4 * rows}")
+        keys = (
+            np.concatenate(
+                [np.ascontiguousarray(m[:, cols]).view(f"V{4 * rows}").ravel() for m in mats]
+            )
+            if mats
+            else np.zeros(0, f"V{4 * rows}")
+        )
         order = np.argsort(keys, kind="stable")
         sorted_keys = keys[order]
         same = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1])
@@ -117,8 +122,9 @@ def candidate_pairs(signature_files: list[Path], config: MinHashConfig):
         yield from zip(bucket_first.tolist(), order[same + 1].tolist(), strict=True)
 
 
-def clusters(signature_files: list[Path], total: int, config: MinHashConfig,
-             texts: list[str] | None = None) -> UnionFind:
+def clusters(
+    signature_files: list[Path], total: int, config: MinHashConfig, texts: list[str] | None = None
+) -> UnionFind:
     """Union-find over all candidate pairs (verified against ``texts`` when ``config.verify``)."""
     uf = UnionFind(total)
     checked: set[tuple[int, int]] = set()

@@ -8,7 +8,8 @@ characters; top 2/3/4-gram char fraction 0.20 / 0.18 / 0.16; duplicate 5..10-gra
 from __future__ import annotations
 
 import re
-from collections import Counter
+
+import numpy as np
 
 from motif_megatron.data.filters.base import Filter, exceeds
 
@@ -30,37 +31,58 @@ def _dup_stats(units: list[str]) -> tuple[float, float]:
     return (dup / len(units) if units else 0.0), (dup_chars / total_chars if total_chars else 0.0)
 
 
-def _top_ngram_frac(words: list[str], n: int) -> float:
-    grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
-    if not grams:
-        return 0.0
-    gram, count = grams.most_common(1)[0]
-    total = sum(map(len, words))
-    return count * sum(map(len, gram)) / total if total else 0.0
+def _gram_ids(word_ids: np.ndarray, n: int) -> np.ndarray:
+    """A dense id per word n-gram, via a 64-bit rolling hash of the word ids (collisions are
+    ~len^2 / 2^64: negligible next to the thresholds' resolution)."""
+    count = len(word_ids) - n + 1
+    h = np.zeros(count, dtype=np.uint64)
+    values = word_ids.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        for i in range(n):
+            h = h * np.uint64(0x9E3779B97F4A7C15) + values[i : i + count]
+    return np.unique(h, return_inverse=True)[1]
 
 
-def _dup_ngram_frac(words: list[str], n: int) -> float:
-    total = sum(map(len, words))
-    if len(words) < n or not total:
+def _top_ngram_frac(word_ids: np.ndarray, lengths: np.ndarray, n: int) -> float:
+    total = lengths.sum()
+    if len(word_ids) < n or not total:
         return 0.0
-    seen: set[tuple[str, ...]] = set()
-    covered = [False] * len(words)
-    for i in range(len(words) - n + 1):
-        gram = tuple(words[i : i + n])
-        if gram in seen:
-            for j in range(i, i + n):
-                covered[j] = True
-        seen.add(gram)
-    return sum(len(w) for w, c in zip(words, covered, strict=True) if c) / total
+    ids = _gram_ids(word_ids, n)
+    counts = np.bincount(ids)
+    top = int(np.argmax(counts))  # ties: the first-ranked n-gram, as good as any
+    if counts[top] < 2:  # nothing repeats: short texts must not fail on a single n-gram
+        return 0.0
+    first = int(np.flatnonzero(ids == top)[0])
+    return counts[top] * lengths[first : first + n].sum() / total
+
+
+def _dup_ngram_frac(word_ids: np.ndarray, lengths: np.ndarray, n: int) -> float:
+    total = lengths.sum()
+    if len(word_ids) < n or not total:
+        return 0.0
+    ids = _gram_ids(word_ids, n)
+    first_seen = np.zeros(len(ids), dtype=bool)
+    first_seen[np.unique(ids, return_index=True)[1]] = True
+    starts = np.flatnonzero(~first_seen)  # n-grams that repeat an earlier one
+    cover = np.zeros(len(word_ids) + 1, dtype=np.int64)
+    np.add.at(cover, starts, 1)
+    np.add.at(cover, starts + n, -1)
+    covered = np.cumsum(cover[:-1]) > 0
+    return lengths[covered].sum() / total
 
 
 class RepetitionFilter(Filter):
     name = "repetition"
 
-    def __init__(self, dup_line_frac: float | None = 0.30, dup_para_frac: float | None = 0.30,
-                 dup_line_char_frac: float | None = 0.20, dup_para_char_frac: float | None = 0.20,
-                 top_ngram: dict[int, float] | None = None,
-                 dup_ngram: dict[int, float] | None = None) -> None:
+    def __init__(
+        self,
+        dup_line_frac: float | None = 0.30,
+        dup_para_frac: float | None = 0.30,
+        dup_line_char_frac: float | None = 0.20,
+        dup_para_char_frac: float | None = 0.20,
+        top_ngram: dict[int, float] | None = None,
+        dup_ngram: dict[int, float] | None = None,
+    ) -> None:
         self.dup_line_frac, self.dup_para_frac = dup_line_frac, dup_para_frac
         self.dup_line_char_frac, self.dup_para_char_frac = dup_line_char_frac, dup_para_char_frac
         self.top_ngram = TOP_NGRAM if top_ngram is None else top_ngram
@@ -80,10 +102,15 @@ class RepetitionFilter(Filter):
         if exceeds(char_frac, self.dup_line_char_frac):
             return "dup_line_char_frac"
         words = text.split()
+        vocab: dict[str, int] = {}
+        word_ids = np.fromiter(
+            (vocab.setdefault(w, len(vocab)) for w in words), np.int64, len(words)
+        )
+        lengths = np.fromiter(map(len, words), np.int64, len(words))
         for n, limit in self.top_ngram.items():
-            if exceeds(_top_ngram_frac(words, n), limit):
+            if exceeds(_top_ngram_frac(word_ids, lengths, n), limit):
                 return f"top_{n}gram_frac"
         for n, limit in self.dup_ngram.items():
-            if exceeds(_dup_ngram_frac(words, n), limit):
+            if exceeds(_dup_ngram_frac(word_ids, lengths, n), limit):
                 return f"dup_{n}gram_frac"
         return None

@@ -12,8 +12,12 @@ class LengthFilter(Filter):
 
     name = "length"
 
-    def __init__(self, min_chars: int | None = 50, max_chars: int | None = 1_000_000,
-                 min_words: int | None = 5) -> None:
+    def __init__(
+        self,
+        min_chars: int | None = 50,
+        max_chars: int | None = 1_000_000,
+        min_words: int | None = 5,
+    ) -> None:
         self.min_chars, self.max_chars, self.min_words = min_chars, max_chars, min_words
 
     def check(self, text: str) -> str | None:
@@ -89,18 +93,24 @@ class NumericSequenceFilter(Filter):
         numeric = [w for w in words if _NUMBERISH.match(w)]
         if exceeds(len(numeric) / len(words), self.max_numeric_frac):
             return "numeric_frac"
-        if self.max_run is not None and self._longest_run(numeric) > self.max_run:
+        if self.max_run is not None and self._longest_run(words) > self.max_run:
             return "numeric_run"
         return None
 
     @staticmethod
     def _longest_run(words: list[str]) -> int:
+        """Longest stretch of adjacent number-like words with strictly increasing values."""
         best = run = 0
         previous = None
         for word in words:
-            match = _INT.search(word)
+            match = _INT.search(word) if _NUMBERISH.match(word) else None
             value = int(match.group()) if match else None
-            run = run + 1 if value is not None and previous is not None and value > previous else 1
+            if value is None:
+                run = 0
+            elif previous is not None and value > previous and run:
+                run += 1
+            else:
+                run = 1
             best = max(best, run)
             previous = value
         return best

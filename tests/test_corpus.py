@@ -1,0 +1,209 @@
+"""The corpus pipeline on the real bundled corpora: accounting, dedup, determinism, resume, KenLM."""
+
+from __future__ import annotations
+
+import json
+import lzma
+import random
+
+import numpy as np
+import pytest
+from conftest import ROOT, ok, run
+
+from motif_megatron.data import minhash as mh
+
+
+def _texts(name: str) -> list[dict]:
+    raw = lzma.decompress((ROOT / f"examples/data/corpus/{name}.jsonl.xz").read_bytes()).decode()
+    return [json.loads(line) for line in raw.splitlines()]
+
+
+@pytest.fixture(scope="module")
+def ko_input(tmp_path_factory):
+    """Real Korean pages plus a planted exact duplicate, a planted near-duplicate and bad lines."""
+    from motif_megatron.data.pipeline import CorpusConfig, build_filters
+
+    docs = _texts("ko-libreoffice-help")[:300]
+    filters = build_filters(CorpusConfig())
+    korean = [d for d in docs if not any(f.check(d["text"]) for f in filters)]
+    exact = dict(korean[0], id="planted-exact")
+    near_text = korean[1]["text"].replace("LibreOffice", "리브레오피스", 1) + " 추가 문장."
+    near = dict(korean[1], id="planted-near", text=near_text)
+    lines = [json.dumps(d, ensure_ascii=False) for d in [*docs, exact, near]]
+    lines += ['{"id": "x", "text": 5}', "{broken json", '{"id": "y"}']
+    path = tmp_path_factory.mktemp("corpus") / "ko.jsonl"
+    path.write_bytes(("\n".join(lines) + "\n").encode() + b"\xff\xfe bad bytes\n")
+    return path, len(docs) + 2 + 4, korean[0]["id"], korean[1]["id"]
+
+
+def _run(ko_input, out, *flags):
+    path, *_ = ko_input
+    ok(run(["tools/preprocess_corpus.py", "--input", str(path), "--output", str(out), *flags]))
+    report = json.loads((out / "report.json").read_text())
+    removed = [json.loads(line) for line in (out / "removed.jsonl").read_text().splitlines()]
+    kept = [
+        json.loads(line)
+        for f in sorted((out / "kept").glob("*.jsonl"))
+        for line in f.read_text().splitlines()
+    ]
+    return report, removed, kept
+
+
+def test_every_document_is_accounted_for(tmp_path, ko_input):
+    _, total, exact_of, near_of = ko_input
+    report, removed, kept = _run(
+        ko_input, tmp_path / "out", "--workers", "2", "--partition-docs", "64"
+    )
+    assert report["input"] == total == report["kept"] + report["filtered"] + report["rejected"]
+    assert report["kept"] == len(kept) and report["filtered"] == len(removed)
+    rejects = [
+        json.loads(line)["reason"]
+        for line in (tmp_path / "out/rejects.jsonl").read_text().splitlines()
+    ]
+    assert sorted(rejects) == sorted(
+        ["non_string_text", "malformed_json", "missing_text", "invalid_utf8"]
+    )
+    by_id = {r["id"]: r for r in removed}
+    assert by_id["planted-exact"]["filter"] == "exact_dedup"  # the original comes first and stays
+    assert by_id["planted-near"]["filter"] == "minhash"
+    kept_ids = {d["id"] for d in kept}
+    assert exact_of in kept_ids and near_of in kept_ids
+    assert all(
+        r["filter"] in {"language", "length", "numeric", "repetition", "exact_dedup", "minhash"}
+        for r in removed
+    )
+    assert any(
+        r["filter"] == "language" for r in removed
+    )  # untranslated pages exist in this corpus
+    for name in ("report.md", "report.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+
+
+def test_output_is_deterministic_across_workers_and_stages_switch_off(tmp_path, ko_input):
+    a = _run(ko_input, tmp_path / "a", "--workers", "1")
+    b = _run(ko_input, tmp_path / "b", "--workers", "2", "--partition-docs", "50")
+    assert a[2] == b[2] and a[1] == b[1]
+    report, removed, _ = _run(
+        ko_input,
+        tmp_path / "c",
+        "--no-minhash",
+        "--no-exact-dedup",
+        "--no-repetition",
+        "--language",
+        "none",
+    )
+    assert {r["filter"] for r in removed} <= {"length", "numeric"}
+    assert report["kept"] > a[0]["kept"]
+
+
+def test_resume_reuses_finished_partitions(tmp_path, ko_input):
+    out = tmp_path / "out"
+    _run(ko_input, out, "--partition-docs", "100")
+    part = out / "work" / "part_00001.docs.jsonl"
+    docs = [json.loads(line) for line in part.read_text().splitlines()]
+    docs[0]["text"] = docs[0]["text"] + " (resumed)"
+    part.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs))
+    _, _, kept = _run(ko_input, out, "--partition-docs", "100")
+    assert any(d["text"].endswith(" (resumed)") for d in kept)  # partition 1 was not redone
+
+
+def test_minhash_finds_near_duplicates():
+    """Recall and precision against exact shingle-set Jaccard, with planted near-duplicates."""
+    rng = random.Random(0)
+    docs = [d["text"] for d in _texts("ko-libreoffice-help")]
+    for i in range(30):  # edit 1% of the characters of 30 long documents
+        text = list(docs[i * 7])
+        for k in rng.sample(range(len(text)), len(text) // 100):
+            text[k] = "가"
+        docs.append("".join(text))
+    config = mh.MinHashConfig(threshold=0.8)
+    sig = mh.signatures(docs, config, threads=2)
+    shingles = [set(mh.shingle_hashes(t, config.ngram).tolist()) for t in docs]
+    pairs = [(rng.randrange(len(docs)), rng.randrange(len(docs))) for _ in range(300)]
+    exact = np.array(
+        [len(shingles[i] & shingles[j]) / len(shingles[i] | shingles[j]) for i, j in pairs]
+    )
+    estimate = np.array([(sig[i] == sig[j]).mean() for i, j in pairs])
+    assert np.abs(exact - estimate).max() < 0.15  # 128 permutations: std <= 0.045
+
+    def jaccard(i, j):
+        return len(shingles[i] & shingles[j]) / len(shingles[i] | shingles[j])
+
+    lengths = [len(s) for s in shingles]
+    true_pairs = {
+        (i, j)
+        for i in range(len(docs))
+        for j in range(i + 1, len(docs))
+        if min(lengths[i], lengths[j]) >= 0.8 * max(lengths[i], lengths[j])
+        and jaccard(i, j) >= 0.85
+    }
+    assert len(true_pairs) >= 30
+    sig_file = ROOT / "outputs" / "test_minhash_sig.npy"
+    sig_file.parent.mkdir(exist_ok=True)
+    np.save(sig_file, sig)
+    uf = mh.clusters([sig_file], len(docs), config)
+    recall = np.mean([uf.find(i) == uf.find(j) for i, j in true_pairs])
+    assert recall >= 0.95
+    verified = mh.clusters(
+        [sig_file], len(docs), mh.MinHashConfig(threshold=0.8, verify=True), docs
+    )
+    merged = [(i, uf.find(i)) for i in range(len(docs)) if verified.find(i) != i]
+    assert merged and all(jaccard(verified.find(i), i) >= 0.5 for i, _ in merged)
+    sig_file.unlink()
+
+
+@pytest.fixture(scope="module")
+def kenlm_model(tmp_path_factory):
+    pytest.importorskip("kenlm", reason="pip install kenlm (part of the dev extra)")
+    ko = [
+        d for d in _texts("ko-libreoffice-help") if sum("가" <= c <= "힣" for c in d["text"]) > 300
+    ]
+    ref = tmp_path_factory.mktemp("lm") / "ref.jsonl"
+    ref.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in ko[:-40]))
+    out = ref.parent / "ko"
+    ok(
+        run(
+            [
+                "tools/train_kenlm.py",
+                "--input",
+                str(ref),
+                "--out",
+                str(out),
+                "--order",
+                "4",
+                "--vocab-size",
+                "2000",
+            ],
+            timeout=1800,
+        )
+    )
+    return out.with_suffix(".bin"), ko[-40:]
+
+
+def test_kenlm_scores_language_lower_than_noise(kenlm_model):
+    from motif_megatron.data.kenlm import KenLMScorer
+
+    model, held_out = kenlm_model
+    scorer = KenLMScorer(model)
+    rng = random.Random(0)
+    clean = [scorer.perplexity(d["text"]) for d in held_out]
+    noise = [scorer.perplexity("".join(rng.sample(d["text"], len(d["text"])))) for d in held_out]
+    assert np.median(clean) * 3 < np.median(noise)
+
+
+def test_perplexity_stage_drops_both_tails(tmp_path, ko_input, kenlm_model):
+    model, _ = kenlm_model
+    report, removed, _ = _run(
+        ko_input,
+        tmp_path / "out",
+        "--kenlm-model",
+        str(model),
+        "--ppl-method",
+        "percentile",
+        "--ppl-percentiles",
+        "10",
+        "90",
+    )
+    reasons = {r["reason"] for r in removed if r["filter"] == "perplexity"}
+    assert reasons == {"ppl_low", "ppl_high"}
+    assert report["perplexity"]["low"] < report["perplexity"]["high"]

@@ -1,0 +1,138 @@
+#!/usr/bin/env python
+"""Filter and deduplicate a corpus: NFC, language, length, numeric runs, repetition, KenLM, dedup.
+
+  python tools/preprocess_corpus.py --input ko.jsonl --output out/ko --kenlm-model lm/ko.arpa --workers 2
+
+Writes ``OUT/kept/*.jsonl``, ``OUT/removed.jsonl`` (``id``, ``filter``, ``reason``),
+``OUT/rejects.jsonl`` (``line``, ``reason``: malformed input) and ``OUT/report.{json,md,png}``, where
+``input = kept + filtered + rejected``. Every stage has a ``--no-...`` switch; a killed run resumes
+from its finished partitions (``OUT/work``).
+"""
+
+import argparse
+import sys
+
+from motif_megatron.errors import run_cli
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--input", required=True, help="JSONL (.gz/.zst), Parquet, or a folder of text files"
+    )
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--text-key", default="text", help="JSON/Parquet field holding the text")
+    p.add_argument(
+        "--id-key", default="id", help="field holding the document id (else source:line)"
+    )
+    p.add_argument("--workers", type=int, default=1, help="processes for the per-document pass")
+    p.add_argument(
+        "--partition-docs", type=int, default=500, help="documents per partition (unit of resume)"
+    )
+    p.add_argument("--seed", type=int, default=1, help="MinHash permutation seed")
+    g = p.add_argument_group("stages (each can be switched off)")
+    g.add_argument("--no-normalize", action="store_true", help="skip Unicode NFC normalisation")
+    g.add_argument(
+        "--language",
+        default="ko",
+        choices=["ko", "en", "none"],
+        help="script filter: Hangul (ko) or Latin (en) letter ratio",
+    )
+    g.add_argument(
+        "--min-script-ratio",
+        type=float,
+        default=0.1,
+        help="minimum share of the language's letters",
+    )
+    g.add_argument("--no-length", action="store_true", help="skip the length filter")
+    g.add_argument("--min-chars", type=int, default=50, help="shortest document kept")
+    g.add_argument("--max-chars", type=int, default=1_000_000, help="longest document kept")
+    g.add_argument("--no-numeric", action="store_true", help="skip the numeric-sequence filter")
+    g.add_argument(
+        "--no-repetition", action="store_true", help="skip the Gopher repetition filters"
+    )
+    g.add_argument("--no-exact-dedup", action="store_true", help="skip exact-duplicate removal")
+    g.add_argument("--no-minhash", action="store_true", help="skip MinHash near-duplicate removal")
+    g.add_argument(
+        "--minhash-threshold", type=float, default=0.8, help="Jaccard similarity threshold"
+    )
+    g.add_argument("--minhash-perm", type=int, default=128, help="MinHash permutations")
+    g.add_argument("--minhash-ngram", type=int, default=5, help="character n-gram shingle size")
+    g.add_argument(
+        "--minhash-verify",
+        action="store_true",
+        help="merge candidates only when their exact shingle Jaccard reaches the threshold",
+    )
+    k = p.add_argument_group("KenLM perplexity (skipped without --kenlm-model)")
+    k.add_argument("--kenlm-model", help="model from tools/train_kenlm.py (.arpa or .bin)")
+    k.add_argument("--no-perplexity", action="store_true", help="skip the perplexity stage")
+    k.add_argument(
+        "--ppl-method", default="trimmed-mean", choices=["trimmed-mean", "percentile", "fixed"]
+    )
+    k.add_argument("--ppl-trim", type=float, default=0.1, help="fraction trimmed at each end")
+    k.add_argument(
+        "--ppl-k", type=float, default=2.0, help="kept band: trimmed mean +- k std (log space)"
+    )
+    k.add_argument(
+        "--ppl-percentiles", type=float, nargs=2, default=[5.0, 95.0], metavar=("LOW", "HIGH")
+    )
+    k.add_argument("--ppl-min", type=float, help="fixed lower bound (--ppl-method fixed)")
+    k.add_argument("--ppl-max", type=float, help="fixed upper bound (--ppl-method fixed)")
+    return p.parse_args()
+
+
+@run_cli
+def main() -> None:
+    args = parse_args()
+    from motif_megatron.data.minhash import MinHashConfig
+    from motif_megatron.data.pipeline import CorpusConfig, run
+    from motif_megatron.data.thresholds import PerplexityThresholds
+
+    kenlm_model = None if args.no_perplexity else args.kenlm_model
+    if kenlm_model is None and not args.no_perplexity:
+        print("notice: no --kenlm-model given, the perplexity stage is skipped", file=sys.stderr)
+    config = CorpusConfig(
+        text_key=args.text_key,
+        id_key=args.id_key,
+        normalize=not args.no_normalize,
+        language=None if args.language == "none" else args.language,
+        min_script_ratio=args.min_script_ratio,
+        length=not args.no_length,
+        min_chars=args.min_chars,
+        max_chars=args.max_chars,
+        numeric=not args.no_numeric,
+        repetition=not args.no_repetition,
+        exact_dedup=not args.no_exact_dedup,
+        minhash=not args.no_minhash,
+        minhash_config=MinHashConfig(
+            num_perm=args.minhash_perm,
+            ngram=args.minhash_ngram,
+            threshold=args.minhash_threshold,
+            seed=args.seed,
+            verify=args.minhash_verify,
+        ),
+        kenlm_model=kenlm_model,
+        thresholds=PerplexityThresholds(
+            method=args.ppl_method,
+            trim=args.ppl_trim,
+            k=args.ppl_k,
+            low_percentile=args.ppl_percentiles[0],
+            high_percentile=args.ppl_percentiles[1],
+            low=args.ppl_min,
+            high=args.ppl_max,
+        ),
+        partition_docs=args.partition_docs,
+        workers=args.workers,
+    )
+    report = run(args.input, args.output, config)
+    print(
+        f"input {report['input']} = kept {report['kept']} + filtered {report['filtered']} "
+        f"+ rejected {report['rejected']}; characters kept "
+        f"{report['kept_chars'] / max(report['input_chars'], 1):.1%}; report in {args.output}/report.md"
+    )
+
+
+if __name__ == "__main__":
+    main()
