@@ -44,6 +44,18 @@ def max_abs_diff(stdout: str) -> float:
     return float(match.group(1))
 
 
+def bundled_corpus(tmp_path: Path, name: str = "ko-libreoffice-help", n: int | None = None):
+    """Decompress a bundled corpus (first ``n`` lines) to JSONL; returns (path, texts)."""
+    import json
+    import lzma
+
+    raw = lzma.decompress((ROOT / f"examples/data/corpus/{name}.jsonl.xz").read_bytes()).decode()
+    lines = raw.split("\n")[:-1][:n]
+    path = tmp_path / f"{name}.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path, [json.loads(line)["text"] for line in lines]
+
+
 @pytest.fixture(scope="session")
 def llama3_tokenizer(tmp_path_factory) -> Path:
     from motif_megatron.tokenizer.bundled import unpack

@@ -7,21 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ok, run
+from conftest import bundled_corpus, ok, run
 
 from motif_megatron.data.indexed import IndexedWriter, token_count
-
-
-def _corpus(tmp_path, name="ko-libreoffice-help", n=None):
-    import lzma
-
-    from conftest import ROOT
-
-    lines = lzma.decompress((ROOT / f"examples/data/corpus/{name}.jsonl.xz").read_bytes()).decode()
-    lines = lines.splitlines()[:n]
-    path = tmp_path / f"{name}.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    return path, [json.loads(line)["text"] for line in lines]
 
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.int32])
@@ -48,7 +36,7 @@ def test_preprocess_data_matches_hf_tokenizer_and_megatron_reader(tmp_path, llam
     from megatron.core.datasets.indexed_dataset import IndexedDataset
     from tokenizers import Tokenizer
 
-    corpus, texts = _corpus(tmp_path)
+    corpus, texts = bundled_corpus(tmp_path)
     bad = tmp_path / "with_bad.jsonl"
     bad.write_bytes(corpus.read_bytes() + b'{"text": 3}\nnot json\n\xff\xfe\n')
     out = ok(
@@ -88,7 +76,7 @@ def test_preprocess_data_matches_hf_tokenizer_and_megatron_reader(tmp_path, llam
 def test_preprocess_data_resumes_finished_partitions(tmp_path, llama3_tokenizer):
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    corpus, _ = _corpus(tmp_path, "en-python-docs", n=40)
+    corpus, _ = bundled_corpus(tmp_path, "en-python-docs", n=40)
     args = [
         "tools/preprocess_data.py",
         "--input",
@@ -123,8 +111,8 @@ def test_preprocess_data_resumes_finished_partitions(tmp_path, llama3_tokenizer)
 def test_backends_agree_on_real_corpora(tmp_path, llama3_tokenizer, backend):
     from motif_megatron.data.tokenize import Encoder
 
-    _, ko = _corpus(tmp_path, n=200)
-    _, en = _corpus(tmp_path, "en-python-docs", n=30)
+    _, ko = bundled_corpus(tmp_path, n=200)
+    _, en = bundled_corpus(tmp_path, "en-python-docs", n=30)
     tokens, lengths = Encoder(llama3_tokenizer, backend).encode(ko + en)
     ref_tokens, ref_lengths = Encoder(llama3_tokenizer, "reference").encode(ko + en)
     assert np.array_equal(lengths, ref_lengths) and np.array_equal(tokens, ref_tokens)
