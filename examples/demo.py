@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """The README's main job, at toy scale on bundled data (CPU only, a few minutes).
 
-Today it proves the foundation end to end: a Llama with the real Llama-3 tokenizer is imported into
-Megatron-Core, run at TP=1 and TP=2 (torchrun, gloo) with logits equal to HF, and exported back to
+Today it runs the data half of the recipe (filter and deduplicate the bundled Korean and English
+corpora, tokenise the survivors into Megatron shards, blend them 9:1) and proves the model
+foundation end to end: a Llama with the real Llama-3 tokenizer is imported into Megatron-Core, run at TP=1 and TP=2 (torchrun, gloo) with logits equal to HF, and exported back to
 an HF directory that ``transformers`` loads offline, bit for bit. Every step is one of the
 project's commands with files in and out, so each can be rerun alone; a failure names its step.
 """
@@ -40,6 +41,88 @@ def step(name: str, cmd: list[str]) -> str:
 
 def last_diff(stdout: str) -> float:
     return float(stdout.strip().splitlines()[-1].split("=", 1)[1])
+
+
+def prepare_corpus(out: Path, tokenizer: Path) -> dict:
+    """Filter + dedup the bundled corpora, tokenise the survivors, blend them 9:1 Korean:English."""
+    prefixes = {}
+    for lang, name in (("ko", "ko-libreoffice-help"), ("en", "en-python-docs")):
+        raw = out / "raw" / f"{name}.jsonl"
+        raw.parent.mkdir(parents=True, exist_ok=True)
+        raw.write_bytes(
+            lzma.decompress((ROOT / f"examples/data/corpus/{name}.jsonl.xz").read_bytes())
+        )
+        filtered = out / "corpus" / lang
+        step(
+            f"filter and deduplicate the {lang} corpus",
+            [
+                PYTHON,
+                "tools/preprocess_corpus.py",
+                "--input",
+                str(raw),
+                "--output",
+                str(filtered),
+                "--language",
+                lang,
+                "--workers",
+                "2",
+            ],
+        )
+        step(
+            f"tokenise the kept {lang} documents into Megatron shards",
+            [
+                PYTHON,
+                "tools/preprocess_data.py",
+                "--input",
+                str(filtered / "kept" / "kept_00000.jsonl"),
+                "--output-prefix",
+                str(out / "shards" / lang),
+                "--tokenizer-model",
+                str(tokenizer),
+                "--append-eod",
+                "--workers",
+                "2",
+            ],
+        )
+        prefixes[lang] = str(out / "shards" / f"{lang}_text_document")
+    step(
+        "blend 9:1 Korean:English",
+        [
+            PYTHON,
+            "tools/mix_data.py",
+            "--group",
+            "ko",
+            "9",
+            prefixes["ko"],
+            "--group",
+            "en",
+            "1",
+            prefixes["en"],
+            "--output",
+            str(out / "shards" / "blend.json"),
+        ],
+    )
+    return {
+        lang: json.loads((out / "corpus" / lang / "report.json").read_text()) for lang in prefixes
+    }
+
+
+def equivalence(base: Path, ckpt: Path, layout: list[str]) -> float:
+    """Megatron logits vs HF at a TP/PP layout (two torchrun processes on gloo unless TP=PP=1)."""
+    launcher = [PYTHON] if not layout else [TORCHRUN, "--standalone", "--nproc_per_node=2"]
+    name = f"forward at {' '.join(layout) or 'TP=1'} vs HF"
+    cmd = [
+        *launcher,
+        "tools/check_equivalence.py",
+        "--hf-dir",
+        str(base),
+        "--load",
+        str(ckpt),
+        *layout,
+        "--atol",
+        "1e-4",
+    ]
+    return last_diff(step(name, cmd))
 
 
 def sample_texts(n: int = 4) -> list[str]:
@@ -101,6 +184,7 @@ def main() -> None:
                 f"from motif_megatron.tokenizer.bundled import unpack; unpack('llama3', {str(tokenizer)!r})",
             ],
         )
+        corpus = prepare_corpus(out, tokenizer)
         step(
             "create a random base Llama with the real tokenizer",
             [
@@ -126,59 +210,9 @@ def main() -> None:
                 "1",
             ],
         )
-        tp1 = last_diff(
-            step(
-                "forward at TP=1 vs HF",
-                [
-                    PYTHON,
-                    "tools/check_equivalence.py",
-                    "--hf-dir",
-                    str(base),
-                    "--load",
-                    str(ckpt),
-                    "--atol",
-                    "1e-4",
-                ],
-            )
-        )
-        tp2 = last_diff(
-            step(
-                "forward at TP=2 (torchrun, gloo) vs HF",
-                [
-                    TORCHRUN,
-                    "--standalone",
-                    "--nproc_per_node=2",
-                    "tools/check_equivalence.py",
-                    "--hf-dir",
-                    str(base),
-                    "--load",
-                    str(ckpt),
-                    "--tp",
-                    "2",
-                    "--atol",
-                    "1e-4",
-                ],
-            )
-        )
-        pp2 = last_diff(
-            step(
-                "forward at PP=2 (torchrun, gloo) vs HF",
-                [
-                    TORCHRUN,
-                    "--standalone",
-                    "--nproc_per_node=2",
-                    "tools/check_equivalence.py",
-                    "--hf-dir",
-                    str(base),
-                    "--load",
-                    str(ckpt),
-                    "--pp",
-                    "2",
-                    "--atol",
-                    "1e-4",
-                ],
-            )
-        )
+        tp1 = equivalence(base, ckpt, [])
+        tp2 = equivalence(base, ckpt, ["--tp", "2"])
+        pp2 = equivalence(base, ckpt, ["--pp", "2"])
         step(
             "export Megatron -> HF",
             [PYTHON, "tools/convert_hf.py", "export", "--load", str(ckpt), "--out", str(exported)],
@@ -192,6 +226,13 @@ def main() -> None:
         print(f"\ndemo failed: {exc}", file=sys.stderr)
         sys.exit(1)
     summary = {
+        "corpus": {
+            lang: {
+                k: r[k]
+                for k in ("input", "kept", "filtered", "rejected", "input_chars", "kept_chars")
+            }
+            for lang, r in corpus.items()
+        },
         "max_abs_diff_tp1": tp1,
         "max_abs_diff_tp2": tp2,
         "max_abs_diff_pp2": pp2,
