@@ -116,3 +116,39 @@ def test_backends_agree_on_real_corpora(tmp_path, llama3_tokenizer, backend):
     tokens, lengths = Encoder(llama3_tokenizer, backend).encode(ko + en)
     ref_tokens, ref_lengths = Encoder(llama3_tokenizer, "reference").encode(ko + en)
     assert np.array_equal(lengths, ref_lengths) and np.array_equal(tokens, ref_tokens)
+
+
+@pytest.mark.parametrize("byte_fallback", [True, False])
+def test_sentencepiece_tokenizer(tmp_path, byte_fallback):
+    import sentencepiece as spm
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    corpus, texts = bundled_corpus(tmp_path, n=200)
+    (tmp_path / "train.txt").write_text("\n".join(texts))
+    spm.SentencePieceTrainer.train(
+        input=str(tmp_path / "train.txt"),
+        model_prefix=str(tmp_path / "sp"),
+        vocab_size=2000,
+        model_type="bpe",
+        byte_fallback=byte_fallback,
+        minloglevel=2,
+    )
+    sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "sp.model"))
+    ok(
+        run(
+            [
+                "tools/preprocess_data.py",
+                "--input",
+                str(corpus),
+                "--output-prefix",
+                str(tmp_path / "sp"),
+                "--tokenizer-model",
+                str(tmp_path / "sp.model"),
+                "--append-eod",
+            ]
+        )
+    )
+    dataset = IndexedDataset(str(tmp_path / "sp_text_document"))
+    assert dataset.index.dtype == np.uint16  # small vocabularies fit Megatron's uint16 shards
+    for i in (0, 57, 199):
+        assert dataset[i].tolist() == [*sp.encode(texts[i]), sp.eos_id()]

@@ -65,7 +65,14 @@ class Encoder:
             if self.backend == "gigatoken":
                 import gigatoken
 
-                self._tok = gigatoken.Tokenizer.from_sentencepiece(model.read_bytes())
+                try:
+                    self._tok = gigatoken.Tokenizer.from_sentencepiece(model.read_bytes())
+                except ValueError:  # gigatoken reads byte-fallback (Llama-2 style) models only
+                    if backend == "gigatoken":
+                        raise UserError(
+                            f"gigatoken cannot read {model.name}; use --backend reference"
+                        ) from None
+                    self.backend = "reference"
 
     @staticmethod
     def _pick_backend(backend: str) -> str:
