@@ -1,0 +1,214 @@
+"""EEVE-style vocabulary expansion of a byte-level BPE tokenizer (Llama-3's ``tokenizer.json``).
+
+Candidates are the new tokenizer's tokens missing from the base vocabulary. Rule filters drop
+numbers, whitespace/punctuation, pieces of a character, tokens not in the target script (which
+could change English tokenisation), mixed-script tokens, a user stop-list, and likely named
+entities (frequent but concentrated in very few documents). A frequency count over the corpus,
+encoded with the new tokenizer, decides the rest (``min_count``). Each kept token enters the base
+with a chain of merges over the pieces the base tokenizer already gives it, at ids after the last
+existing id, so: every old id keeps its meaning, special ids do not move, merges
+only ever combine target-script bytes (English tokenises exactly as before), and byte-level BPE
+keeps ``decode(encode(x)) == x``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from motif_megatron.errors import UserError
+
+SCRIPTS = {
+    "hangul": lambda ch: (
+        0xAC00 <= ord(ch) <= 0xD7A3 or 0x1100 <= ord(ch) <= 0x11FF or 0x3130 <= ord(ch) <= 0x318F
+    ),
+}
+
+
+@dataclass
+class ExpansionConfig:
+    min_count: int = 25_000
+    """Keep candidates produced at least this often on the corpus (EEVE: 25k on ~1B tokens)."""
+    max_new_tokens: int | None = None
+    script: str = "hangul"
+    min_doc_freq: int = 3
+    """Named-entity heuristic: a token seen in fewer documents than this is topic-bound."""
+    stop_list: set[str] = field(default_factory=set)
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2 byte-level alphabet: printable stand-ins for the 256 bytes."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    codes = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            codes.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, codes, strict=True)}
+
+
+_BYTES = _byte_decoder()
+
+
+def token_text(token: str) -> str | None:
+    """The text a byte-level token stands for, or None if it is part of a UTF-8 character."""
+    try:
+        return bytes(_BYTES[ch] for ch in token).decode("utf-8")
+    except (KeyError, UnicodeDecodeError):
+        return None
+
+
+def rule_reason(token: str, config: ExpansionConfig) -> str | None:
+    """Why a candidate is excluded by rule, or None."""
+    text = token_text(token)
+    if text is None:
+        return "partial_character"
+    stripped = text.strip()
+    if not stripped or all(unicodedata.category(c)[0] in "PSZC" for c in stripped):
+        return "whitespace_or_punctuation"
+    if any(c.isdigit() for c in text):
+        return "number"
+    in_script = SCRIPTS[config.script]
+    letters = [c for c in stripped if c.isalpha()]
+    if not any(map(in_script, letters)):
+        return "not_target_script"
+    if any(not in_script(c) for c in letters) or any(
+        unicodedata.category(c)[0] in "PS" for c in stripped
+    ):
+        return "mixed_script"
+    if stripped in config.stop_list or text in config.stop_list:
+        return "stop_list"
+    return None
+
+
+def count_tokens(new_tokenizer, texts: list[str]) -> tuple[Counter, Counter]:
+    """(occurrences, documents containing) per token id under the new tokenizer."""
+    counts, docs = Counter(), Counter()
+    for i in range(0, len(texts), 1000):
+        for enc in new_tokenizer.encode_batch(texts[i : i + 1000], add_special_tokens=False):
+            counts.update(enc.ids)
+            docs.update(set(enc.ids))
+    return counts, docs
+
+
+def expand(
+    base_dir: str | Path,
+    new_dir: str | Path,
+    texts: list[str],
+    out_dir: str | Path,
+    config: ExpansionConfig,
+) -> dict:
+    """Write the expanded tokenizer and ``new_tokens.json`` to ``out_dir``; returns a summary."""
+    from tokenizers import Tokenizer
+
+    base_dir, new_dir, out_dir = Path(base_dir), Path(new_dir), Path(out_dir)
+    if config.script not in SCRIPTS:
+        raise UserError(f"unknown script {config.script!r}; known: {sorted(SCRIPTS)}")
+    spec = _load_spec(base_dir)
+    new_spec = _load_spec(new_dir)
+    if spec["model"].get("type") != "BPE" or new_spec["model"].get("type") != "BPE":
+        raise UserError("both tokenizers must be byte-level BPE tokenizer.json files")
+    base_vocab: dict[str, int] = spec["model"]["vocab"]
+    new_vocab: dict[str, int] = new_spec["model"]["vocab"]
+
+    new_tok = Tokenizer.from_file(str(new_dir / "tokenizer.json"))
+    counts, doc_freq = count_tokens(new_tok, texts)
+    excluded: Counter = Counter()
+    kept: list[str] = []
+    for token in sorted(
+        (t for t in new_vocab if t not in base_vocab),
+        key=lambda t: (-counts[new_vocab[t]], new_vocab[t]),
+    ):
+        reason = rule_reason(token, config)
+        tid = new_vocab[token]
+        if reason is None and counts[tid] < config.min_count:
+            reason = "below_min_count"
+        if reason is None and doc_freq[tid] < config.min_doc_freq:
+            reason = "named_entity_like"
+        if reason:
+            excluded[reason] += 1
+            continue
+        kept.append(token)
+        if config.max_new_tokens and len(kept) >= config.max_new_tokens:
+            break
+
+    # Each kept token is built by a chain of merges over the pieces the base tokenizer already
+    # produces for it ((p1, p2) -> p1p2, (p1p2, p3) -> ...), appended after every base merge: base
+    # merges run first inside a word, so the chain is exactly what can fire next, and the token
+    # really is produced. Chain prefixes become (intermediate) tokens of their own.
+    base_tok = Tokenizer.from_file(str(base_dir / "tokenizer.json"))
+    # HF tokenizers gives an added token that is missing from the model vocabulary the id
+    # len(vocab) + k when loading, which would move every special token once the vocabulary
+    # grows; writing them into the vocabulary at their own ids pins them.
+    for added in spec.get("added_tokens", []):
+        base_vocab.setdefault(added["content"], added["id"])
+    next_id = max([*base_vocab.values(), *(t["id"] for t in spec.get("added_tokens", []))]) + 1
+    id_to_base = {i: t for t, i in base_vocab.items()}
+    string_merges = isinstance(spec["model"]["merges"][0], str)
+    selected = set(kept)
+    records = []
+    for token in kept:
+        text = token_text(token)
+        pieces = base_tok.encode(text, add_special_tokens=False).ids
+        parts = [id_to_base[i] for i in pieces]
+        left = parts[0]
+        for right in parts[1:]:
+            merged = left + right
+            if merged not in base_vocab:
+                base_vocab[merged] = next_id
+                id_to_base[next_id] = merged
+                spec["model"]["merges"].append(
+                    f"{left} {right}" if string_merges else [left, right]
+                )
+                merged_text = token_text(merged)
+                records.append(
+                    {
+                        "id": next_id,
+                        "token": merged,
+                        "text": merged_text,
+                        "count": counts.get(new_vocab.get(merged, -1), 0),
+                        "documents": doc_freq.get(new_vocab.get(merged, -1), 0),
+                        "intermediate": merged not in selected,
+                        "pieces": base_tok.encode(merged_text, add_special_tokens=False).ids
+                        if merged_text is not None
+                        else [base_vocab[left], base_vocab[right]],
+                    }
+                )
+                next_id += 1
+            left = merged
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False) + "\n")
+    for name in ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+        if (base_dir / name).is_file():
+            shutil.copy2(base_dir / name, out_dir / name)
+    summary = {
+        "added": len(records),
+        "selected": len(kept),
+        "intermediates": sum(r["intermediate"] for r in records),
+        "excluded": dict(excluded),
+        "first_new_id": records[0]["id"] if records else None,
+        "vocab_size": next_id,
+        "min_count": config.min_count,
+    }
+    (out_dir / "new_tokens.json").write_text(
+        json.dumps({"summary": summary, "tokens": records}, ensure_ascii=False, indent=1) + "\n"
+    )
+    return summary
+
+
+def _load_spec(folder: Path) -> dict:
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        raise UserError(f"{path} not found: expected an HF tokenizer directory")
+    return json.loads(path.read_text(encoding="utf-8"))

@@ -1,0 +1,153 @@
+"""Vocabulary expansion on the real Llama-3 tokenizer and the bundled corpora."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import bundled_corpus, ok, run
+
+from motif_megatron.data.filters.text import HangulRatioFilter
+
+
+@pytest.fixture(scope="module")
+def expanded(tmp_path_factory, llama3_tokenizer):
+    tmp = tmp_path_factory.mktemp("tok")
+    corpus, texts = bundled_corpus(tmp, "ko-libreoffice-help")
+    korean = [t for t in texts if HangulRatioFilter.ratio(t) > 0.3]
+    train, held_out = korean[: len(korean) * 3 // 4], korean[len(korean) * 3 // 4 :]
+    train_file = tmp / "train.jsonl"
+    train_file.write_text(
+        "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in train)
+    )
+    ok(
+        run(
+            [
+                "tools/train_tokenizer.py",
+                "--input",
+                str(train_file),
+                "--vocab-size",
+                "6000",
+                "--out",
+                str(tmp / "ko"),
+                "--base",
+                str(llama3_tokenizer),
+            ]
+        )
+    )
+    ok(
+        run(
+            [
+                "tools/expand_tokenizer.py",
+                "--base",
+                str(llama3_tokenizer),
+                "--new",
+                str(tmp / "ko"),
+                "--corpus",
+                str(train_file),
+                "--min-count",
+                "10",
+                "--out",
+                str(tmp / "expanded"),
+            ]
+        )
+    )
+    return tmp, held_out
+
+
+def test_train_tokenizer_is_deterministic(tmp_path, expanded, llama3_tokenizer):
+    tmp, _ = expanded
+    ok(
+        run(
+            [
+                "tools/train_tokenizer.py",
+                "--input",
+                str(tmp / "train.jsonl"),
+                "--vocab-size",
+                "6000",
+                "--out",
+                str(tmp_path / "again"),
+                "--base",
+                str(llama3_tokenizer),
+            ]
+        )
+    )
+    assert (tmp_path / "again/tokenizer.json").read_bytes() == (
+        tmp / "ko/tokenizer.json"
+    ).read_bytes()
+
+
+def test_expanded_tokenizer_keeps_old_ids_and_round_trips(tmp_path, expanded, llama3_tokenizer):
+    from transformers import AutoTokenizer
+
+    tmp, held_out = expanded
+    base = AutoTokenizer.from_pretrained(llama3_tokenizer, local_files_only=True)
+    new = AutoTokenizer.from_pretrained(tmp / "expanded", local_files_only=True)
+    info = json.loads((tmp / "expanded/new_tokens.json").read_text())
+    added = info["tokens"]
+    assert info["summary"]["first_new_id"] == 128257 == len(base)  # after the last special id
+    assert len(new) == len(base) + len(added)
+    base_vocab, new_vocab = base.get_vocab(), new.get_vocab()
+    assert all(new_vocab[t] == i for t, i in base_vocab.items())  # every old id keeps its meaning
+    assert new.all_special_ids == base.all_special_ids
+    assert new.convert_ids_to_tokens(list(range(128000, 128257))) == base.convert_ids_to_tokens(
+        list(range(128000, 128257))
+    )
+    _, ko = bundled_corpus(tmp_path, "ko-libreoffice-help")
+    _, en = bundled_corpus(tmp_path, "en-python-docs")
+    for text in ko + en + ["", " ", "혼합 text 123 🔎︎ \u200b", "\n\n한\n"]:
+        ids = new(text, add_special_tokens=False).input_ids
+        assert new.decode(ids, clean_up_tokenization_spaces=False) == text
+    for text in en:
+        assert new(text).input_ids == base(text).input_ids  # English tokenises exactly as before
+    base_tokens = sum(len(base(t, add_special_tokens=False).input_ids) for t in held_out)
+    new_tokens = sum(len(new(t, add_special_tokens=False).input_ids) for t in held_out)
+    assert new_tokens / base_tokens < 0.8  # on Korean text not used for training
+
+
+def test_new_tokens_are_produced_and_record_their_pieces(expanded, llama3_tokenizer):
+    from tokenizers import Tokenizer
+
+    tmp, _ = expanded
+    base = Tokenizer.from_file(str(llama3_tokenizer / "tokenizer.json"))
+    new = Tokenizer.from_file(str(tmp / "expanded/tokenizer.json"))
+    tokens = json.loads((tmp / "expanded/new_tokens.json").read_text())["tokens"]
+    selected = [t for t in tokens if not t["intermediate"]]
+    assert len(selected) > 300
+    for t in tokens:  # pieces under the old tokenizer (intermediates may be part of a character)
+        if t["text"] is not None:
+            assert base.decode(t["pieces"]) == t["text"]
+            assert all(p < 128257 for p in t["pieces"])
+    produced = sum(
+        new.encode(t["text"], add_special_tokens=False).ids == [t["id"]] for t in selected
+    )
+    assert produced / len(selected) > 0.95
+    assert all(any("가" <= c <= "힣" for c in t["text"]) for t in selected)
+
+
+def test_tokenizer_report(tmp_path, expanded, llama3_tokenizer):
+    tmp, held_out = expanded
+    ko = tmp_path / "ko.jsonl"
+    ko.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in held_out))
+    en, _ = bundled_corpus(tmp_path, "en-python-docs", n=20)
+    ok(
+        run(
+            [
+                "tools/tokenizer_report.py",
+                "--base",
+                str(llama3_tokenizer),
+                "--tokenizer",
+                str(tmp / "expanded"),
+                "--text",
+                f"ko={ko}",
+                "--text",
+                f"en={en}",
+                "--out",
+                str(tmp_path / "rep"),
+            ]
+        )
+    )
+    report = json.loads((tmp_path / "rep/tokenizer_report.json").read_text())
+    assert report["languages"]["en"]["token_ratio"] == 1.0
+    assert report["languages"]["ko"]["token_ratio"] < 0.8
+    assert (tmp_path / "rep/tokenizer_report.png").stat().st_size > 0
