@@ -13,7 +13,7 @@ from motif_megatron.data.filters.text import HangulRatioFilter
 @pytest.fixture(scope="module")
 def expanded(tmp_path_factory, llama3_tokenizer):
     tmp = tmp_path_factory.mktemp("tok")
-    corpus, texts = bundled_corpus(tmp, "ko-libreoffice-help")
+    _, texts = bundled_corpus(tmp, "ko-libreoffice-help")
     korean = [t for t in texts if HangulRatioFilter.ratio(t) > 0.3]
     train, held_out = korean[: len(korean) * 3 // 4], korean[len(korean) * 3 // 4 :]
     train_file = tmp / "train.jsonl"
