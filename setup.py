@@ -44,6 +44,7 @@ setup(
         "matplotlib",
         "zstandard",
         "pyarrow",
+        "protobuf",  # SentencePiece model editing (Llama-2-style vocabulary expansion)
     ],
     extras_require={
         # CPU development and CI: pin the CPU wheel (an unpinned torch pulls a multi-GB CUDA build)

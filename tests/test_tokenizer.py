@@ -151,3 +151,47 @@ def test_tokenizer_report(tmp_path, expanded, llama3_tokenizer):
     assert report["languages"]["en"]["token_ratio"] == 1.0
     assert report["languages"]["ko"]["token_ratio"] < 0.8
     assert (tmp_path / "rep/tokenizer_report.png").stat().st_size > 0
+
+
+def test_sentencepiece_base_expansion(tmp_path, expanded):
+    """A Llama-2-style base (SentencePiece BPE with byte fallback) is expanded the same way."""
+    import sentencepiece as spm
+
+    tmp, held_out = expanded
+    _, en = bundled_corpus(tmp_path, "en-python-docs", n=40)
+    (tmp_path / "base.txt").write_text("\n".join(en))  # an English-only base, like Llama-2
+    spm.SentencePieceTrainer.train(
+        input=str(tmp_path / "base.txt"),
+        model_prefix=str(tmp_path / "base"),
+        vocab_size=3000,
+        model_type="bpe",
+        byte_fallback=True,
+        minloglevel=2,
+    )
+    ok(
+        run(
+            [
+                "tools/expand_tokenizer.py",
+                "--base",
+                str(tmp_path / "base.model"),
+                "--new",
+                str(tmp / "ko"),
+                "--corpus",
+                str(tmp / "train.jsonl"),
+                "--min-count",
+                "10",
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+    )
+    base = spm.SentencePieceProcessor(model_file=str(tmp_path / "base.model"))
+    new = spm.SentencePieceProcessor(model_file=str(tmp_path / "out/tokenizer.model"))
+    assert all(base.id_to_piece(i) == new.id_to_piece(i) for i in range(base.get_piece_size()))
+    assert all(base.encode(t) == new.encode(t) for t in en)
+    assert all(new.decode(new.encode(t)) == base.decode(base.encode(t)) for t in held_out)
+    tokens = json.loads((tmp_path / "out/new_tokens.json").read_text())["tokens"]
+    selected = [t for t in tokens if not t["intermediate"]]
+    assert sum(new.encode(t["text"]) == [t["id"]] for t in selected) / len(selected) > 0.95
+    ratio = sum(len(new.encode(t)) for t in held_out) / sum(len(base.encode(t)) for t in held_out)
+    assert ratio < 0.8

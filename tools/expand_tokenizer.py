@@ -20,7 +20,11 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--base", required=True, help="base HF tokenizer directory (tokenizer.json)")
+    p.add_argument(
+        "--base",
+        required=True,
+        help="base tokenizer: HF directory (tokenizer.json) or SentencePiece tokenizer.model",
+    )
     p.add_argument("--new", required=True, help="tokenizer trained by tools/train_tokenizer.py")
     p.add_argument(
         "--corpus", required=True, help="corpus for the frequency count (JSONL/Parquet/folder)"
@@ -47,7 +51,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     from motif_megatron.data.readers import Document, iter_documents
-    from motif_megatron.tokenizer.expand import ExpansionConfig, expand
+    from motif_megatron.tokenizer.expand import ExpansionConfig, expand, expand_sentencepiece
 
     start = time.time()
     texts = [d.text for d in iter_documents(args.corpus, args.text_key) if isinstance(d, Document)]
@@ -60,7 +64,12 @@ def main() -> None:
         min_doc_freq=args.min_doc_freq,
         stop_list=stop,
     )
-    summary = expand(args.base, args.new, texts, args.out, config)
+    base = Path(args.base)
+    sp_model = base if base.suffix == ".model" else base / "tokenizer.model"
+    if not (base / "tokenizer.json").is_file() and sp_model.is_file():  # Llama-2 style base
+        summary = expand_sentencepiece(sp_model, args.new, texts, args.out, config)
+    else:
+        summary = expand(args.base, args.new, texts, args.out, config)
     print(
         f"added {summary['added']} tokens ({summary['selected']} selected, "
         f"{summary['intermediates']} merge intermediates) at ids {summary['first_new_id']}.."

@@ -207,6 +207,112 @@ def expand(
     return summary
 
 
+def expand_sentencepiece(
+    base_model: str | Path,
+    new_dir: str | Path,
+    texts: list[str],
+    out_dir: str | Path,
+    config: ExpansionConfig,
+) -> dict:
+    """The same expansion for a SentencePiece BPE base (Llama-2 style ``tokenizer.model``).
+
+    SentencePiece BPE merges any two adjacent symbols whose concatenation is a piece, highest score
+    first; new pieces get scores below every existing one (so they apply last, like appended BPE
+    merges) along a chain over the base's own segmentation of the token.
+    """
+    import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2 as model_pb2
+    from tokenizers import Tokenizer
+
+    base_model, new_dir, out_dir = Path(base_model), Path(new_dir), Path(out_dir)
+    proto = model_pb2.ModelProto()
+    proto.ParseFromString(base_model.read_bytes())
+    if proto.trainer_spec.model_type != model_pb2.TrainerSpec.BPE:
+        raise UserError(f"{base_model.name} is not a SentencePiece BPE model")
+    sp = spm.SentencePieceProcessor(model_file=str(base_model))
+    new_spec = _load_spec(new_dir)
+    new_vocab: dict[str, int] = new_spec["model"]["vocab"]
+    counts, doc_freq = count_tokens(Tokenizer.from_file(str(new_dir / "tokenizer.json")), texts)
+    existing = {p.piece: i for i, p in enumerate(proto.pieces)}
+    excluded: Counter = Counter()
+    kept: list[str] = []
+    for token in sorted(new_vocab, key=lambda t: (-counts[new_vocab[t]], new_vocab[t])):
+        reason = rule_reason(token, config)
+        text = token_text(token) if reason is None else None
+        piece = text.replace(" ", "\u2581") if text else None
+        if reason is None and not text.startswith(" "):
+            reason = "not_word_initial"  # SentencePiece prefixes every word with U+2581
+        if reason is None and piece in existing:
+            continue
+        if reason is None and counts[new_vocab[token]] < config.min_count:
+            reason = "below_min_count"
+        if reason is None and doc_freq[new_vocab[token]] < config.min_doc_freq:
+            reason = "named_entity_like"
+        if reason:
+            excluded[reason] += 1
+            continue
+        kept.append(piece)
+        if config.max_new_tokens and len(kept) >= config.max_new_tokens:
+            break
+    score = min(p.score for p in proto.pieces) - 1.0
+    selected = set(kept)
+    records = []
+    for piece in kept:
+        parts = _sp_symbols(sp.encode(piece.replace("\u2581", " "), out_type=str))
+        left = parts[0]
+        for right in parts[1:]:
+            merged = left + right
+            if merged not in existing:
+                new_piece = proto.pieces.add()
+                new_piece.piece, new_piece.score = merged, score
+                new_piece.type = model_pb2.ModelProto.SentencePiece.NORMAL
+                existing[merged] = len(proto.pieces) - 1
+                text = merged.replace("\u2581", " ")
+                records.append(
+                    {
+                        "id": existing[merged],
+                        "token": merged,
+                        "text": text,
+                        "intermediate": merged not in selected,
+                        "pieces": sp.encode(text),
+                    }
+                )
+                score -= 1.0
+            left = merged
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "tokenizer.model").write_bytes(proto.SerializeToString())
+    summary = {
+        "added": len(records),
+        "selected": len(kept),
+        "intermediates": sum(r["intermediate"] for r in records),
+        "excluded": dict(excluded),
+        "first_new_id": records[0]["id"] if records else None,
+        "vocab_size": len(proto.pieces),
+        "min_count": config.min_count,
+    }
+    (out_dir / "new_tokens.json").write_text(
+        json.dumps({"summary": summary, "tokens": records}, ensure_ascii=False, indent=1) + "\n"
+    )
+    return summary
+
+
+def _sp_symbols(pieces: list[str]) -> list[str]:
+    """SentencePiece pieces with byte-fallback runs (``<0xEC><0x84><0xA0>``) turned back into the
+    characters BPE merges actually see."""
+    symbols, pending = [], bytearray()
+    for piece in pieces:
+        if len(piece) == 6 and piece.startswith("<0x") and piece.endswith(">"):
+            pending.append(int(piece[3:5], 16))
+            continue
+        if pending:
+            symbols.extend(pending.decode("utf-8", errors="replace"))
+            pending.clear()
+        symbols.append(piece)
+    if pending:
+        symbols.extend(pending.decode("utf-8", errors="replace"))
+    return [s for s in symbols if s]
+
+
 def _load_spec(folder: Path) -> dict:
     path = folder / "tokenizer.json"
     if not path.is_file():
