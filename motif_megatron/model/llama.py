@@ -60,6 +60,8 @@ class LlamaArgs:
     """The checkpoint's native dtype; conversion keeps it."""
     hf_config: dict[str, Any] = field(default_factory=dict)
     """The original HF config, so fields we do not model (token ids, ...) survive export."""
+    growth: dict[str, Any] = field(default_factory=dict)
+    """What growth transforms did (e.g. ``llama_pro_layers``: the new blocks the trainer trains)."""
 
     def __post_init__(self) -> None:
         problems = []

@@ -1,0 +1,1 @@
+"""Model growth as checkpoint transforms: LlamaPro depth, vocabulary resize (MSG width: to come)."""

@@ -1,0 +1,149 @@
+"""Grow a Megatron checkpoint offline, tensor by tensor: LlamaPro depth and vocabulary resize.
+
+Reads one layer slice at a time from the source checkpoint and hands it to the streaming writer
+for a placeholder model of the grown shape, so peak memory stays near the largest tensor. The
+output is a normal checkpoint root (any TP/PP loads it) whose ``motif_model.json`` records the
+new layers and vocabulary rows.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import resource
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from motif_megatron import parallel
+from motif_megatron.checkpoint import dist, layout
+from motif_megatron.checkpoint.convert import TOKENIZER_DIR, copy_tokenizer
+from motif_megatron.errors import UserError
+from motif_megatron.growth import llama_pro, vocab
+from motif_megatron.model.builder import BuildOptions, build_model, check_parallel_shapes
+from motif_megatron.model.llama import LlamaArgs, padded_vocab_size
+
+_LAYER = re.compile(r"decoder\.layers\.(\d+)\.(.+)")
+
+
+@dataclass(frozen=True)
+class GrowthRequest:
+    depth_add: int | None = None
+    depth_positions: tuple[int, ...] | None = None
+    tokenizer: str | None = None
+    """Expanded tokenizer directory (with ``new_tokens.json``) to resize the vocabulary to."""
+    init: str = "subword-mean"
+    tp: int = 1
+    pp: int = 1
+    make_vocab_size_divisible_by: int = 128
+    seed: int = 0
+
+
+def _new_vocab(tokenizer: Path, old_vocab: int) -> tuple[int, dict[int, list[int]]]:
+    info_path = tokenizer / "new_tokens.json"
+    if not info_path.is_file():
+        raise UserError(
+            f"{info_path} not found: expand the tokenizer with tools/expand_tokenizer.py"
+        )
+    info = json.loads(info_path.read_text())
+    size = int(info["summary"]["vocab_size"])
+    if size <= old_vocab:
+        raise UserError(f"tokenizer has {size} ids, not more than the model's {old_vocab}")
+    return size, {t["id"]: t["pieces"] for t in info["tokens"] if t.get("text") is not None}
+
+
+def grow(load: str | Path, save: str | Path, request: GrowthRequest) -> dict:
+    """Write the grown checkpoint root ``save``; returns a summary (also in motif_model.json)."""
+    root = dist.root_of(load)
+    args = LlamaArgs.load(root)
+    reader = dist.CheckpointReader(load)
+    layers = [(i, False) for i in range(args.num_hidden_layers)]
+    growth = dict(args.growth)
+    if request.depth_add or request.depth_positions:
+        positions = list(
+            request.depth_positions
+            or llama_pro.positions_for(args.num_hidden_layers, request.depth_add)
+        )
+        layers = llama_pro.layer_map(args.num_hidden_layers, positions)
+        growth["llama_pro_layers"] = [j for j, (_, new) in enumerate(layers) if new]
+    new_args = args.replace(num_hidden_layers=len(layers), growth=growth)
+    pieces: dict[int, list[int]] = {}
+    if request.tokenizer:
+        size, pieces = _new_vocab(Path(request.tokenizer), args.vocab_size)
+        new_args = new_args.replace(vocab_size=size)
+        growth["vocab"] = {"old": args.vocab_size, "new": size, "init": request.init}
+    new_args = new_args.replace(
+        padded_vocab_size=padded_vocab_size(
+            new_args.vocab_size, request.make_vocab_size_divisible_by, request.tp
+        )
+    )
+    check_parallel_shapes(new_args, request.tp, request.pp)
+    if request.tokenizer and request.init not in vocab.METHODS:
+        raise UserError(f"--init {request.init!r}: choose one of {', '.join(vocab.METHODS)}")
+
+    parallel.initialize(parallel.ParallelConfig(1, 1))
+    model = build_model(new_args, BuildOptions(initialize=False))
+    by_local = {p.local_name: p for p in layout.LAYER_PARAMS}
+    old_v, new_v = args.vocab_size, new_args.vocab_size
+
+    def resize(key: str, is_output: bool) -> torch.Tensor:
+        old = reader.get(key)[:old_v]
+        out = torch.zeros(new_args.padded_vocab_size, old.shape[1], dtype=old.dtype)
+        out[:old_v] = old
+        if new_v > old_v:
+            ids = range(old_v, new_v)
+            known = [i for i in ids if pieces.get(i)]
+            unknown = [i for i in ids if not pieces.get(i)]  # e.g. specials past the model vocab
+            if known:
+                rows = vocab.new_rows(
+                    old,
+                    [pieces[i] for i in known],
+                    request.init,
+                    is_output,
+                    args.initializer_range,
+                    request.seed,
+                )
+                out[known] = rows
+            if unknown:
+                out[unknown] = old.float().mean(0).to(old.dtype)
+        return out
+
+    def produce(name: str) -> torch.Tensor:
+        match = _LAYER.fullmatch(name)
+        if match:
+            source, is_new = layers[int(match.group(1))]
+            param = by_local[match.group(2)]
+            tensor = reader.get(layout.layer_ckpt_key(param), source)
+            return (
+                torch.zeros_like(tensor)
+                if is_new and param.ckpt_key in llama_pro.ZEROED
+                else tensor
+            )
+        if name == layout.EMBEDDING[0]:
+            return resize(layout.EMBEDDING[0], False)
+        if name == layout.OUTPUT[0]:
+            return resize(layout.OUTPUT[0], True)
+        if name == layout.FINAL_NORM[0]:
+            return reader.get(layout.FINAL_NORM[0])
+        raise KeyError(name)
+
+    save = Path(save)
+    save.mkdir(parents=True, exist_ok=True)
+    dist.stream_save(model, produce, save)
+    new_args.save(save)
+    tokenizer_src = Path(request.tokenizer) if request.tokenizer else root / TOKENIZER_DIR
+    if tokenizer_src.is_dir():
+        copy_tokenizer(tokenizer_src, save / TOKENIZER_DIR)
+        if (tokenizer_src / "new_tokens.json").is_file():
+            shutil.copy2(
+                tokenizer_src / "new_tokens.json", save / TOKENIZER_DIR / "new_tokens.json"
+            )
+    return {
+        "layers": len(layers),
+        "hidden_size": new_args.hidden_size,
+        "vocab_size": new_v,
+        "growth": growth,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }

@@ -1,0 +1,58 @@
+"""New embedding and output rows for an expanded tokenizer, by one of six initialisations.
+
+Old rows stay bit-identical. ``pieces`` are each new token's ids under the old tokenizer (from
+``new_tokens.json``).
+
+- ``random``: N(0, initializer_range), what a freshly resized HF model does without care.
+- ``mean``: the mean of all old rows (Hewitt, 2021).
+- ``mean-resizing``: N(mu, 1e-9 Sigma) of the old rows (HF ``resize_token_embeddings``).
+- ``subword-mean``: the mean of the new token's pieces' rows, for input and output (EEVE inputs).
+- ``first-subword``: the first piece's row, for input and output (EEVE's output-head choice).
+- ``decompose``: RedWhale's decomposition: the input row is the mean of the pieces' embeddings and
+  the output row the first piece's head row, so the new token starts as likely as its first piece
+  and reads as the sum of its parts.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from motif_megatron.errors import UserError
+
+METHODS = ("random", "mean", "mean-resizing", "subword-mean", "first-subword", "decompose")
+
+
+def new_rows(
+    old: torch.Tensor,
+    pieces: list[list[int]],
+    method: str,
+    is_output: bool,
+    std: float,
+    seed: int = 0,
+) -> torch.Tensor:
+    """``[len(pieces), hidden]`` rows in ``old``'s dtype; computed in fp32 from ``old [V, hidden]``."""
+    if method not in METHODS:
+        raise UserError(f"--init {method!r}: choose one of {', '.join(METHODS)}")
+    generator = torch.Generator().manual_seed(seed + int(is_output))
+    n, hidden = len(pieces), old.shape[1]
+    base = old.float()
+    if method == "random":
+        rows = torch.randn(n, hidden, generator=generator) * std
+    elif method == "mean":
+        rows = base.mean(0).expand(n, hidden)
+    elif method == "mean-resizing":
+        mu = base.mean(0)
+        centred = base - mu
+        cov = centred.T @ centred / max(len(base) - 1, 1)
+        # N(mu, 1e-9 cov): a Cholesky factor of cov (jittered to be positive definite) scales noise
+        chol = torch.linalg.cholesky(cov + 1e-6 * torch.eye(hidden) * cov.diagonal().mean())
+        rows = mu + (torch.randn(n, hidden, generator=generator) @ chol.T) * 1e-9**0.5
+    else:
+        if any(not p for p in pieces):
+            raise UserError("a new token has no pieces under the old tokenizer (new_tokens.json)")
+        use_first = method == "first-subword" or (method == "decompose" and is_output)
+        if use_first:
+            rows = base[[p[0] for p in pieces]]
+        else:
+            rows = torch.stack([base[p].mean(0) for p in pieces])
+    return rows.to(old.dtype)

@@ -1,0 +1,215 @@
+"""Growth transforms preserve the function: LlamaPro depth (exact) and vocabulary resize."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import bundled_corpus, max_abs_diff, ok, run
+
+from motif_megatron.checkpoint.dist import CheckpointReader
+
+
+@pytest.fixture(scope="module")
+def grown(tmp_path_factory, tiny_ckpt):
+    out = tmp_path_factory.mktemp("grown") / "depth"
+    ok(
+        run(
+            [
+                "tools/expand_checkpoint.py",
+                "--load",
+                str(tiny_ckpt),
+                "--save",
+                str(out),
+                "--depth-add",
+                "2",
+                "--tp",
+                "1",
+                "--pp",
+                "1",
+            ]
+        )
+    )
+    return out
+
+
+@pytest.mark.parametrize(("nproc", "layout"), [(1, []), (2, ["--tp", "2"]), (2, ["--pp", "2"])])
+def test_depth_growth_is_exact(tiny_ckpt, grown, nproc, layout):
+    out = ok(
+        run(
+            [
+                "tools/check_equivalence.py",
+                "--load",
+                str(tiny_ckpt),
+                "--load-b",
+                str(grown),
+                *layout,
+                "--atol",
+                "1e-6",
+            ],
+            nproc=nproc,
+        )
+    )
+    assert max_abs_diff(out) < 1e-6
+
+
+def test_depth_growth_records_new_blocks_and_exports(tmp_path, tiny_hf, grown):
+    args = json.loads((grown / "motif_model.json").read_text())
+    assert args["num_hidden_layers"] == 6 and args["growth"]["llama_pro_layers"] == [2, 5]
+    reader = CheckpointReader(grown)
+    for layer in (2, 5):
+        assert not reader.get("decoder.layers.self_attention.linear_proj.weight", layer).any()
+        assert not reader.get("decoder.layers.mlp.linear_fc2.weight", layer).any()
+        assert torch.equal(
+            reader.get("decoder.layers.self_attention.linear_qkv.weight", layer),
+            reader.get("decoder.layers.self_attention.linear_qkv.weight", layer - 1),
+        )
+    ok(run(["tools/convert_hf.py", "export", "--load", str(grown), "--out", str(tmp_path / "hf")]))
+    out = ok(
+        run(
+            [
+                "tools/check_equivalence.py",
+                "--hf-dir",
+                str(tmp_path / "hf"),
+                "--load",
+                str(grown),
+                "--atol",
+                "1e-4",
+            ]
+        )
+    )
+    assert max_abs_diff(out) < 1e-4
+    from transformers import AutoModelForCausalLM
+
+    ids = torch.randint(0, 128000, (1, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        base = AutoModelForCausalLM.from_pretrained(tiny_hf, local_files_only=True)(ids).logits
+        big = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True)(
+            ids
+        ).logits
+    assert (base - big).abs().max() < 1e-5
+
+
+def test_impossible_growth_is_refused(tmp_path, tiny_ckpt):
+    result = run(
+        [
+            "tools/expand_checkpoint.py",
+            "--load",
+            str(tiny_ckpt),
+            "--save",
+            str(tmp_path / "x"),
+            "--depth-add",
+            "3",
+        ]
+    )
+    assert result.returncode == 2 and "must divide num_hidden_layers=4" in result.stderr
+    result = run(
+        [
+            "tools/expand_checkpoint.py",
+            "--load",
+            str(tiny_ckpt),
+            "--save",
+            str(tmp_path / "x"),
+            "--hidden-size",
+            "128",
+        ]
+    )
+    assert result.returncode == 2 and "not implemented yet" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def expanded_tokenizer(tmp_path_factory, llama3_tokenizer):
+    tmp = tmp_path_factory.mktemp("vocab")
+    corpus, _ = bundled_corpus(tmp, "ko-libreoffice-help")
+    ok(
+        run(
+            [
+                "tools/train_tokenizer.py",
+                "--input",
+                str(corpus),
+                "--vocab-size",
+                "3000",
+                "--out",
+                str(tmp / "ko"),
+                "--base",
+                str(llama3_tokenizer),
+            ]
+        )
+    )
+    ok(
+        run(
+            [
+                "tools/expand_tokenizer.py",
+                "--base",
+                str(llama3_tokenizer),
+                "--new",
+                str(tmp / "ko"),
+                "--corpus",
+                str(corpus),
+                "--min-count",
+                "20",
+                "--out",
+                str(tmp / "expanded"),
+            ]
+        )
+    )
+    return tmp / "expanded"
+
+
+@pytest.mark.parametrize(
+    "init", ["random", "mean", "mean-resizing", "subword-mean", "first-subword", "decompose"]
+)
+def test_vocabulary_growth_keeps_old_rows(tmp_path, tiny_ckpt, expanded_tokenizer, init):
+    out = tmp_path / "vocab"
+    ok(
+        run(
+            [
+                "tools/expand_checkpoint.py",
+                "--load",
+                str(tiny_ckpt),
+                "--save",
+                str(out),
+                "--tokenizer",
+                str(expanded_tokenizer),
+                "--init",
+                init,
+            ]
+        )
+    )
+    info = json.loads((expanded_tokenizer / "new_tokens.json").read_text())
+    old, new = CheckpointReader(tiny_ckpt), CheckpointReader(out)
+    v_old = json.loads((tiny_ckpt / "motif_model.json").read_text())["vocab_size"]
+    assert (
+        json.loads((out / "motif_model.json").read_text())["vocab_size"]
+        == info["summary"]["vocab_size"]
+    )
+    for key in ("embedding.word_embeddings.weight", "output_layer.weight"):
+        before, after = old.get(key), new.get(key)
+        assert torch.equal(after[:v_old], before[:v_old])  # old rows bit-identical
+        assert after.shape[0] % 128 == 0 and after.shape[0] >= info["summary"]["vocab_size"]
+        token = next(t for t in info["tokens"] if t["text"] and len(t["pieces"]) > 1)
+        row, pieces = after[token["id"]], before[token["pieces"]]
+        first = (key.startswith("output") and init == "decompose") or init == "first-subword"
+        if init == "subword-mean" or (init == "decompose" and not first):
+            assert torch.allclose(row, pieces.mean(0))
+        elif first:
+            assert torch.equal(row, pieces[0])
+        elif init == "mean":
+            assert torch.allclose(row, before[:v_old].mean(0), atol=1e-6)
+    if init == "subword-mean":  # old tokens' logits are unchanged
+        result = ok(
+            run(
+                [
+                    "tools/check_equivalence.py",
+                    "--load",
+                    str(tiny_ckpt),
+                    "--load-b",
+                    str(out),
+                    "--atol",
+                    "1e-5",
+                ]
+            )
+        )
+        assert max_abs_diff(result) < 1e-5
