@@ -104,18 +104,6 @@ def test_impossible_growth_is_refused(tmp_path, tiny_ckpt):
         ]
     )
     assert result.returncode == 2 and "must divide num_hidden_layers=4" in result.stderr
-    result = run(
-        [
-            "tools/expand_checkpoint.py",
-            "--load",
-            str(tiny_ckpt),
-            "--save",
-            str(tmp_path / "x"),
-            "--hidden-size",
-            "128",
-        ]
-    )
-    assert result.returncode == 2 and "not implemented yet" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -213,3 +201,159 @@ def test_vocabulary_growth_keeps_old_rows(tmp_path, tiny_ckpt, expanded_tokenize
             )
         )
         assert max_abs_diff(result) < 1e-5
+
+
+WIDTH_CASES = {
+    "hidden": ["--hidden-size", "96"],
+    "ffn": ["--ffn-hidden-size", "240"],
+    "heads_in_groups": ["--num-attention-heads", "12", "--num-query-groups", "2"],
+    "new_groups": ["--num-attention-heads", "16", "--num-query-groups", "4"],
+    "combined_with_depth": [
+        "--hidden-size",
+        "80",
+        "--ffn-hidden-size",
+        "208",
+        "--num-attention-heads",
+        "16",
+        "--num-query-groups",
+        "4",
+        "--depth-add",
+        "2",
+    ],
+}
+
+
+@pytest.fixture(scope="module")
+def widened(tmp_path_factory, tiny_ckpt):
+    root = tmp_path_factory.mktemp("width")
+    for name, flags in WIDTH_CASES.items():
+        ok(
+            run(
+                [
+                    "tools/expand_checkpoint.py",
+                    "--load",
+                    str(tiny_ckpt),
+                    "--save",
+                    str(root / name),
+                    *flags,
+                    "--tp",
+                    "2",
+                ]
+            )
+        )
+    return root
+
+
+@pytest.mark.parametrize("case", list(WIDTH_CASES))
+@pytest.mark.parametrize(("nproc", "layout"), [(1, []), (2, ["--tp", "2"])])
+def test_width_growth_is_exact_at_mask_zero(tiny_ckpt, widened, case, nproc, layout):
+    out = ok(
+        run(
+            [
+                "tools/check_equivalence.py",
+                "--load",
+                str(tiny_ckpt),
+                "--load-b",
+                str(widened / case),
+                *layout,
+                "--atol",
+                "1e-5",
+            ],
+            nproc=nproc,
+        )
+    )
+    assert max_abs_diff(out) < 1e-5
+
+
+def _probe(ckpt, mask, *extra):
+    out = ok(run(["tests/scripts/msg_probe.py", "--load", str(ckpt), "--mask", str(mask), *extra]))
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_masks_gate_new_parameters_and_finalize(tmp_path, tiny_ckpt, widened):
+    grown = widened / "combined_with_depth"
+    closed, half = _probe(grown, 0.0), _probe(grown, 0.5)
+    assert closed["fc1_new_rows"] == closed["fc2_new_rows"] == closed["embedding_new_cols"] == 0.0
+    assert half["fc1_new_rows"] > 0 and half["fc2_new_rows"] > 0 and half["embedding_new_cols"] > 0
+    assert half["loss"] != closed["loss"]  # at m > 0 the grown model computes something new
+    opened = tmp_path / "opened"
+    _probe(grown, 1.0, "--save", str(opened))
+    refused = run(
+        [
+            "tools/expand_checkpoint.py",
+            "--load",
+            str(grown),
+            "--save",
+            str(tmp_path / "x"),
+            "--finalize",
+        ]
+    )
+    assert refused.returncode == 2 and "needs the MSG masks at 1" in refused.stderr
+    final = tmp_path / "final"
+    ok(
+        run(
+            [
+                "tools/expand_checkpoint.py",
+                "--load",
+                str(opened),
+                "--save",
+                str(final),
+                "--finalize",
+            ]
+        )
+    )
+    assert "msg" not in json.loads((final / "motif_model.json").read_text())["growth"]
+    out = ok(
+        run(
+            [
+                "tools/check_equivalence.py",
+                "--load",
+                str(opened),
+                "--load-b",
+                str(final),
+                "--atol",
+                "1e-5",
+            ]
+        )
+    )
+    assert max_abs_diff(out) < 1e-5
+    ok(run(["tools/convert_hf.py", "export", "--load", str(final), "--out", str(tmp_path / "hf")]))
+    out = ok(
+        run(
+            [
+                "tools/check_equivalence.py",
+                "--hf-dir",
+                str(tmp_path / "hf"),
+                "--load",
+                str(opened),
+                "--atol",
+                "1e-4",
+            ]
+        )
+    )
+    assert max_abs_diff(out) < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        (["--hidden-size", "32"], "smaller than the current 64"),
+        (
+            ["--num-attention-heads", "12", "--num-query-groups", "3", "--tp", "2"],
+            "query groups 3 are not divisible by tp=2",
+        ),
+        (["--num-attention-heads", "9"], "not a multiple of query groups"),
+    ],
+)
+def test_impossible_width_is_refused(tmp_path, tiny_ckpt, flags, needle):
+    result = run(
+        [
+            "tools/expand_checkpoint.py",
+            "--load",
+            str(tiny_ckpt),
+            "--save",
+            str(tmp_path / "x"),
+            *flags,
+        ]
+    )
+    assert result.returncode == 2 and needle in result.stderr and "Traceback" not in result.stderr

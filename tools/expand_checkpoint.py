@@ -39,6 +39,11 @@ def parse_args() -> argparse.Namespace:
         p.add_argument(
             flag, type=int, help="Masked Structure Growth width target (not available yet)"
         )
+    p.add_argument(
+        "--finalize",
+        action="store_true",
+        help="drop the MSG masks of a width-grown checkpoint trained until m=1",
+    )
     p.add_argument("--tokenizer", help="expanded tokenizer directory (with new_tokens.json)")
     p.add_argument(
         "--init",
@@ -58,21 +63,22 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     quiet_library_warnings()
-    if any(
-        v is not None
-        for v in (
-            args.hidden_size,
-            args.ffn_hidden_size,
-            args.num_attention_heads,
-            args.num_query_groups,
-        )
+    width = (
+        args.hidden_size,
+        args.ffn_hidden_size,
+        args.num_attention_heads,
+        args.num_query_groups,
+    )
+    if not (
+        args.depth_add
+        or args.depth_positions
+        or args.tokenizer
+        or args.finalize
+        or any(w is not None for w in width)
     ):
         raise UserError(
-            "width growth (Masked Structure Growth) is not implemented yet; "
-            "depth (--depth-add) and vocabulary (--tokenizer) growth are"
+            "nothing to grow: give --depth-add/--depth-positions, width sizes and/or --tokenizer"
         )
-    if not (args.depth_add or args.depth_positions or args.tokenizer):
-        raise UserError("nothing to grow: give --depth-add/--depth-positions and/or --tokenizer")
     from motif_megatron.growth.transform import GrowthRequest, grow
 
     request = GrowthRequest(
@@ -83,6 +89,11 @@ def main() -> None:
         tp=args.tp,
         pp=args.pp,
         seed=args.seed,
+        hidden_size=args.hidden_size,
+        ffn_hidden_size=args.ffn_hidden_size,
+        num_attention_heads=args.num_attention_heads,
+        num_query_groups=args.num_query_groups,
+        finalize=args.finalize,
     )
     summary = grow(args.load, args.save, request)
     print(

@@ -134,11 +134,17 @@ class _LazySavePlanner:
         self._produce = produce
         self._owner = {p.untyped_storage().data_ptr(): (name, p) for name, p in params.items()}
         self._cached: tuple[str, torch.Tensor] | None = None
+        self._fixed: set[int] = set()  # buffers (e.g. MSG mask values) are saved as they are
+
+    def fix(self, buffers: list[torch.Tensor]) -> None:
+        self._fixed = {b.untyped_storage().data_ptr() for b in buffers}
 
     def resolve_data(self, write_item):
         placeholder = super().resolve_data(write_item)
         if not isinstance(placeholder, torch.Tensor):
             return placeholder  # serialised ShardedObject bytes
+        if placeholder.untyped_storage().data_ptr() in self._fixed:
+            return placeholder
         name, param = self._owner[placeholder.untyped_storage().data_ptr()]
         if self._cached is None or self._cached[0] != name:
             value = self._produce(name)
@@ -188,12 +194,14 @@ def stream_save(
             writer = FileSystemWriter(
                 str(checkpoint_dir), single_file_per_rank=False, thread_count=1
             )
+            planner = Planner(
+                produce, params, dedup_replicated_tensors=False, flatten_state_dict=False
+            )
+            planner.fix([b for _, b in model.named_buffers()])
             dcp_save(
                 mcore_to_pyt_state_dict(sharded_state_dict, False),
                 storage_writer=writer,
-                planner=Planner(
-                    produce, params, dedup_replicated_tensors=False, flatten_state_dict=False
-                ),
+                planner=planner,
             )
 
     final = iteration_dir(root, None)

@@ -21,7 +21,7 @@ from motif_megatron import parallel
 from motif_megatron.checkpoint import dist, layout
 from motif_megatron.checkpoint.convert import TOKENIZER_DIR, copy_tokenizer
 from motif_megatron.errors import UserError
-from motif_megatron.growth import llama_pro, vocab
+from motif_megatron.growth import llama_pro, msg, vocab
 from motif_megatron.model.builder import BuildOptions, build_model, check_parallel_shapes
 from motif_megatron.model.llama import LlamaArgs, padded_vocab_size
 
@@ -35,10 +35,16 @@ class GrowthRequest:
     tokenizer: str | None = None
     """Expanded tokenizer directory (with ``new_tokens.json``) to resize the vocabulary to."""
     init: str = "subword-mean"
+    hidden_size: int | None = None
+    ffn_hidden_size: int | None = None
+    num_attention_heads: int | None = None
+    num_query_groups: int | None = None
     tp: int = 1
     pp: int = 1
     make_vocab_size_divisible_by: int = 128
     seed: int = 0
+    finalize: bool = False
+    """Drop the MSG masks of a width-grown checkpoint whose mask value has reached 1."""
 
 
 def _new_vocab(tokenizer: Path, old_vocab: int) -> tuple[int, dict[int, list[int]]]:
@@ -52,6 +58,13 @@ def _new_vocab(tokenizer: Path, old_vocab: int) -> tuple[int, dict[int, list[int
     if size <= old_vocab:
         raise UserError(f"tokenizer has {size} ids, not more than the model's {old_vocab}")
     return size, {t["id"]: t["pieces"] for t in info["tokens"] if t.get("text") is not None}
+
+
+def _mask_key(reader: dist.CheckpointReader) -> str:
+    key = next((k for k in sorted(reader.shapes) if k.endswith("msg_m")), None)
+    if key is None:
+        raise UserError(f"{reader.dir} holds no MSG mask values")
+    return key
 
 
 def grow(load: str | Path, save: str | Path, request: GrowthRequest) -> dict:
@@ -68,7 +81,37 @@ def grow(load: str | Path, save: str | Path, request: GrowthRequest) -> dict:
         )
         layers = llama_pro.layer_map(args.num_hidden_layers, positions)
         growth["llama_pro_layers"] = [j for j, (_, new) in enumerate(layers) if new]
-    new_args = args.replace(num_hidden_layers=len(layers), growth=growth)
+    if request.finalize:
+        if "msg" not in growth:
+            raise UserError("--finalize: this checkpoint has no MSG masks")
+        values = reader.get(_mask_key(reader)).flatten().unique().tolist()
+        if values != [1.0]:
+            raise UserError(f"--finalize needs the MSG masks at 1, this checkpoint has m={values}")
+        growth.pop("msg")
+    plan = None
+    width = (
+        request.hidden_size,
+        request.ffn_hidden_size,
+        request.num_attention_heads,
+        request.num_query_groups,
+    )
+    if any(w is not None for w in width):
+        if "msg" in growth:
+            raise UserError("this checkpoint is already width-grown: finalize it first")
+        plan = msg.WidthPlan(
+            args,
+            request.hidden_size or args.hidden_size,
+            request.ffn_hidden_size or args.intermediate_size,
+            request.num_attention_heads or args.num_attention_heads,
+            request.num_query_groups or args.num_key_value_heads,
+            request.tp,
+        )
+        plan.check()
+        growth["msg"] = plan.metadata()
+        args_shape = plan.new_args
+    else:
+        args_shape = args
+    new_args = args_shape.replace(num_hidden_layers=len(layers), growth=growth)
     pieces: dict[int, list[int]] = {}
     if request.tokenizer:
         size, pieces = _new_vocab(Path(request.tokenizer), args.vocab_size)
@@ -88,8 +131,12 @@ def grow(load: str | Path, save: str | Path, request: GrowthRequest) -> dict:
     by_local = {p.local_name: p for p in layout.LAYER_PARAMS}
     old_v, new_v = args.vocab_size, new_args.vocab_size
 
+    generator = torch.Generator().manual_seed(request.seed)
+
     def resize(key: str, is_output: bool) -> torch.Tensor:
         old = reader.get(key)[:old_v]
+        if plan is not None:
+            old = msg.grow_columns(old, new_args.hidden_size, generator)
         out = torch.zeros(new_args.padded_vocab_size, old.shape[1], dtype=old.dtype)
         out[:old_v] = old
         if new_v > old_v:
@@ -116,6 +163,8 @@ def grow(load: str | Path, save: str | Path, request: GrowthRequest) -> dict:
             source, is_new = layers[int(match.group(1))]
             param = by_local[match.group(2)]
             tensor = reader.get(layout.layer_ckpt_key(param), source)
+            if plan is not None:
+                tensor = msg.grow_layer_tensor(param, tensor, plan, generator)
             return (
                 torch.zeros_like(tensor)
                 if is_new and param.ckpt_key in llama_pro.ZEROED
@@ -126,7 +175,8 @@ def grow(load: str | Path, save: str | Path, request: GrowthRequest) -> dict:
         if name == layout.OUTPUT[0]:
             return resize(layout.OUTPUT[0], True)
         if name == layout.FINAL_NORM[0]:
-            return reader.get(layout.FINAL_NORM[0])
+            norm = reader.get(layout.FINAL_NORM[0])
+            return norm if plan is None else msg.grow_norm(norm, new_args.hidden_size)
         raise KeyError(name)
 
     save = Path(save)

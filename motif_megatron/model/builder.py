@@ -132,9 +132,18 @@ def build_model(args: LlamaArgs, options: BuildOptions):
     from megatron.core.models.gpt import GPTModel
 
     config = transformer_config(args, options)
+    msg = args.growth.get("msg")
+    if msg:  # a width-grown model trains with MSG masks until it is finalized
+        from megatron.core.transformer.transformer_block import get_num_layers_to_build
+
+        from motif_megatron.growth.masked import masked_spec
+
+        spec = masked_spec(config, args.growth, get_num_layers_to_build(config))
+    else:
+        spec = layer_spec(resolve_spec(options.spec))
     model = GPTModel(
         config=config,
-        transformer_layer_spec=layer_spec(resolve_spec(options.spec)),
+        transformer_layer_spec=spec,
         vocab_size=model_vocab_size(args, options),
         max_sequence_length=args.max_position_embeddings,
         pre_process=parallel_state.is_pipeline_first_stage(),
@@ -147,6 +156,11 @@ def build_model(args: LlamaArgs, options: BuildOptions):
     # inverse frequencies HF computes so any config is exact.
     rotary = model.rotary_pos_emb
     rotary.inv_freq = llama3_inv_freq(args).to(rotary.inv_freq.device)
+    if msg:
+        from motif_megatron.growth.masked import attach_embedding_mask, set_mask
+
+        attach_embedding_mask(model, msg["old_hidden"])
+        set_mask(model, msg.get("m", 0.0))
     # like Megatron-LM's Float16Module: norms too live in the model dtype (a no-op for the
     # linear weights, which are created in it, so placeholders stay untouched)
     return model.to(config.params_dtype)
@@ -162,4 +176,8 @@ def build_from_checkpoint(load: str, options: BuildOptions):
     args = LlamaArgs.load(dist.root_of(load))
     model = build_model(args, options)
     dist.load_model(model, load)
+    if args.growth.get("msg"):  # the checkpoint's mask value wins (the trainer ramps it)
+        from motif_megatron.growth.masked import mask_value, set_mask
+
+        set_mask(model, mask_value(model))
     return model, args
