@@ -147,6 +147,7 @@ class _LazySavePlanner:
             return placeholder
         name, param = self._owner[placeholder.untyped_storage().data_ptr()]
         if self._cached is None or self._cached[0] != name:
+            self._cached = None  # release the previous tensor before producing the next
             value = self._produce(name)
             if value.shape != param.shape or value.dtype != param.dtype:
                 raise ValueError(

@@ -87,9 +87,25 @@ class WidthPlan:
         }
 
 
+def _rms(like: torch.Tensor, chunk: int = 4096) -> float:
+    total = sum(float(like[i : i + chunk].float().pow(2).sum()) for i in range(0, len(like), chunk))
+    return (total / max(like.numel(), 1)) ** 0.5
+
+
+def fill_fresh(
+    out: torch.Tensor, like: torch.Tensor, generator: torch.Generator, chunk: int = 4096
+) -> None:
+    """Fill ``out`` in place with N(0, rms(like)), a chunk of rows at a time."""
+    rms = _rms(like)
+    for i in range(0, len(out), chunk):
+        block = out[i : i + chunk]
+        block.copy_(torch.randn(block.shape, generator=generator) * rms)
+
+
 def _fresh(shape, like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    rms = like.float().pow(2).mean().sqrt()
-    return (torch.randn(shape, generator=generator) * rms).to(like.dtype)
+    out = torch.empty(shape, dtype=like.dtype)
+    fill_fresh(out, like, generator)
+    return out
 
 
 def _place(

@@ -134,27 +134,29 @@ def grow(load: str | Path, save: str | Path, request: GrowthRequest) -> dict:
     generator = torch.Generator().manual_seed(request.seed)
 
     def resize(key: str, is_output: bool) -> torch.Tensor:
+        """Embedding / output rows: old block in place, new hidden columns and new rows added."""
         old = reader.get(key)[:old_v]
+        out = torch.zeros(new_args.padded_vocab_size, new_args.hidden_size, dtype=old.dtype)
+        out[:old_v, : old.shape[1]] = old
         if plan is not None:
-            old = msg.grow_columns(old, new_args.hidden_size, generator)
-        out = torch.zeros(new_args.padded_vocab_size, old.shape[1], dtype=old.dtype)
-        out[:old_v] = old
+            msg.fill_fresh(out[:old_v, old.shape[1] :], old, generator)
+        del old
+        rows = out[:old_v]
         if new_v > old_v:
             ids = range(old_v, new_v)
             known = [i for i in ids if pieces.get(i)]
             unknown = [i for i in ids if not pieces.get(i)]  # e.g. specials past the model vocab
             if known:
-                rows = vocab.new_rows(
-                    old,
+                out[known] = vocab.new_rows(
+                    rows,
                     [pieces[i] for i in known],
                     request.init,
                     is_output,
                     args.initializer_range,
                     request.seed,
                 )
-                out[known] = rows
             if unknown:
-                out[unknown] = old.float().mean(0).to(old.dtype)
+                out[unknown] = vocab.new_rows(rows, [[0]] * len(unknown), "mean", is_output, 0.0)
         return out
 
     def produce(name: str) -> torch.Tensor:
@@ -187,6 +189,7 @@ def grow(load: str | Path, save: str | Path, request: GrowthRequest) -> dict:
     if tokenizer_src.is_dir():
         copy_tokenizer(tokenizer_src, save / TOKENIZER_DIR)
         if (tokenizer_src / "new_tokens.json").is_file():
+            (save / TOKENIZER_DIR).mkdir(exist_ok=True)
             shutil.copy2(
                 tokenizer_src / "new_tokens.json", save / TOKENIZER_DIR / "new_tokens.json"
             )

@@ -22,6 +22,22 @@ from motif_megatron.errors import UserError
 METHODS = ("random", "mean", "mean-resizing", "subword-mean", "first-subword", "decompose")
 
 
+def _mean(rows: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    """Mean row in fp32 without an fp32 copy of the whole matrix."""
+    total = torch.zeros(rows.shape[1])
+    for i in range(0, len(rows), chunk):
+        total += rows[i : i + chunk].float().sum(0)
+    return total / len(rows)
+
+
+def _covariance(rows: torch.Tensor, mu: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    cov = torch.zeros(rows.shape[1], rows.shape[1])
+    for i in range(0, len(rows), chunk):
+        centred = rows[i : i + chunk].float() - mu
+        cov += centred.T @ centred
+    return cov / max(len(rows) - 1, 1)
+
+
 def new_rows(
     old: torch.Tensor,
     pieces: list[list[int]],
@@ -30,20 +46,19 @@ def new_rows(
     std: float,
     seed: int = 0,
 ) -> torch.Tensor:
-    """``[len(pieces), hidden]`` rows in ``old``'s dtype; computed in fp32 from ``old [V, hidden]``."""
+    """``[len(pieces), hidden]`` rows in ``old``'s dtype, from ``old [V, hidden]`` (fp32 maths,
+    chunked, so the memory cost is the new rows, not an fp32 copy of the vocabulary)."""
     if method not in METHODS:
         raise UserError(f"--init {method!r}: choose one of {', '.join(METHODS)}")
     generator = torch.Generator().manual_seed(seed + int(is_output))
     n, hidden = len(pieces), old.shape[1]
-    base = old.float()
     if method == "random":
         rows = torch.randn(n, hidden, generator=generator) * std
     elif method == "mean":
-        rows = base.mean(0).expand(n, hidden)
+        rows = _mean(old).expand(n, hidden)
     elif method == "mean-resizing":
-        mu = base.mean(0)
-        centred = base - mu
-        cov = centred.T @ centred / max(len(base) - 1, 1)
+        mu = _mean(old)
+        cov = _covariance(old, mu)
         # N(mu, 1e-9 cov): a Cholesky factor of cov (jittered to be positive definite) scales noise
         chol = torch.linalg.cholesky(cov + 1e-6 * torch.eye(hidden) * cov.diagonal().mean())
         rows = mu + (torch.randn(n, hidden, generator=generator) @ chol.T) * 1e-9**0.5
@@ -52,7 +67,7 @@ def new_rows(
             raise UserError("a new token has no pieces under the old tokenizer (new_tokens.json)")
         use_first = method == "first-subword" or (method == "decompose" and is_output)
         if use_first:
-            rows = base[[p[0] for p in pieces]]
+            rows = old[[p[0] for p in pieces]].float()
         else:
-            rows = torch.stack([base[p].mean(0) for p in pieces])
+            rows = torch.stack([old[p].float().mean(0) for p in pieces])
     return rows.to(old.dtype)
