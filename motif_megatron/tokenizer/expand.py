@@ -91,6 +91,39 @@ def rule_reason(token: str, config: ExpansionConfig) -> str | None:
     return None
 
 
+SKIP = "skip"  # a candidate the base already has: neither kept nor counted as excluded
+
+
+def _select(
+    tokens: list[str],
+    new_vocab: dict[str, int],
+    counts: Counter,
+    doc_freq: Counter,
+    config: ExpansionConfig,
+    extra_rule=None,
+) -> tuple[list[str], Counter]:
+    """Candidates in frequency order through the rules, ``min_count`` and the named-entity
+    heuristic; returns the kept tokens and how many each reason excluded."""
+    excluded: Counter = Counter()
+    kept: list[str] = []
+    for token in sorted(tokens, key=lambda t: (-counts[new_vocab[t]], new_vocab[t])):
+        tid = new_vocab[token]
+        reason = rule_reason(token, config) or (extra_rule(token) if extra_rule else None)
+        if reason == SKIP:
+            continue
+        if reason is None and counts[tid] < config.min_count:
+            reason = "below_min_count"
+        if reason is None and doc_freq[tid] < config.min_doc_freq:
+            reason = "named_entity_like"
+        if reason:
+            excluded[reason] += 1
+            continue
+        kept.append(token)
+        if config.max_new_tokens and len(kept) >= config.max_new_tokens:
+            break
+    return kept, excluded
+
+
 def count_tokens(new_tokenizer, texts: list[str]) -> tuple[Counter, Counter]:
     """(occurrences, documents containing) per token id under the new tokenizer."""
     counts, docs = Counter(), Counter()
@@ -123,24 +156,9 @@ def expand(
 
     new_tok = Tokenizer.from_file(str(new_dir / "tokenizer.json"))
     counts, doc_freq = count_tokens(new_tok, texts)
-    excluded: Counter = Counter()
-    kept: list[str] = []
-    for token in sorted(
-        (t for t in new_vocab if t not in base_vocab),
-        key=lambda t: (-counts[new_vocab[t]], new_vocab[t]),
-    ):
-        reason = rule_reason(token, config)
-        tid = new_vocab[token]
-        if reason is None and counts[tid] < config.min_count:
-            reason = "below_min_count"
-        if reason is None and doc_freq[tid] < config.min_doc_freq:
-            reason = "named_entity_like"
-        if reason:
-            excluded[reason] += 1
-            continue
-        kept.append(token)
-        if config.max_new_tokens and len(kept) >= config.max_new_tokens:
-            break
+    kept, excluded = _select(
+        [t for t in new_vocab if t not in base_vocab], new_vocab, counts, doc_freq, config
+    )
 
     # Each kept token is built by a chain of merges over the pieces the base tokenizer already
     # produces for it ((p1, p2) -> p1p2, (p1p2, p3) -> ...), appended after every base merge: base
@@ -234,26 +252,15 @@ def expand_sentencepiece(
     new_vocab: dict[str, int] = new_spec["model"]["vocab"]
     counts, doc_freq = count_tokens(Tokenizer.from_file(str(new_dir / "tokenizer.json")), texts)
     existing = {p.piece: i for i, p in enumerate(proto.pieces)}
-    excluded: Counter = Counter()
-    kept: list[str] = []
-    for token in sorted(new_vocab, key=lambda t: (-counts[new_vocab[t]], new_vocab[t])):
-        reason = rule_reason(token, config)
-        text = token_text(token) if reason is None else None
-        piece = text.replace(" ", "\u2581") if text else None
-        if reason is None and not text.startswith(" "):
-            reason = "not_word_initial"  # SentencePiece prefixes every word with U+2581
-        if reason is None and piece in existing:
-            continue
-        if reason is None and counts[new_vocab[token]] < config.min_count:
-            reason = "below_min_count"
-        if reason is None and doc_freq[new_vocab[token]] < config.min_doc_freq:
-            reason = "named_entity_like"
-        if reason:
-            excluded[reason] += 1
-            continue
-        kept.append(piece)
-        if config.max_new_tokens and len(kept) >= config.max_new_tokens:
-            break
+
+    def sp_rule(token: str) -> str | None:
+        text = token_text(token)
+        if not text.startswith(" "):
+            return "not_word_initial"  # SentencePiece prefixes every word with U+2581
+        return SKIP if text.replace(" ", "\u2581") in existing else None
+
+    tokens, excluded = _select(list(new_vocab), new_vocab, counts, doc_freq, config, sp_rule)
+    kept = [token_text(t).replace(" ", "\u2581") for t in tokens]
     score = min(p.score for p in proto.pieces) - 1.0
     selected = set(kept)
     records = []
