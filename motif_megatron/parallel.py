@@ -46,13 +46,16 @@ def init_distributed(backend: str | None = None) -> None:
     """Join the torchrun group (or form a one-process group) on NCCL with CUDA, gloo without."""
     if dist.is_initialized():
         return
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     cpu.apply()
-    dist.init_process_group(backend or ("nccl" if torch.cuda.is_available() else "gloo"))
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    if "RANK" in os.environ:  # launched by torchrun
+        dist.init_process_group(backend)
+    else:  # a plain process: a private one-process group, leaving the environment untouched
+        dist.init_process_group(
+            backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
+        )
 
 
 def initialize(config: ParallelConfig, seed: int = 1234) -> None:

@@ -26,7 +26,9 @@ def run(args: list[str], nproc: int = 1, timeout: int = 600) -> subprocess.Compl
         if nproc == 1
         else [TORCHRUN, f"--nproc_per_node={nproc}", "--standalone", str(ROOT / script), *rest]
     )
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    launcher_vars = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}
+    env = {k: v for k, v in os.environ.items() if k not in launcher_vars}
+    env.update(PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 
 

@@ -357,3 +357,36 @@ def test_impossible_width_is_refused(tmp_path, tiny_ckpt, flags, needle):
         ]
     )
     assert result.returncode == 2 and needle in result.stderr and "Traceback" not in result.stderr
+
+
+def test_vocab_init_report(tmp_path, tiny_ckpt, expanded_tokenizer):
+    text, _ = bundled_corpus(tmp_path, "ko-libreoffice-help", n=12)
+    ok(
+        run(
+            [
+                "tools/vocab_init_report.py",
+                "--load",
+                str(tiny_ckpt),
+                "--tokenizer",
+                str(expanded_tokenizer),
+                "--text",
+                str(text),
+                "--out",
+                str(tmp_path / "rep"),
+                "--methods",
+                "random",
+                "mean",
+                "first-subword",
+                "decompose",
+            ],
+            timeout=900,
+        )
+    )
+    rows = json.loads((tmp_path / "rep/vocab_init.json").read_text())["methods"]
+    assert all(r["kl_old_inputs"] >= 0 and 0 < r["loss_per_token"] < 20 for r in rows.values())
+    # on old inputs only the output rows matter: decompose and first-subword share them
+    assert rows["decompose"]["kl_old_inputs"] == pytest.approx(
+        rows["first-subword"]["kl_old_inputs"], rel=1e-6
+    )
+    assert rows["decompose"]["loss_per_token"] != rows["first-subword"]["loss_per_token"]
+    assert (tmp_path / "rep/vocab_init.png").stat().st_size > 0
