@@ -2,10 +2,12 @@
 """The README's main job, at toy scale on bundled data (CPU only, a few minutes).
 
 Today it runs the data half of the recipe (filter and deduplicate the bundled Korean and English
-corpora, tokenise the survivors into Megatron shards, blend them 9:1) and proves the model
-foundation end to end: a Llama with the real Llama-3 tokenizer is imported into Megatron-Core, run at TP=1 and TP=2 (torchrun, gloo) with logits equal to HF, and exported back to
-an HF directory that ``transformers`` loads offline, bit for bit. Every step is one of the
-project's commands with files in and out, so each can be rerun alone; a failure names its step.
+corpora, tokenise the survivors into Megatron shards, blend them 9:1), proves the model foundation
+end to end (a Llama with the real Llama-3 tokenizer imported into Megatron-Core, run at TP=1, TP=2
+and PP=2 under torchrun with logits equal to HF, exported back to HF bit for bit), expands the
+tokenizer with Korean tokens and grows the model (LlamaPro depth + MSG width + vocabulary) with
+the equivalence check printed. Every step is one of the project's commands with files in and
+out, so each can be rerun alone; a failure names its step.
 """
 
 from __future__ import annotations
@@ -104,6 +106,114 @@ def prepare_corpus(out: Path, tokenizer: Path) -> dict:
     )
     return {
         lang: json.loads((out / "corpus" / lang / "report.json").read_text()) for lang in prefixes
+    }
+
+
+def grow_model(out: Path, tokenizer: Path, ckpt: Path) -> dict:
+    """Expand the tokenizer with Korean tokens, then grow the model: LlamaPro depth + MSG width +
+    vocabulary in one pass, and check the grown model still computes the base function."""
+    kept = out / "corpus" / "ko" / "kept" / "kept_00000.jsonl"
+    step(
+        "train a Korean BPE tokenizer",
+        [
+            PYTHON,
+            "tools/train_tokenizer.py",
+            "--input",
+            str(kept),
+            "--vocab-size",
+            "4000",
+            "--out",
+            str(out / "tok_ko"),
+            "--base",
+            str(tokenizer),
+        ],
+    )
+    step(
+        "expand the Llama-3 tokenizer",
+        [
+            PYTHON,
+            "tools/expand_tokenizer.py",
+            "--base",
+            str(tokenizer),
+            "--new",
+            str(out / "tok_ko"),
+            "--corpus",
+            str(kept),
+            "--min-count",
+            "20",
+            "--out",
+            str(out / "tok_expanded"),
+        ],
+    )
+    step(
+        "token ratio report",
+        [
+            PYTHON,
+            "tools/tokenizer_report.py",
+            "--base",
+            str(tokenizer),
+            "--tokenizer",
+            str(out / "tok_expanded"),
+            "--text",
+            f"ko={kept}",
+            "--text",
+            f"en={out / 'corpus' / 'en' / 'kept' / 'kept_00000.jsonl'}",
+            "--out",
+            str(out / "tokenizer_report"),
+        ],
+    )
+    grown = out / "ckpt_grown"
+    step(
+        "grow: LlamaPro depth + MSG width + vocabulary",
+        [
+            PYTHON,
+            "tools/expand_checkpoint.py",
+            "--load",
+            str(ckpt),
+            "--save",
+            str(grown),
+            "--depth-add",
+            "2",
+            "--hidden-size",
+            "96",
+            "--ffn-hidden-size",
+            "240",
+            "--num-attention-heads",
+            "12",
+            "--num-query-groups",
+            "2",
+            "--tokenizer",
+            str(out / "tok_expanded"),
+            "--init",
+            "subword-mean",
+        ],
+    )
+    diff = last_diff(
+        step(
+            "grown (masks at 0) vs base at TP=2",
+            [
+                TORCHRUN,
+                "--standalone",
+                "--nproc_per_node=2",
+                "tools/check_equivalence.py",
+                "--load",
+                str(ckpt),
+                "--load-b",
+                str(grown),
+                "--tp",
+                "2",
+                "--atol",
+                "1e-5",
+            ],
+        )
+    )
+    ratio = json.loads((out / "tokenizer_report" / "tokenizer_report.json").read_text())[
+        "languages"
+    ]
+    return {
+        "max_abs_diff_grown_vs_base": diff,
+        "token_ratio_ko": ratio["ko"]["token_ratio"],
+        "token_ratio_en": ratio["en"]["token_ratio"],
     }
 
 
@@ -222,6 +332,7 @@ def main() -> None:
             flush=True,
         )
         roundtrip = compare_hf(base, exported, sample_texts())
+        growth = grow_model(out, tokenizer, ckpt)
     except StepFailed as exc:
         print(f"\ndemo failed: {exc}", file=sys.stderr)
         sys.exit(1)
@@ -233,6 +344,7 @@ def main() -> None:
             }
             for lang, r in corpus.items()
         },
+        "growth": growth,
         "max_abs_diff_tp1": tp1,
         "max_abs_diff_tp2": tp2,
         "max_abs_diff_pp2": pp2,
@@ -245,6 +357,7 @@ def main() -> None:
         max(tp1, tp2, pp2) < 1e-4
         and roundtrip["weights_bitwise_identical"]
         and roundtrip["hf_logit_max_abs_diff"] == 0.0
+        and growth["max_abs_diff_grown_vs_base"] < 1e-5
     )
     print(f"\n{'PASS' if ok else 'FAIL'}: wrote {out / 'roundtrip.json'}")
     sys.exit(0 if ok else 1)
