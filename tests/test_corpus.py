@@ -24,7 +24,7 @@ def ko_input(tmp_path_factory):
     from motif_megatron.data.pipeline import CorpusConfig, build_filters
 
     docs = _texts("ko-libreoffice-help")[:300]
-    filters = build_filters(CorpusConfig())
+    filters = build_filters(CorpusConfig(language="ko"))
     korean = [d for d in docs if not any(f.check(d["text"]) for f in filters)]
     exact = dict(korean[0], id="planted-exact")
     near_text = korean[1]["text"].replace("LibreOffice", "리브레오피스", 1) + " 추가 문장."
@@ -207,3 +207,13 @@ def test_perplexity_stage_drops_both_tails(tmp_path, ko_input, kenlm_model):
     reasons = {r["reason"] for r in removed if r["filter"] == "perplexity"}
     assert reasons == {"ppl_low", "ppl_high"}
     assert report["perplexity"]["low"] < report["perplexity"]["high"]
+
+
+def test_language_auto_picks_the_majority_script(tmp_path):
+    from conftest import bundled_corpus
+
+    en, _ = bundled_corpus(tmp_path, "en-python-docs", n=30)
+    ok(run(["tools/preprocess_corpus.py", "--input", str(en), "--output", str(tmp_path / "en")]))
+    report = json.loads((tmp_path / "en/report.json").read_text())
+    assert report["language"] == "en" and report["kept"] > 0
+    assert "language/hangul_ratio" not in report["by_filter"]

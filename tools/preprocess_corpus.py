@@ -36,9 +36,10 @@ def parse_args() -> argparse.Namespace:
     g.add_argument("--no-normalize", action="store_true", help="skip Unicode NFC normalisation")
     g.add_argument(
         "--language",
-        default="ko",
-        choices=["ko", "en", "none"],
-        help="script filter: Hangul (ko) or Latin (en) letter ratio",
+        default="auto",
+        choices=["auto", "ko", "en", "none"],
+        help="script filter: Hangul (ko) or Latin (en) letter ratio; auto picks the majority "
+        "script of the first 1000 documents",
     )
     g.add_argument(
         "--min-script-ratio",

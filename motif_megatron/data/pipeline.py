@@ -16,7 +16,7 @@ import multiprocessing
 import shutil
 import unicodedata
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import islice
 from pathlib import Path
 
@@ -32,7 +32,7 @@ from motif_megatron.data.filters.text import (
     LengthFilter,
     NumericSequenceFilter,
 )
-from motif_megatron.data.readers import Reject, iter_documents
+from motif_megatron.data.readers import Document, Reject, iter_documents
 from motif_megatron.data.thresholds import PerplexityThresholds
 from motif_megatron.errors import UserError
 
@@ -44,8 +44,9 @@ class CorpusConfig:
     text_key: str = "text"
     id_key: str = "id"
     normalize: bool = True
-    language: str | None = "ko"
-    """``ko`` (Hangul ratio), ``en`` (Latin ratio) or None."""
+    language: str | None = "auto"
+    """``ko`` (Hangul ratio), ``en`` (Latin ratio), ``auto`` (the corpus's majority script, decided
+    once from its first documents) or None."""
     min_script_ratio: float = 0.1
     length: bool = True
     min_chars: int = 50
@@ -79,6 +80,17 @@ def build_filters(config: CorpusConfig) -> list[Filter]:
     if config.repetition:
         filters.append(RepetitionFilter())
     return filters
+
+
+def detect_language(input_path: str | Path, config: CorpusConfig, sample: int = 1000) -> str:
+    """``ko`` when most of the first ``sample`` documents are Korean by script, else ``en``."""
+    docs = [
+        d
+        for d in islice(iter_documents(input_path, config.text_key, config.id_key), sample)
+        if isinstance(d, Document)
+    ]
+    korean = sum(HangulRatioFilter.ratio(d.text) >= config.min_script_ratio for d in docs)
+    return "ko" if docs and korean * 2 >= len(docs) else "en"
 
 
 def _partition_paths(work: Path, index: int) -> dict[str, Path]:
@@ -176,6 +188,8 @@ def run(
     out = Path(output_dir)
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)
+    if config.language == "auto":
+        config = replace(config, language=detect_language(input_path, config))
     (work / "config.json").write_text(json.dumps(asdict(config), default=str))
     build_filters(config)  # fail on bad settings before any work
     if config.kenlm_model:
@@ -302,6 +316,7 @@ def run(
         "kept": kept,
         "filtered": filtered,
         "rejected": rejected,
+        "language": config.language,
         "input_chars": stats["input_chars"],
         "kept_chars": kept_chars,
         "by_filter": {k: v for k, v in sorted(stats.items()) if "/" in k},
