@@ -52,9 +52,6 @@ class HFWeights:
     def names(self) -> list[str]:
         return list(self._entries)
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._entries
-
     def shape(self, name: str) -> list[int]:
         return self._entries[name][2]
 

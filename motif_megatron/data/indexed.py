@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 import struct
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -97,10 +96,3 @@ class IndexedWriter:
 def token_count(prefix: str | Path) -> int:
     """Total tokens in a shard, from its index alone."""
     return int(read_index(str(prefix) + ".idx")[1].sum(dtype=np.int64))
-
-
-def flatten(docs: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    docs = list(docs)
-    lengths = np.fromiter((len(d) for d in docs), dtype=np.int32, count=len(docs))
-    tokens = np.concatenate(docs) if docs else np.zeros(0, dtype=np.int64)
-    return tokens, lengths

@@ -1,1 +1,1 @@
-"""Model growth as checkpoint transforms: LlamaPro depth, vocabulary resize (MSG width: to come)."""
+"""Model growth as checkpoint transforms: LlamaPro depth, MSG width, vocabulary resize."""
