@@ -5,6 +5,7 @@ Multi-process tests launch ``torchrun --nproc_per_node=2`` on gloo, exactly as u
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -93,3 +94,52 @@ def tiny_ckpt(tmp_path_factory, tiny_hf) -> Path:
         )
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def expanded(tmp_path_factory, llama3_tokenizer):
+    """A Korean BPE trained on 3/4 of the bundled Korean pages and the Llama-3 tokenizer expanded
+    with it; returns (folder with ko/ and expanded/, held-out Korean texts)."""
+    from motif_megatron.data.filters.text import HangulRatioFilter
+
+    tmp = tmp_path_factory.mktemp("tok")
+    _, texts = bundled_corpus(tmp, "ko-libreoffice-help")
+    korean = [t for t in texts if HangulRatioFilter.ratio(t) > 0.3]
+    train, held_out = korean[: len(korean) * 3 // 4], korean[len(korean) * 3 // 4 :]
+    train_file = tmp / "train.jsonl"
+    train_file.write_text(
+        "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in train)
+    )
+    ok(
+        run(
+            [
+                "tools/train_tokenizer.py",
+                "--input",
+                str(train_file),
+                "--vocab-size",
+                "6000",
+                "--out",
+                str(tmp / "ko"),
+                "--base",
+                str(llama3_tokenizer),
+            ]
+        )
+    )
+    ok(
+        run(
+            [
+                "tools/expand_tokenizer.py",
+                "--base",
+                str(llama3_tokenizer),
+                "--new",
+                str(tmp / "ko"),
+                "--corpus",
+                str(train_file),
+                "--min-count",
+                "10",
+                "--out",
+                str(tmp / "expanded"),
+            ]
+        )
+    )
+    return tmp, held_out

@@ -108,42 +108,8 @@ def test_impossible_growth_is_refused(tmp_path, tiny_ckpt):
 
 
 @pytest.fixture(scope="module")
-def expanded_tokenizer(tmp_path_factory, llama3_tokenizer):
-    tmp = tmp_path_factory.mktemp("vocab")
-    corpus, _ = bundled_corpus(tmp, "ko-libreoffice-help")
-    ok(
-        run(
-            [
-                "tools/train_tokenizer.py",
-                "--input",
-                str(corpus),
-                "--vocab-size",
-                "3000",
-                "--out",
-                str(tmp / "ko"),
-                "--base",
-                str(llama3_tokenizer),
-            ]
-        )
-    )
-    ok(
-        run(
-            [
-                "tools/expand_tokenizer.py",
-                "--base",
-                str(llama3_tokenizer),
-                "--new",
-                str(tmp / "ko"),
-                "--corpus",
-                str(corpus),
-                "--min-count",
-                "20",
-                "--out",
-                str(tmp / "expanded"),
-            ]
-        )
-    )
-    return tmp / "expanded"
+def expanded_tokenizer(expanded):
+    return expanded[0] / "expanded"
 
 
 @pytest.mark.parametrize(

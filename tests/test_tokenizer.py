@@ -4,55 +4,7 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from conftest import bundled_corpus, ok, run
-
-from motif_megatron.data.filters.text import HangulRatioFilter
-
-
-@pytest.fixture(scope="module")
-def expanded(tmp_path_factory, llama3_tokenizer):
-    tmp = tmp_path_factory.mktemp("tok")
-    _, texts = bundled_corpus(tmp, "ko-libreoffice-help")
-    korean = [t for t in texts if HangulRatioFilter.ratio(t) > 0.3]
-    train, held_out = korean[: len(korean) * 3 // 4], korean[len(korean) * 3 // 4 :]
-    train_file = tmp / "train.jsonl"
-    train_file.write_text(
-        "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in train)
-    )
-    ok(
-        run(
-            [
-                "tools/train_tokenizer.py",
-                "--input",
-                str(train_file),
-                "--vocab-size",
-                "6000",
-                "--out",
-                str(tmp / "ko"),
-                "--base",
-                str(llama3_tokenizer),
-            ]
-        )
-    )
-    ok(
-        run(
-            [
-                "tools/expand_tokenizer.py",
-                "--base",
-                str(llama3_tokenizer),
-                "--new",
-                str(tmp / "ko"),
-                "--corpus",
-                str(train_file),
-                "--min-count",
-                "10",
-                "--out",
-                str(tmp / "expanded"),
-            ]
-        )
-    )
-    return tmp, held_out
 
 
 def test_train_tokenizer_is_deterministic(tmp_path, expanded, llama3_tokenizer):
