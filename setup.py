@@ -45,6 +45,7 @@ setup(
         "zstandard",
         "pyarrow",
         "protobuf",  # SentencePiece model editing (Llama-2-style vocabulary expansion)
+        "tensorboard",  # the trainer writes TensorBoard events
     ],
     extras_require={
         # CPU development and CI: pin the CPU wheel (an unpinned torch pulls a multi-GB CUDA build)

@@ -11,6 +11,7 @@ at any TP/PP. Import also copies the tokenizer and writes ``motif_model.json``.
 import argparse
 
 from motif_megatron.errors import quiet_library_warnings, run_cli
+from motif_megatron.memory import return_freed_memory
 
 
 def parse_args() -> argparse.Namespace:
@@ -50,6 +51,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     quiet_library_warnings()
+    return_freed_memory()  # streamed: keep peak RSS near the largest tensor
     from motif_megatron.checkpoint import convert
 
     if args.command == "import":

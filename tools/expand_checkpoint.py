@@ -13,6 +13,7 @@ bit-identical and initialises new ones by --init. Check the result with
 import argparse
 
 from motif_megatron.errors import UserError, quiet_library_warnings, run_cli
+from motif_megatron.memory import return_freed_memory
 
 
 def parse_args() -> argparse.Namespace:
@@ -63,6 +64,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     quiet_library_warnings()
+    return_freed_memory()  # streamed: keep peak RSS near the largest tensor
     width = (
         args.hidden_size,
         args.ffn_hidden_size,

@@ -243,34 +243,125 @@ class CheckpointReader:
     """Read single tensors (or single layers of stacked tensors) from a ``torch_dist`` checkpoint.
 
     Only the stored chunks that overlap the request are read, so a layer slice of a stacked
-    tensor costs one layer of memory.
+    tensor costs one layer of memory. A chunk stored alone in its file (as :func:`stream_save`
+    and Megatron's per-rank writer with one item per file produce) is memory-mapped and copied
+    once into the result; other layouts go through ``torch.distributed.checkpoint``, which
+    holds the serialised bytes, a loaded copy and the result at once.
     """
 
     def __init__(self, load: str | Path) -> None:
         from torch.distributed.checkpoint import FileSystemReader
 
         self.dir = resolve(load)
-        metadata = FileSystemReader(str(self.dir)).read_metadata().state_dict_metadata
-        self.shapes = {k: tuple(m.size) for k, m in metadata.items() if hasattr(m, "size")}
-        self.dtypes = {k: m.properties.dtype for k, m in metadata.items() if hasattr(m, "size")}
+        metadata = FileSystemReader(str(self.dir)).read_metadata()
+        tensors = {k: m for k, m in metadata.state_dict_metadata.items() if hasattr(m, "size")}
+        self.shapes = {k: tuple(m.size) for k, m in tensors.items()}
+        self.dtypes = {k: m.properties.dtype for k, m in tensors.items()}
+        self._files: dict[str, list[tuple[tuple[int, ...], Path]] | None] = {}
+        for index, info in metadata.storage_data.items():
+            if index.fqn not in tensors:
+                continue
+            path = self.dir / info.relative_path
+            chunks = self._files.setdefault(index.fqn, [])
+            alone = (
+                chunks is not None
+                and info.offset == 0
+                and not info.transform_descriptors
+                and path.stat().st_size == info.length
+            )
+            self._files[index.fqn] = [*chunks, (tuple(index.offset), path)] if alone else None
 
-    def get(self, key: str, layer: int | None = None) -> torch.Tensor:
-        """The whole tensor ``key``, or its slice ``[layer]`` along the stacked layer axis."""
-        from torch.distributed.checkpoint import FileSystemReader
-        from torch.distributed.checkpoint import load as dcp_load
-
+    def get(
+        self, key: str, layer: int | None = None, rows: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """The whole tensor ``key``, its slice ``[layer]`` along the stacked layer axis, or its
+        rows ``[start:stop]`` (a block of an embedding, read without the rest)."""
         if key not in self.shapes:
             raise UserError(f"tensor {key!r} missing from checkpoint {self.dir}")
         shape = self.shapes[key]
-        if layer is None:
-            target, offsets = torch.empty(shape, dtype=self.dtypes[key]), (0,) * len(shape)
+        if not shape:  # a scalar (an MSG mask value)
+            target = torch.empty((), dtype=self.dtypes[key])
+            self._read_dcp(key, target, ())
+            return target
+        start, stop = (
+            rows if rows is not None else (layer, layer + 1) if layer is not None else (0, shape[0])
+        )
+        target = torch.empty((stop - start, *shape[1:]), dtype=self.dtypes[key])
+        offsets = (start,) + (0,) * (len(shape) - 1)
+        if self._files.get(key):
+            for chunk_offsets, path in self._files[key]:
+                _copy_stored_chunk(path, chunk_offsets, target, offsets)
         else:
-            target = torch.empty((1, *shape[1:]), dtype=self.dtypes[key])
-            offsets = (layer,) + (0,) * (len(shape) - 1)
+            self._read_dcp(key, target, offsets)
+        return target[0] if layer is not None else target
+
+    def _read_dcp(self, key: str, target: torch.Tensor, offsets: tuple[int, ...]) -> None:
+        from torch.distributed.checkpoint import FileSystemReader
+        from torch.distributed.checkpoint import load as dcp_load
+
         dcp_load(
             {key: target},
             storage_reader=FileSystemReader(str(self.dir)),
             planner=_SlicePlanner(offsets).planner,
             no_dist=True,
         )
-        return target if layer is None else target[0]
+
+
+def _stored_bytes(path: Path) -> int | None:
+    """File offset of the single storage inside a ``torch.save`` zip, or None if there are more."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        members = [i for i in archive.infolist() if "/data/" in i.filename]
+        if len(members) != 1 or members[0].compress_type != zipfile.ZIP_STORED:
+            return None
+        header_offset = members[0].header_offset
+    with open(path, "rb") as f:
+        f.seek(header_offset)
+        name_len, extra_len = struct.unpack("<HH", f.read(30)[26:30])
+    return header_offset + 30 + name_len + extra_len
+
+
+def _copy_stored_chunk(
+    path: Path, chunk_offsets: tuple[int, ...], target: torch.Tensor, offsets: tuple[int, ...]
+) -> None:
+    """Copy the overlap of a stored chunk (alone in ``path``) into ``target``.
+
+    Whole rows are read from the file straight into ``target``'s memory, a block at a time, so
+    nothing but ``target`` becomes resident; partial rows (a TP-sharded column block) are copied
+    through a memory map.
+    """
+    chunk = torch.load(path, mmap=True, weights_only=True)  # metadata only until touched
+    src, dst = [], []
+    for lo, size, c_lo, c_size in zip(
+        offsets, target.shape, chunk_offsets, chunk.shape, strict=True
+    ):
+        begin, end = max(lo, c_lo), min(lo + size, c_lo + c_size)
+        if begin >= end:
+            return
+        src.append(slice(begin - c_lo, end - c_lo))
+        dst.append(slice(begin - lo, end - lo))
+    full_rows = (
+        tuple(chunk.shape[1:])
+        == tuple(target.shape[1:])
+        == tuple(s.stop - s.start for s in src[1:])
+    )
+    base = _stored_bytes(path) if full_rows and chunk.is_contiguous() else None
+    if base is None:
+        target[tuple(dst)].copy_(chunk[tuple(src)])
+        return
+    row_bytes = chunk[0].numel() * chunk.element_size()
+    first = base + chunk.storage_offset() * chunk.element_size() + src[0].start * row_bytes
+    out = target[dst[0]].view(-1).view(torch.uint8).numpy()
+    del chunk
+    block = 16 << 20
+    with open(path, "rb", buffering=0) as f:
+        f.seek(first)
+        for i in range(0, len(out), block):
+            view = memoryview(out[i : i + block])
+            while len(view):
+                read = f.readinto(view)
+                if not read:
+                    raise UserError(f"{path} is truncated")
+                view = view[read:]

@@ -87,13 +87,13 @@ class WidthPlan:
         }
 
 
-def _rms(like: torch.Tensor, chunk: int = 4096) -> float:
+def _rms(like: torch.Tensor, chunk: int = 1024) -> float:
     total = sum(float(like[i : i + chunk].float().pow(2).sum()) for i in range(0, len(like), chunk))
     return (total / max(like.numel(), 1)) ** 0.5
 
 
 def fill_fresh(
-    out: torch.Tensor, like: torch.Tensor, generator: torch.Generator, chunk: int = 4096
+    out: torch.Tensor, like: torch.Tensor, generator: torch.Generator, chunk: int = 1024
 ) -> None:
     """Fill ``out`` in place with N(0, rms(like)), a chunk of rows at a time."""
     rms = _rms(like)

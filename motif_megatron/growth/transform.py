@@ -133,14 +133,20 @@ def grow(load: str | Path, save: str | Path, request: GrowthRequest) -> dict:
 
     generator = torch.Generator().manual_seed(request.seed)
 
-    def resize(key: str, is_output: bool) -> torch.Tensor:
-        """Embedding / output rows: old block in place, new hidden columns and new rows added."""
-        old = reader.get(key)[:old_v]
-        out = torch.zeros(new_args.padded_vocab_size, new_args.hidden_size, dtype=old.dtype)
-        out[:old_v, : old.shape[1]] = old
+    def resize(key: str, is_output: bool, block: int = 2048) -> torch.Tensor:
+        """Embedding / output rows: old block in place, new hidden columns and new rows added.
+
+        The old rows are read a block at a time into the new tensor, so the old tensor is never
+        resident beside it."""
+        old_h = args.hidden_size
+        out = torch.zeros(
+            new_args.padded_vocab_size, new_args.hidden_size, dtype=reader.dtypes[key]
+        )
+        for start in range(0, old_v, block):
+            stop = min(start + block, old_v)
+            out[start:stop, :old_h] = reader.get(key, rows=(start, stop))
         if plan is not None:
-            msg.fill_fresh(out[:old_v, old.shape[1] :], old, generator)
-        del old
+            msg.fill_fresh(out[:old_v, old_h:], out[:old_v, :old_h], generator)
         rows = out[:old_v]
         if new_v > old_v:
             ids = range(old_v, new_v)

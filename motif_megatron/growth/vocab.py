@@ -22,7 +22,7 @@ from motif_megatron.errors import UserError
 METHODS = ("random", "mean", "mean-resizing", "subword-mean", "first-subword", "decompose")
 
 
-def _mean(rows: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+def _mean(rows: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
     """Mean row in fp32 without an fp32 copy of the whole matrix."""
     total = torch.zeros(rows.shape[1])
     for i in range(0, len(rows), chunk):
@@ -30,7 +30,7 @@ def _mean(rows: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
     return total / len(rows)
 
 
-def _covariance(rows: torch.Tensor, mu: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+def _covariance(rows: torch.Tensor, mu: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
     cov = torch.zeros(rows.shape[1], rows.shape[1])
     for i in range(0, len(rows), chunk):
         centred = rows[i : i + chunk].float() - mu

@@ -8,6 +8,7 @@ number of loss tokens across microbatches and data-parallel ranks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -50,28 +51,40 @@ def wrap_ddp(model: torch.nn.Module, optim: OptimConfig):
     return DistributedDataParallel(config=model.config, ddp_config=ddp_config, module=model)
 
 
-def build_optimizer(model_chunks: list, optim: OptimConfig):
-    """``get_megatron_optimizer`` with AdamW (TE/apex fused Adam on GPU, torch AdamW on CPU)."""
-    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+def build_optimizer(model_chunks: list, optim: OptimConfig, no_decay: set[str] = frozenset()):
+    """``get_megatron_optimizer`` with AdamW (TE/apex fused Adam on GPU, torch AdamW on CPU).
+
+    Megatron's standard groups apply (no weight decay on norms); ``no_decay`` names parameters
+    that must not decay either (tensors trained by rows: decay would move their frozen rows).
+    """
+    from megatron.core.optimizer import (
+        OptimizerConfig,
+        ParamKey,
+        get_megatron_optimizer,
+        get_standard_config_overrides,
+    )
+    from megatron.core.optimizer_param_scheduler import ParamGroupOverride
 
     config = model_chunks[0].config
-    return get_megatron_optimizer(
-        OptimizerConfig(
-            optimizer="adam",
-            lr=optim.lr,
-            min_lr=optim.min_lr,
-            weight_decay=optim.weight_decay,
-            adam_beta1=optim.adam_beta1,
-            adam_beta2=optim.adam_beta2,
-            adam_eps=optim.adam_eps,
-            clip_grad=optim.clip_grad,
-            bf16=config.bf16,
-            fp16=config.fp16,
-            params_dtype=config.params_dtype,
-            use_distributed_optimizer=optim.use_distributed_optimizer,
-        ),
-        model_chunks,
+    opt_config = OptimizerConfig(
+        optimizer="adam",
+        lr=optim.lr,
+        min_lr=optim.min_lr,
+        weight_decay=optim.weight_decay,
+        adam_beta1=optim.adam_beta1,
+        adam_beta2=optim.adam_beta2,
+        adam_eps=optim.adam_eps,
+        clip_grad=optim.clip_grad,
+        bf16=config.bf16,
+        fp16=config.fp16,
+        params_dtype=config.params_dtype,
+        use_distributed_optimizer=optim.use_distributed_optimizer,
     )
+    overrides = get_standard_config_overrides(opt_config)
+    if no_decay:
+        names = tuple(sorted(no_decay)) + tuple(f"module.{n}" for n in sorted(no_decay))
+        overrides[ParamKey(name=names)] = ParamGroupOverride(wd_mult=0.0)
+    return get_megatron_optimizer(opt_config, model_chunks, config_overrides=overrides)
 
 
 def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
@@ -119,14 +132,24 @@ def _run_schedule(model_chunks: list, batch: Batch, micro_batch_size: int, forwa
     return float(totals[0] / totals[1].clamp(min=1))
 
 
-def train_step(model_chunks: list, optimizer, batch: Batch, micro_batch_size: int) -> dict:
-    """Forward, backward, DP grad reduce, clip and one optimizer update."""
+def train_step(
+    model_chunks: list,
+    optimizer,
+    batch: Batch,
+    micro_batch_size: int,
+    after_grad_sync: Callable[[torch.nn.Module], None] | None = None,
+) -> dict:
+    """Forward, backward, DP grad reduce, clip and one optimizer update.
+
+    ``after_grad_sync(chunk)`` may edit the reduced gradients (row masks) before the update."""
     for chunk in model_chunks:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
     loss = _run_schedule(model_chunks, batch, micro_batch_size, forward_only=False)
     for chunk in model_chunks:
         chunk.finish_grad_sync()
+        if after_grad_sync is not None:
+            after_grad_sync(chunk.module)
     update_ok, grad_norm, _ = optimizer.step()
     return {"loss": loss, "grad_norm": grad_norm, "skipped": not update_ok}
 

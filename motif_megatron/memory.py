@@ -1,0 +1,30 @@
+"""Keep the allocator from holding freed tensors: streamed transforms free a large tensor per step.
+
+glibc raises its mmap threshold each time a large block is freed, so later large tensors come
+from the heap, which is not returned to the system: RSS then grows past the working set. Fixing
+the threshold (which disables that adjustment) makes every tensor over 1 MiB its own mapping,
+unmapped when freed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def return_freed_memory(threshold: int = 1 << 20) -> bool:
+    """Ask glibc to map blocks over ``threshold`` bytes separately; False where there is no glibc."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        return bool(
+            libc.mallopt(_M_MMAP_THRESHOLD, threshold)
+            and libc.mallopt(_M_TRIM_THRESHOLD, threshold)
+        )
+    except (OSError, AttributeError):
+        return False

@@ -1,0 +1,109 @@
+"""Training checkpoints: model, optimizer, LR scheduler, RNG and loop state in one atomic save.
+
+The layout is Megatron-LM's (``iter_0000042/`` under the ``--save`` root, ``latest_checkpointed_
+iteration.txt``); model tensors keep the keys of converted checkpoints, so every tool loads a
+training checkpoint's weights at any TP/PP. Optimizer state is saved through the optimizer's
+``sharded_state_dict`` and restored only at the TP/PP it was saved with (resharding it is
+Megatron's distributed-optimizer business; ``--no-load-optim`` resumes weights only).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from motif_megatron.checkpoint import dist as ckpt
+
+
+def latest_iteration(root: str | Path | None) -> int | None:
+    """The iteration a training root's tracker points to (None: no training checkpoint)."""
+    if root is None:
+        return None
+    tracker = Path(root) / ckpt.TRACKER_FILE
+    if not tracker.is_file():
+        return None
+    value = tracker.read_text().strip()
+    return int(value) if value.isdigit() else None
+
+
+def _rng_state() -> dict:
+    from megatron.core import tensor_parallel
+
+    return {
+        "random": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
+    }
+
+
+def _set_rng_state(state: dict) -> None:
+    from megatron.core import tensor_parallel
+
+    random.setstate(state["random"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+
+
+def _sharded(model, optimizer, loop_state: dict | None, is_loading: bool) -> dict:
+    from megatron.core.dist_checkpointing.mapping import ShardedObject
+
+    model_sd = model.sharded_state_dict()
+    state = {"model": model_sd}
+    world, rank = dist.get_world_size(), dist.get_rank()
+    if optimizer is not None and any(not p.requires_grad for p in model.parameters()):
+        # a partial stage has moments for some layers of a stacked tensor only, which the
+        # torch_dist format cannot describe: keep this rank's optimizer state as one object
+        state["optimizer"] = ShardedObject(
+            "optimizer_state",
+            None if is_loading else optimizer.state_dict(),
+            (world,),
+            (rank,),
+            replica_id=0,
+        )
+    elif optimizer is not None:
+        state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading)
+    state["rng_state"] = ShardedObject(
+        "rng_state", None if is_loading else _rng_state(), (world,), (rank,), replica_id=0
+    )
+    if loop_state is not None:
+        state["loop"] = loop_state
+    return state
+
+
+def save(root: str | Path, iteration: int, model, optimizer, loop_state: dict) -> Path:
+    """Everything a bitwise resume needs, published atomically as ``iter_{iteration}``."""
+    return ckpt.save(_sharded(model, optimizer, loop_state, False), root, iteration)
+
+
+def load_loop_state(root: str | Path, iteration: int) -> dict:
+    """The loop state (iteration, stage, scheduler, plateau, saved world) of a training save."""
+    from megatron.core import dist_checkpointing
+
+    return dist_checkpointing.load_common_state_dict(str(ckpt.iteration_dir(root, iteration)))[
+        "loop"
+    ]
+
+
+def load(root: str | Path, iteration: int, model, optimizer, with_rng: bool) -> None:
+    """Restore model (and optimizer and RNG, when given) from a training save, in place."""
+    from megatron.core import dist_checkpointing
+
+    folder = ckpt.iteration_dir(root, iteration)
+    if optimizer is None and not with_rng:
+        ckpt.load_model(model, folder)
+        return
+    state = _sharded(model, optimizer, None, True)
+    if not with_rng:
+        state.pop("rng_state")
+    loaded = dist_checkpointing.load(state, str(folder))
+    model.load_state_dict(loaded["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(loaded["optimizer"])
+    if with_rng:
+        _set_rng_state(loaded["rng_state"])

@@ -1,0 +1,318 @@
+"""The continual-pretraining loop: stages, MSG ramp, evaluation, checkpoints, resume.
+
+``Trainer(config).train()`` runs the whole schedule. Each stage gets a fresh model wrapper,
+optimizer and LR schedule (Megatron DDP keeps only trainable parameters in its buffers, and EEVE
+trains each stage as its own run): at a stage boundary the current weights move into a newly
+built model chunk, the stage's trainable set is applied, and DDP and the optimizer are rebuilt.
+
+A run whose ``--save`` root holds a training checkpoint resumes from it (``--load`` is then only
+the starting point it had); the batch of iteration ``i`` is a function of ``i``, and optimizer,
+scheduler, RNG, stage and plateau state are restored, so the losses continue bitwise.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from motif_megatron import parallel
+from motif_megatron.checkpoint import dist as ckpt
+from motif_megatron.checkpoint.convert import copy_tokenizer
+from motif_megatron.errors import UserError
+from motif_megatron.model.builder import BuildOptions, build_model, model_vocab_size
+from motif_megatron.model.llama import LlamaArgs
+from motif_megatron.training import checkpointing, engine, schedules, stages
+from motif_megatron.training.arguments import StagePlan, TrainConfig
+from motif_megatron.training.batches import BatchSource
+from motif_megatron.training.metrics import Metrics
+
+
+def _eod(args: LlamaArgs) -> int:
+    eos = args.hf_config.get("eos_token_id")
+    eos = eos[0] if isinstance(eos, list) else eos
+    if eos is None:
+        raise UserError("the checkpoint's config has no eos_token_id (needed as end-of-document)")
+    return int(eos)
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig) -> None:
+        self.cfg = config
+        self.plan: tuple[StagePlan, ...] = config.plan
+        self.resume_iteration = checkpointing.latest_iteration(config.save)
+        source = config.save if self.resume_iteration is not None else config.load
+        self.root = ckpt.root_of(source)
+        self.args = LlamaArgs.load(self.root)
+        dtype = torch.bfloat16 if config.bf16 else torch.float32
+        spec = {"transformer_engine": "te"}.get(config.transformer_impl, config.transformer_impl)
+        self.options = BuildOptions(
+            tp=config.tensor_model_parallel_size,
+            pp=config.pipeline_model_parallel_size,
+            spec=spec,
+            params_dtype=dtype,
+            make_vocab_size_divisible_by=config.make_vocab_size_divisible_by,
+            sequence_parallel=config.sequence_parallel,
+        )
+        self.optim = engine.OptimConfig(
+            lr=config.lr,
+            min_lr=config.min_lr,
+            weight_decay=config.weight_decay,
+            adam_beta1=config.adam_beta1,
+            adam_beta2=config.adam_beta2,
+            adam_eps=config.adam_eps,
+            clip_grad=config.clip_grad,
+            use_distributed_optimizer=config.use_distributed_optimizer,
+        )
+        self.iteration = 0
+        self.stage_index = 0
+        self.stage_start = 0
+        self.plateau = self._new_plateau()
+        self.model = self.ddp = self.optimizer = self.scheduler = self.stage = None
+
+    # ----------------------------------------------------------------------------- setup
+    def _new_plateau(self) -> schedules.Plateau:
+        c = self.cfg
+        return schedules.Plateau(c.plateau_patience, c.plateau_min_delta, c.plateau_smoothing)
+
+    def _setup_parallel(self) -> None:
+        from megatron.core import parallel_state
+
+        cfg = self.cfg
+        parallel.initialize(
+            parallel.ParallelConfig(
+                cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size
+            ),
+            seed=cfg.seed,
+        )
+        cfg.check(torch.distributed.get_world_size())
+        if cfg.qlora and not torch.cuda.is_available():
+            raise UserError(
+                "--qlora needs CUDA (bitsandbytes 4-bit kernels); use --lora-rank alone on CPU"
+            )
+        self.dp_rank = parallel_state.get_data_parallel_rank()
+        self.dp_size = parallel_state.get_data_parallel_world_size()
+        self.is_rank0 = torch.distributed.get_rank() == 0
+
+    def _setup_data(self) -> None:
+        from motif_megatron.data.gpt import GPTDataConfig, build_datasets
+
+        cfg = self.cfg
+        evals = (
+            (cfg.train_iters // cfg.eval_interval + 1) * cfg.eval_iters if cfg.eval_interval else 0
+        )
+        cache = cfg.data_cache_path or (str(Path(cfg.save) / "data_cache") if cfg.save else None)
+        train, valid, _ = build_datasets(
+            GPTDataConfig(
+                data_path=cfg.data_path,
+                seq_length=cfg.seq_length,
+                eod=_eod(self.args),
+                vocab_size=model_vocab_size(self.args, self.options),
+                split=cfg.split,
+                seed=cfg.seed,
+                cache_dir=cache,
+                eod_mask_loss=cfg.eod_mask_loss,
+            ),
+            (cfg.train_iters * cfg.global_batch_size, evals * cfg.global_batch_size, 0),
+        )
+        shape = (cfg.global_batch_size, cfg.micro_batch_size, self.dp_rank, self.dp_size)
+        self.train_data = BatchSource(train, *shape)
+        self.valid_data = BatchSource(valid, *shape) if valid is not None else None
+
+    def _enter_stage(self, weights: dict | None) -> None:
+        """Build the model chunk for the current stage, with ``weights`` (or the start checkpoint)."""
+        plan = self.plan[self.stage_index]
+        previous = self.model
+        self.model = build_model(self.args, self.options)
+        if weights is not None:
+            self.model.load_state_dict(weights)
+        del previous
+        self.stage = stages.resolve(plan.name, self.model, self.args)
+        self.stage.apply(self.model)
+        self.ddp = engine.wrap_ddp(self.model, self.optim)
+        self.optimizer = engine.build_optimizer(
+            [self.ddp], replace(self.optim, lr=plan.lr or self.optim.lr), set(self.stage.row_masks)
+        )
+        stage_iters = plan.iters or (self.cfg.train_iters - self.stage_start)
+        self.scheduler = schedules.build_lr_scheduler(
+            self.optimizer,
+            plan.lr or self.cfg.lr,
+            self.cfg.min_lr,
+            self.cfg.lr_warmup_iters,
+            self.cfg.lr_decay_iters or stage_iters,
+            self.cfg.lr_decay_style,
+        )
+
+    def _loop_state(self) -> dict:
+        return {
+            "iteration": self.iteration,
+            "stage_index": self.stage_index,
+            "stage_start": self.stage_start,
+            "stage_names": [p.name for p in self.plan],
+            "plateau": self.plateau.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "world": [
+                self.cfg.tensor_model_parallel_size,
+                self.cfg.pipeline_model_parallel_size,
+                self.dp_size,
+            ],
+        }
+
+    def _start(self) -> None:
+        """Load the starting weights, or everything from the run's own last checkpoint."""
+        if self.resume_iteration is None:
+            self.model = None
+            self._enter_stage(None)
+            ckpt.load_model(self.model, self.cfg.load)
+            self.metrics.resume_at(0)
+            return
+        state = checkpointing.load_loop_state(self.cfg.save, self.resume_iteration)
+        if state["stage_names"] != [p.name for p in self.plan]:
+            raise UserError(
+                f"--save {self.cfg.save} was trained with stages {state['stage_names']}; "
+                "resume with the same stage schedule or use a new --save"
+            )
+        self.iteration, self.stage_index = state["iteration"], state["stage_index"]
+        self.stage_start = state["stage_start"]
+        self.plateau = schedules.Plateau(**state["plateau"])
+        self._enter_stage(None)
+        same_layout = state["world"] == [
+            self.cfg.tensor_model_parallel_size,
+            self.cfg.pipeline_model_parallel_size,
+            self.dp_size,
+        ]
+        with_optim = same_layout and not self.cfg.no_load_optim
+        checkpointing.load(
+            self.cfg.save,
+            self.iteration,
+            self.model,
+            self.optimizer if with_optim else None,
+            with_rng=same_layout,
+        )
+        if with_optim:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.metrics.resume_at(self.iteration)
+        self.metrics.event(
+            f"resumed from {self.cfg.save} at iteration {self.iteration}, stage "
+            f"{self.plan[self.stage_index].name}"
+            + ("" if with_optim else " (weights only: optimizer and RNG start fresh)")
+        )
+
+    # ----------------------------------------------------------------------------- loop
+    def _stage_done(self) -> bool:
+        plan = self.plan[self.stage_index]
+        ran = self.iteration - self.stage_start
+        if plan.iters is not None and ran >= plan.iters:
+            return True
+        return plan.plateau and self.plateau.since_best >= self.plateau.patience
+
+    def _advance_stage(self) -> bool:
+        """Move to the next stage; False when the schedule is finished."""
+        if self.stage_index + 1 >= len(self.plan):
+            return False
+        reason = "plateau" if self.plan[self.stage_index].plateau else "iterations"
+        weights = self.model.state_dict()
+        self.stage_index += 1
+        self.stage_start = self.iteration
+        self.plateau = self._new_plateau()
+        self._enter_stage(weights)
+        self.metrics.event(
+            f"stage -> {self.plan[self.stage_index].name} at iteration {self.iteration} ({reason})"
+        )
+        return True
+
+    def _set_msg_mask(self) -> float | None:
+        if not self.args.growth.get("msg"):
+            return None
+        from motif_megatron.growth.masked import mask_value, set_mask
+
+        if self.cfg.msg_ramp_iters > 0:
+            set_mask(
+                self.model,
+                schedules.msg_mask(
+                    self.iteration, self.cfg.msg_ramp_start, self.cfg.msg_ramp_iters
+                ),
+            )
+        return mask_value(self.model)
+
+    def _save(self) -> None:
+        if not self.cfg.save:
+            return
+        checkpointing.save(
+            self.cfg.save, self.iteration, self.model, self.optimizer, self._loop_state()
+        )
+        if self.is_rank0:
+            self.args.save(self.cfg.save)
+            tokenizer = self.root / "tokenizer"
+            if tokenizer.is_dir() and Path(self.cfg.save).resolve() != self.root.resolve():
+                copy_tokenizer(tokenizer, Path(self.cfg.save) / "tokenizer")
+        self.metrics.event(f"saved checkpoint at iteration {self.iteration} to {self.cfg.save}")
+
+    def _evaluate(self) -> None:
+        if self.valid_data is None:
+            return
+        losses = [
+            engine.eval_loss(
+                [self.ddp],
+                self.valid_data.batch(
+                    self.iteration // self.cfg.eval_interval * self.cfg.eval_iters + i
+                ),
+                self.cfg.micro_batch_size,
+            )
+            for i in range(self.cfg.eval_iters)
+        ]
+        self.metrics.evaluation(self.iteration, sum(losses) / len(losses))
+
+    def _step(self) -> dict:
+        batch = self.train_data.batch(self.iteration)
+        stage = self.stage
+        result = engine.train_step(
+            [self.ddp], self.optimizer, batch, self.cfg.micro_batch_size, stage.mask_gradients
+        )
+        self.scheduler.step(increment=1)
+        return result
+
+    def train(self) -> None:
+        cfg = self.cfg
+        self._setup_parallel()
+        self.metrics = Metrics(
+            cfg.metrics_file, cfg.tensorboard_dir, cfg.log_interval, cfg.train_iters, self.is_rank0
+        )
+        self._setup_data()
+        self._start()
+        tokens_per_iter = cfg.global_batch_size * cfg.seq_length
+        while self.iteration < cfg.train_iters:
+            if self._stage_done() and not self._advance_stage():
+                break
+            mask = self._set_msg_mask()
+            lr = self.optimizer.param_groups[0]["lr"]
+            start = time.perf_counter()
+            result = self._step()
+            elapsed = time.perf_counter() - start
+            self.iteration += 1
+            self.plateau.update(result["loss"])
+            self.metrics.iteration(
+                {
+                    "iteration": self.iteration,
+                    "loss": result["loss"],
+                    "lr": lr,
+                    "grad_norm": None
+                    if result["grad_norm"] is None
+                    else float(result["grad_norm"]),
+                    "stage": self.stage.name,
+                    "msg_mask": mask,
+                    "tokens_per_s": tokens_per_iter / elapsed,
+                    "skipped": result["skipped"],
+                }
+            )
+            if cfg.eval_interval and self.iteration % cfg.eval_interval == 0:
+                self._evaluate()
+            if cfg.save_interval and self.iteration % cfg.save_interval == 0:
+                self._save()
+            if cfg.exit_interval and self.iteration % cfg.exit_interval == 0:
+                break
+        if cfg.save and not (cfg.save_interval and self.iteration % cfg.save_interval == 0):
+            self._save()
+        self.metrics.close()

@@ -1,0 +1,294 @@
+"""pretrain_motif.py: loss falls on real Korean shards, layouts agree, stages train exactly what
+they name, a SIGKILLed run resumes bitwise, MSG masks ramp to 1 and finalize."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import PYTHON, ROOT, bundled_corpus, max_abs_diff, ok, run
+
+SMALL = ["--seq-length", "64", "--micro-batch-size", "1", "--global-batch-size", "4"]
+
+
+def shard(tmp: Path, tokenizer: Path, name: str) -> str:
+    corpus, _ = bundled_corpus(tmp, "ko-libreoffice-help")
+    prefix = tmp / name
+    ok(
+        run(
+            [
+                "tools/preprocess_data.py",
+                "--input",
+                str(corpus),
+                "--output-prefix",
+                str(prefix),
+                "--tokenizer-model",
+                str(tokenizer),
+                "--append-eod",
+            ]
+        )
+    )
+    return f"{prefix}_text_document"
+
+
+@pytest.fixture(scope="module")
+def ko_data(tmp_path_factory, tiny_hf) -> str:
+    return shard(tmp_path_factory.mktemp("ko"), tiny_hf, "ko")
+
+
+@pytest.fixture(scope="module")
+def grown(tmp_path_factory, tiny_ckpt, expanded):
+    """Depth (+2 LlamaPro blocks) and vocabulary growth, with Korean shards of the new tokenizer."""
+    tmp = tmp_path_factory.mktemp("grown")
+    tokenizer = expanded[0] / "expanded"
+    flags = ["--depth-add", "2", "--tokenizer", str(tokenizer), "--init", "subword-mean"]
+    ok(
+        run(
+            [
+                "tools/expand_checkpoint.py",
+                "--load",
+                str(tiny_ckpt),
+                "--save",
+                str(tmp / "ck"),
+                *flags,
+            ]
+        )
+    )
+    return tmp / "ck", shard(tmp, tokenizer, "koexp")
+
+
+def train(load, save, data, *flags, nproc: int = 1) -> list[dict]:
+    metrics = Path(save).with_suffix(".jsonl")
+    args = ["pretrain_motif.py", "--load", str(load), "--save", str(save), "--data-path", data]
+    ok(run([*args, "--metrics-file", str(metrics), *SMALL, *flags], nproc=nproc))
+    return [json.loads(line) for line in metrics.read_text().splitlines()]
+
+
+def losses(records: list[dict]) -> list[float]:
+    return [r["loss"] for r in records if "loss" in r]
+
+
+def test_loss_falls_on_korean_shards(tmp_path, tiny_ckpt, ko_data):
+    records = train(tiny_ckpt, tmp_path / "run", ko_data, "--train-iters", "24", "--lr", "1e-2")
+    curve = losses(records)
+    assert [r["iteration"] for r in records] == list(range(1, 25))
+    assert sum(curve[-4:]) / 4 < sum(curve[:4]) / 4 - 1.0, curve
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        ["--tensor-model-parallel-size", "2"],
+        ["--pipeline-model-parallel-size", "2"],
+        [],  # two processes, neither TP nor PP: data parallel
+    ],
+    ids=["tp2", "pp2", "dp2"],
+)
+def test_parallel_layouts_follow_tp1(tmp_path, tiny_ckpt, ko_data, layout):
+    flags = ["--train-iters", "4", "--lr", "1e-2"]
+    reference = losses(train(tiny_ckpt, tmp_path / "tp1", ko_data, *flags))
+    parallel = losses(train(tiny_ckpt, tmp_path / "par", ko_data, *flags, *layout, nproc=2))
+    assert len(parallel) == 4
+    assert max(abs(a - b) for a, b in zip(reference, parallel, strict=True)) < 1e-5
+
+
+def test_stages_train_exactly_their_parameters(tmp_path, grown):
+    ckpt, data = grown
+    names = ["llama-pro", *(f"eeve-{i}" for i in range(1, 8))]
+    names += ["redwhale-embed", "redwhale-odd", "redwhale-even", "regex:final_layernorm"]
+    out = ok(
+        run(
+            [
+                "tests/scripts/stage_probe.py",
+                "--load",
+                str(ckpt),
+                "--data-path",
+                data,
+                "--out",
+                str(tmp_path),
+                "--stages",
+                *names,
+            ]
+        )
+    )
+    report = json.loads(out.strip().splitlines()[-1])
+    emb, head = "embedding.word_embeddings.weight", "output_layer.weight"
+
+    def layers(stage):
+        return {int(c.split("[")[1][:-1]) for c in report[stage]["changed"] if "[" in c}
+
+    def others(stage):
+        return {c for c in report[stage]["changed"] if "[" not in c}
+
+    new_layers = set(
+        json.loads((ckpt / "motif_model.json").read_text())["growth"]["llama_pro_layers"]
+    )
+    assert layers("llama-pro") == new_layers and not others("llama-pro")
+    rows_only = {"eeve-1": {emb}, "eeve-2": {head}, "eeve-3": {emb, head}, "eeve-5": {emb}}
+    for stage, expected in {
+        "eeve-1": {emb},
+        "eeve-2": {head},
+        "eeve-3": {emb, head},
+        "eeve-4": {head},
+        "eeve-5": {emb, head},
+        "redwhale-embed": {emb, head},
+        "regex:final_layernorm": {"decoder.final_layernorm.weight"},
+    }.items():
+        assert others(stage) == expected and not layers(stage), stage
+        for key in rows_only.get(stage, ()):
+            assert report[stage]["old_rows_equal"][key], (stage, key)
+            assert report[stage]["new_rows_changed"][key], (stage, key)
+    assert not report["eeve-4"]["old_rows_equal"][head]
+    assert layers("eeve-6") == set(range(6)) and emb in others("eeve-6")
+    assert layers("eeve-7") == set(range(6)) and not others("eeve-7")
+    assert layers("redwhale-odd") == {0, 2, 4} and not others("redwhale-odd")
+    assert layers("redwhale-even") == {1, 3, 5} and not others("redwhale-even")
+
+
+STAGED = "stages:\n  - {name: eeve-1, iters: 3}\n  - {name: full, iters: 5}\n"
+
+
+def test_sigkill_and_resume_is_bitwise(tmp_path, grown):
+    """A staged run (row-masked stage, then full) killed mid-run resumes to the same losses."""
+    ckpt, data = grown
+    config = tmp_path / "run.yaml"
+    config.write_text(STAGED + "train-iters: 8\nsave-interval: 2\nlr: 0.01\nseq-length: 128\n")
+    base = ["--load", str(ckpt), "--data-path", data, "--config", str(config)]
+    base += ["--micro-batch-size", "2", "--global-batch-size", "8"]
+    ok(
+        run(
+            [
+                "pretrain_motif.py",
+                *base,
+                "--save",
+                str(tmp_path / "a"),
+                "--metrics-file",
+                str(tmp_path / "a.jsonl"),
+            ]
+        )
+    )
+    reference = (tmp_path / "a.jsonl").read_text().splitlines()
+
+    metrics = tmp_path / "b.jsonl"
+    cmd = [PYTHON, str(ROOT / "pretrain_motif.py"), *base, "--save", str(tmp_path / "b")]
+    cmd += ["--metrics-file", str(metrics)]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:  # kill during iteration 6 (saved at 4)
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (tmp_path / "b" / "latest_checkpointed_iteration.txt").read_text().strip() == "4"
+    ok(
+        run(
+            [
+                "pretrain_motif.py",
+                *base,
+                "--save",
+                str(tmp_path / "b"),
+                "--metrics-file",
+                str(metrics),
+            ]
+        )
+    )
+    resumed = metrics.read_text().splitlines()
+    strip = ("tokens_per_s",)
+    clean = [
+        json.dumps({k: v for k, v in json.loads(x).items() if k not in strip}) for x in reference
+    ]
+    again = [
+        json.dumps({k: v for k, v in json.loads(x).items() if k not in strip}) for x in resumed
+    ]
+    assert again == clean
+    assert [json.loads(x)["stage"] for x in resumed] == ["eeve-1"] * 3 + ["full"] * 5
+
+
+def test_plateau_advances_the_stage(tmp_path, tiny_ckpt, ko_data):
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "stages:\n  - {name: 'regex:final_layernorm', plateau: true}\n  - {name: full, iters: 2}\n"
+        "plateau-patience: 2\nplateau-min-delta: 0.5\ntrain-iters: 20\n"
+    )
+    records = train(tiny_ckpt, tmp_path / "run", ko_data, "--config", str(config))
+    stages = [r["stage"] for r in records]
+    switch = stages.index("full")
+    assert 2 <= switch < 18 and stages[switch:] == ["full", "full"], stages
+
+
+def test_msg_masks_ramp_to_one_and_finalize(tmp_path, tiny_ckpt, ko_data):
+    wide = tmp_path / "wide"
+    ok(
+        run(
+            [
+                "tools/expand_checkpoint.py",
+                "--load",
+                str(tiny_ckpt),
+                "--save",
+                str(wide),
+                "--hidden-size",
+                "80",
+            ]
+        )
+    )
+    records = train(wide, tmp_path / "run", ko_data, "--train-iters", "5", "--msg-ramp-iters", "4")
+    assert [r["msg_mask"] for r in records] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    final = tmp_path / "final"
+    ok(
+        run(
+            [
+                "tools/expand_checkpoint.py",
+                "--load",
+                str(tmp_path / "run"),
+                "--save",
+                str(final),
+                "--finalize",
+            ]
+        )
+    )
+    assert "msg" not in json.loads((final / "motif_model.json").read_text())["growth"]
+    out = ok(
+        run(
+            [
+                "tools/check_equivalence.py",
+                "--load",
+                str(tmp_path / "run"),
+                "--load-b",
+                str(final),
+                "--atol",
+                "1e-5",
+            ]
+        )
+    )
+    assert max_abs_diff(out) < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("flags", "needle"),
+    [
+        ([], "--data-path is required"),
+        (["--data-path", "x", "--qlora", "--lora-rank", "4"], "--qlora needs CUDA"),
+        (["--data-path", "x", "--stage", "sideways"], "unknown stage 'sideways'"),
+        (
+            ["--data-path", "x", "--global-batch-size", "3", "--micro-batch-size", "2"],
+            "not a multiple",
+        ),
+    ],
+)
+def test_bad_configuration_is_one_line(tmp_path, tiny_ckpt, flags, needle):
+    result = run(
+        ["pretrain_motif.py", "--load", str(tiny_ckpt), "--save", str(tmp_path / "s"), *flags]
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and needle in lines[-1], result.stderr[-2000:]
