@@ -143,3 +143,30 @@ def expanded(tmp_path_factory, llama3_tokenizer):
         )
     )
     return tmp, held_out
+
+
+def shard(tmp: Path, tokenizer: Path, name: str) -> str:
+    """The bundled Korean corpus as a Megatron shard of ``tokenizer``; returns its prefix."""
+    corpus, _ = bundled_corpus(tmp, "ko-libreoffice-help")
+    prefix = tmp / name
+    ok(
+        run(
+            [
+                "tools/preprocess_data.py",
+                "--input",
+                str(corpus),
+                "--output-prefix",
+                str(prefix),
+                "--tokenizer-model",
+                str(tokenizer),
+                "--append-eod",
+            ]
+        )
+    )
+    return f"{prefix}_text_document"
+
+
+@pytest.fixture(scope="session")
+def ko_data(tmp_path_factory, tiny_hf) -> str:
+    """Korean shards of the Llama-3 tokenizer (the tiny model's own)."""
+    return shard(tmp_path_factory.mktemp("ko"), tiny_hf, "ko")

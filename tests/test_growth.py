@@ -356,3 +356,54 @@ def test_vocab_init_report(tmp_path, tiny_ckpt, expanded_tokenizer):
     )
     assert rows["decompose"]["loss_per_token"] != rows["first-subword"]["loss_per_token"]
     assert (tmp_path / "rep/vocab_init.png").stat().st_size > 0
+
+
+def test_mean_inits_keep_kl_small_on_a_trained_base(tmp_path, tiny_ckpt, ko_data, expanded):
+    """Hewitt's argument needs a base whose logits mean something: train the tiny model on Korean
+    first, then mean-based output rows barely move the old next-token distribution while random
+    rows take visible mass."""
+    trained = tmp_path / "trained"
+    flags = ["--seq-length", "64", "--micro-batch-size", "4", "--global-batch-size", "8"]
+    flags += ["--train-iters", "40", "--lr", "1e-2"]
+    ok(
+        run(
+            [
+                "pretrain_motif.py",
+                "--load",
+                str(tiny_ckpt),
+                "--save",
+                str(trained),
+                "--data-path",
+                ko_data,
+                *flags,
+            ]
+        )
+    )
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text(
+        "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in expanded[1][:12])
+    )
+    ok(
+        run(
+            [
+                "tools/vocab_init_report.py",
+                "--load",
+                str(trained),
+                "--tokenizer",
+                str(expanded[0] / "expanded"),
+                "--text",
+                str(held_out),
+                "--out",
+                str(tmp_path / "rep"),
+                "--methods",
+                "random",
+                "mean",
+                "mean-resizing",
+            ],
+            timeout=900,
+        )
+    )
+    rows = json.loads((tmp_path / "rep/vocab_init.json").read_text())["methods"]
+    kl = {m: r["kl_old_inputs"] for m, r in rows.items()}
+    assert kl["random"] > 0.05, kl
+    assert kl["mean"] < 0.1 * kl["random"] and kl["mean-resizing"] < 0.1 * kl["random"], kl

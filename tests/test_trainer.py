@@ -11,34 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, ROOT, bundled_corpus, max_abs_diff, ok, run
+from conftest import PYTHON, ROOT, max_abs_diff, ok, run, shard
 
 SMALL = ["--seq-length", "64", "--micro-batch-size", "1", "--global-batch-size", "4"]
-
-
-def shard(tmp: Path, tokenizer: Path, name: str) -> str:
-    corpus, _ = bundled_corpus(tmp, "ko-libreoffice-help")
-    prefix = tmp / name
-    ok(
-        run(
-            [
-                "tools/preprocess_data.py",
-                "--input",
-                str(corpus),
-                "--output-prefix",
-                str(prefix),
-                "--tokenizer-model",
-                str(tokenizer),
-                "--append-eod",
-            ]
-        )
-    )
-    return f"{prefix}_text_document"
-
-
-@pytest.fixture(scope="module")
-def ko_data(tmp_path_factory, tiny_hf) -> str:
-    return shard(tmp_path_factory.mktemp("ko"), tiny_hf, "ko")
 
 
 @pytest.fixture(scope="module")
