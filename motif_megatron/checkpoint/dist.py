@@ -116,6 +116,7 @@ def load_model(model: torch.nn.Module, load: str | Path, strict: bool = True) ->
         )
     }
     state = dist_checkpointing.load(sharded, str(ckpt))
+    state = {k: v for k, v in state.items() if k in sharded}  # not a training save's loop state
     model.load_state_dict(state, strict=strict and len(state) == len(model.state_dict()))
     return ckpt
 

@@ -93,7 +93,7 @@ class TrainConfig:
     msg_ramp_iters: int = _opt(0, "ramp MSG masks from 0 to 1 linearly over this many iterations")
     msg_ramp_start: int = _opt(0, "iteration at which the MSG ramp starts")
     # LoRA
-    lora_rank: int = _opt(0, "LoRA rank on the target modules (0: no LoRA unless a stage asks)")
+    lora_rank: int = _opt(8, "LoRA rank of the adapters the LoRA stages train")
     lora_alpha: float = _opt(32.0, "LoRA alpha (scale alpha/rank)")
     lora_target_modules: tuple[str, ...] = _opt(
         ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"),
@@ -143,8 +143,8 @@ class TrainConfig:
                 problems.append(f"unknown stage {plan.name!r}; choose one of {', '.join(NAMES)}")
             if plan.iters is None and not plan.plateau:
                 problems.append(f"stage {plan.name}: give 'iters' or 'plateau: true'")
-        if self.qlora and self.lora_rank <= 0:
-            problems.append("--qlora needs --lora-rank > 0")
+        if self.lora_rank <= 0:
+            problems.append(f"--lora-rank {self.lora_rank} must be positive")
         if problems:
             raise UserError("; ".join(problems))
 

@@ -24,7 +24,7 @@ from motif_megatron.checkpoint.convert import copy_tokenizer
 from motif_megatron.errors import UserError
 from motif_megatron.model.builder import BuildOptions, build_model, model_vocab_size
 from motif_megatron.model.llama import LlamaArgs
-from motif_megatron.training import checkpointing, engine, schedules, stages
+from motif_megatron.training import checkpointing, engine, lora, schedules, stages
 from motif_megatron.training.arguments import StagePlan, TrainConfig
 from motif_megatron.training.batches import BatchSource
 from motif_megatron.training.metrics import Metrics
@@ -88,9 +88,11 @@ class Trainer:
             seed=cfg.seed,
         )
         cfg.check(torch.distributed.get_world_size())
-        if cfg.qlora and not torch.cuda.is_available():
+        if cfg.qlora:
             raise UserError(
-                "--qlora needs CUDA (bitsandbytes 4-bit kernels); use --lora-rank alone on CPU"
+                "--qlora needs CUDA (bitsandbytes 4-bit kernels); train the LoRA stage without it"
+                if not torch.cuda.is_available()
+                else "--qlora: 4-bit base weights are not implemented yet; train LoRA in bf16"
             )
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.dp_size = parallel_state.get_data_parallel_world_size()
@@ -121,14 +123,22 @@ class Trainer:
         self.train_data = BatchSource(train, *shape)
         self.valid_data = BatchSource(valid, *shape) if valid is not None else None
 
-    def _enter_stage(self, weights: dict | None) -> None:
-        """Build the model chunk for the current stage, with ``weights`` (or the start checkpoint)."""
+    def _enter_stage(self, weights: dict | None = None, load: str | None = None) -> None:
+        """Build the model chunk for the current stage from in-memory ``weights`` or a ``load``
+        checkpoint (or neither, when a training checkpoint is loaded next)."""
         plan = self.plan[self.stage_index]
-        previous = self.model
+        self.model = None
         self.model = build_model(self.args, self.options)
         if weights is not None:
             self.model.load_state_dict(weights)
-        del previous
+        elif load is not None:
+            ckpt.load_model(self.model, load)
+        if plan.name in stages.LORA_STAGES:
+            cfg = self.cfg
+            lora.attach(
+                self.model,
+                lora.LoRAConfig(cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_modules, cfg.seed),
+            )
         self.stage = stages.resolve(plan.name, self.model, self.args)
         self.stage.apply(self.model)
         self.ddp = engine.wrap_ddp(self.model, self.optim)
@@ -163,9 +173,7 @@ class Trainer:
     def _start(self) -> None:
         """Load the starting weights, or everything from the run's own last checkpoint."""
         if self.resume_iteration is None:
-            self.model = None
-            self._enter_stage(None)
-            ckpt.load_model(self.model, self.cfg.load)
+            self._enter_stage(load=self.cfg.load)
             self.metrics.resume_at(0)
             return
         state = checkpointing.load_loop_state(self.cfg.save, self.resume_iteration)
@@ -177,7 +185,7 @@ class Trainer:
         self.iteration, self.stage_index = state["iteration"], state["stage_index"]
         self.stage_start = state["stage_start"]
         self.plateau = schedules.Plateau(**state["plateau"])
-        self._enter_stage(None)
+        self._enter_stage()
         same_layout = state["world"] == [
             self.cfg.tensor_model_parallel_size,
             self.cfg.pipeline_model_parallel_size,
@@ -213,11 +221,12 @@ class Trainer:
         if self.stage_index + 1 >= len(self.plan):
             return False
         reason = "plateau" if self.plan[self.stage_index].plateau else "iterations"
+        lora.merge(self.model)
         weights = self.model.state_dict()
         self.stage_index += 1
         self.stage_start = self.iteration
         self.plateau = self._new_plateau()
-        self._enter_stage(weights)
+        self._enter_stage(weights=weights)
         self.metrics.event(
             f"stage -> {self.plan[self.stage_index].name} at iteration {self.iteration} ({reason})"
         )

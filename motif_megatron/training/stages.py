@@ -13,7 +13,8 @@ Names (``--stage`` or a YAML ``stages`` list):
   rows; 4 all output rows; 5 new input rows + all output rows; 6 all parameters; 7 the
   transformer layers only.
 - ``redwhale-embed`` (embedding + head), ``redwhale-odd`` / ``redwhale-even`` (layers 1, 3, ...
-  / 2, 4, ... counted from 1), ``redwhale-lora`` (LoRA adapters over all layers; base frozen).
+  / 2, 4, ... counted from 1), ``redwhale-lora`` or ``lora`` (LoRA adapters on every attention
+  and MLP projection; the base frozen; merged into the weights on save).
 """
 
 from __future__ import annotations
@@ -48,8 +49,11 @@ NAMES = (
     "redwhale-odd",
     "redwhale-even",
     "redwhale-lora",
+    "lora",
     "regex:PATTERN",
 )
+LORA_STAGES = ("redwhale-lora", "lora")
+"""Stages that attach LoRA adapters (``training/lora.py``) and train only them."""
 
 
 @dataclass
@@ -122,7 +126,7 @@ def resolve(name: str, model: torch.nn.Module, args: LlamaArgs) -> Stage:
         return Stage(name, {n for n in is_layer if (layer_of[n] + 1) % 2 == parity})
     if name == "redwhale-embed":
         return Stage(name, {n for n in names if n in (EMBEDDING, OUTPUT)})
-    if name == "redwhale-lora":
+    if name in LORA_STAGES:
         return Stage(name, {n for n in names if ".lora_" in n}, lora=True)
     match = re.fullmatch(r"eeve-(\d)", name)
     if match and int(match.group(1)) in _EEVE:
