@@ -153,7 +153,9 @@ def grow(load: str | Path, save: str | Path, request: GrowthRequest) -> dict:
             known = [i for i in ids if pieces.get(i)]
             unknown = [i for i in ids if not pieces.get(i)]  # e.g. specials past the model vocab
             if known:
-                out[known] = vocab.new_rows(
+                vocab.fill_rows(
+                    out,
+                    known,
                     rows,
                     [pieces[i] for i in known],
                     request.init,
@@ -162,7 +164,7 @@ def grow(load: str | Path, save: str | Path, request: GrowthRequest) -> dict:
                     request.seed,
                 )
             if unknown:
-                out[unknown] = vocab.new_rows(rows, [[0]] * len(unknown), "mean", is_output, 0.0)
+                vocab.fill_rows(out, unknown, rows, [[0]] * len(unknown), "mean", is_output, 0.0)
         return out
 
     def produce(name: str) -> torch.Tensor:

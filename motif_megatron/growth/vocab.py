@@ -38,36 +38,44 @@ def _covariance(rows: torch.Tensor, mu: torch.Tensor, chunk: int = 1024) -> torc
     return cov / max(len(rows) - 1, 1)
 
 
-def new_rows(
+def fill_rows(
+    target: torch.Tensor,
+    ids: list[int],
     old: torch.Tensor,
     pieces: list[list[int]],
     method: str,
     is_output: bool,
     std: float,
     seed: int = 0,
-) -> torch.Tensor:
-    """``[len(pieces), hidden]`` rows in ``old``'s dtype, from ``old [V, hidden]`` (fp32 maths,
-    chunked, so the memory cost is the new rows, not an fp32 copy of the vocabulary)."""
+    chunk: int = 1024,
+) -> None:
+    """Write the new rows ``target[ids]`` from ``old [V, hidden]`` (a view of target's old rows
+    is fine), ``chunk`` rows at a time in fp32: the memory cost is one chunk, not the new rows
+    or an fp32 copy of the vocabulary."""
     if method not in METHODS:
         raise UserError(f"--init {method!r}: choose one of {', '.join(METHODS)}")
+    if method in ("subword-mean", "first-subword", "decompose") and any(not p for p in pieces):
+        raise UserError("a new token has no pieces under the old tokenizer (new_tokens.json)")
     generator = torch.Generator().manual_seed(seed + int(is_output))
-    n, hidden = len(pieces), old.shape[1]
-    if method == "random":
-        rows = torch.randn(n, hidden, generator=generator) * std
-    elif method == "mean":
-        rows = _mean(old).expand(n, hidden)
-    elif method == "mean-resizing":
-        mu = _mean(old)
+    hidden = old.shape[1]
+    mu = _mean(old) if method in ("mean", "mean-resizing") else None
+    if method == "mean-resizing":
         cov = _covariance(old, mu)
         # N(mu, 1e-9 cov): a Cholesky factor of cov (jittered to be positive definite) scales noise
         chol = torch.linalg.cholesky(cov + 1e-6 * torch.eye(hidden) * cov.diagonal().mean())
-        rows = mu + (torch.randn(n, hidden, generator=generator) @ chol.T) * 1e-9**0.5
-    else:
-        if any(not p for p in pieces):
-            raise UserError("a new token has no pieces under the old tokenizer (new_tokens.json)")
-        use_first = method == "first-subword" or (method == "decompose" and is_output)
-        if use_first:
-            rows = old[[p[0] for p in pieces]].float()
+        del cov
+    use_first = method == "first-subword" or (method == "decompose" and is_output)
+    for start in range(0, len(ids), chunk):
+        block = pieces[start : start + chunk]
+        n = len(block)
+        if method == "random":
+            rows = torch.randn(n, hidden, generator=generator) * std
+        elif method == "mean":
+            rows = mu.expand(n, hidden)
+        elif method == "mean-resizing":
+            rows = mu + (torch.randn(n, hidden, generator=generator) @ chol.T) * 1e-9**0.5
+        elif use_first:
+            rows = old[[p[0] for p in block]].float()
         else:
-            rows = torch.stack([old[p].float().mean(0) for p in pieces])
-    return rows.to(old.dtype)
+            rows = torch.stack([old[p].float().mean(0) for p in block])
+        target[ids[start : start + n]] = rows.to(target.dtype)
