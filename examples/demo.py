@@ -217,6 +217,101 @@ def grow_model(out: Path, tokenizer: Path, ckpt: Path) -> dict:
     }
 
 
+def continual_pretraining(out: Path, grown: Path) -> dict:
+    """Shards of the expanded tokenizer, 9:1 Korean:English, then the staged run of
+    examples/configs/demo.yaml at TP=2 (LlamaPro blocks, then all with the MSG ramp), then
+    finalize the masks and export to HF."""
+    prefixes = {}
+    for lang in ("ko", "en"):
+        step(
+            f"tokenise the kept {lang} documents with the expanded tokenizer",
+            [
+                PYTHON,
+                "tools/preprocess_data.py",
+                "--input",
+                str(out / "corpus" / lang / "kept" / "kept_00000.jsonl"),
+                "--output-prefix",
+                str(out / "shards_expanded" / lang),
+                "--tokenizer-model",
+                str(out / "tok_expanded"),
+                "--append-eod",
+                "--workers",
+                "2",
+            ],
+        )
+        prefixes[lang] = str(out / "shards_expanded" / f"{lang}_text_document")
+    run_dir, metrics = out / "ckpt_cpt", out / "cpt_metrics.jsonl"
+    step(
+        "continual pretraining: llama-pro stage, then full with the MSG ramp (TP=2)",
+        [
+            TORCHRUN,
+            "--standalone",
+            "--nproc_per_node=2",
+            "pretrain_motif.py",
+            "--config",
+            "examples/configs/demo.yaml",
+            "--load",
+            str(grown),
+            "--save",
+            str(run_dir),
+            "--data-path",
+            "0.9",
+            prefixes["ko"],
+            "0.1",
+            prefixes["en"],
+            "--metrics-file",
+            str(metrics),
+        ],
+    )
+    step(
+        "plot the loss curve",
+        [
+            PYTHON,
+            "tools/plot_metrics.py",
+            str(metrics),
+            "--out",
+            str(out / "cpt_loss.png"),
+            "--smooth",
+            "5",
+        ],
+    )
+    final = out / "ckpt_final"
+    step(
+        "finalize: drop the MSG masks (now at 1)",
+        [
+            PYTHON,
+            "tools/expand_checkpoint.py",
+            "--load",
+            str(run_dir),
+            "--save",
+            str(final),
+            "--finalize",
+        ],
+    )
+    step(
+        "export the trained model to HF",
+        [
+            PYTHON,
+            "tools/convert_hf.py",
+            "export",
+            "--load",
+            str(final),
+            "--out",
+            str(out / "hf_final"),
+        ],
+    )
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    losses = [r["loss"] for r in records if "loss" in r]
+    return {
+        "first_loss": losses[0],
+        "last_loss": losses[-1],
+        "mean_loss_first_5": sum(losses[:5]) / 5,
+        "mean_loss_last_5": sum(losses[-5:]) / 5,
+        "stages": sorted({r["stage"] for r in records if "stage" in r}),
+        "final_msg_mask": records[-1].get("msg_mask"),
+    }
+
+
 def equivalence(base: Path, ckpt: Path, layout: list[str]) -> float:
     """Megatron logits vs HF at a TP/PP layout (two torchrun processes on gloo unless TP=PP=1)."""
     launcher = [PYTHON] if not layout else [TORCHRUN, "--standalone", "--nproc_per_node=2"]
@@ -333,6 +428,7 @@ def main() -> None:
         )
         roundtrip = compare_hf(base, exported, sample_texts())
         growth = grow_model(out, tokenizer, ckpt)
+        training = continual_pretraining(out, out / "ckpt_grown")
     except StepFailed as exc:
         print(f"\ndemo failed: {exc}", file=sys.stderr)
         sys.exit(1)
@@ -345,6 +441,7 @@ def main() -> None:
             for lang, r in corpus.items()
         },
         "growth": growth,
+        "continual_pretraining": training,
         "max_abs_diff_tp1": tp1,
         "max_abs_diff_tp2": tp2,
         "max_abs_diff_pp2": pp2,
@@ -358,6 +455,8 @@ def main() -> None:
         and roundtrip["weights_bitwise_identical"]
         and roundtrip["hf_logit_max_abs_diff"] == 0.0
         and growth["max_abs_diff_grown_vs_base"] < 1e-5
+        and training["mean_loss_last_5"] < training["mean_loss_first_5"]
+        and training["final_msg_mask"] == 1.0
     )
     print(f"\n{'PASS' if ok else 'FAIL'}: wrote {out / 'roundtrip.json'}")
     sys.exit(0 if ok else 1)

@@ -91,3 +91,24 @@ def test_empty_split_is_refused(shards):
     )
     with pytest.raises(UserError, match=r"the valid split of .* has 0 of its 120 documents"):
         build_datasets(config, (100, 10, 0))
+
+
+def test_unrequested_empty_split_is_not_built(shards):
+    """969,30,1 leaves the 120-document shard an empty test split; Megatron would count epochs
+    over it forever even for 0 samples, so a split with no samples requested is not carved out."""
+    from motif_megatron.data.gpt import GPTDataConfig, build_datasets, effective_split
+
+    tmp, prefixes = shards
+    assert effective_split("969,30,1", (100, 0, 0)) == "969,0,0"
+    assert effective_split("969,30,1", (100, 10, 0)) == "969,30,0"
+    config = GPTDataConfig(
+        data_path=(prefixes["en"],),
+        seq_length=64,
+        eod=128001,
+        vocab_size=128256,
+        cache_dir=str(tmp / "cache3"),
+    )
+    train, valid, test = build_datasets(config, (100, 0, 0))
+    assert len(train) >= 100 and valid is None and test is None
+    with pytest.raises(UserError, match="expected comma-separated numbers"):
+        build_datasets(GPTDataConfig(**{**config.__dict__, "split": "a,b"}), (100, 0, 0))

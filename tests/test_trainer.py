@@ -195,10 +195,31 @@ def test_plateau_advances_the_stage(tmp_path, tiny_ckpt, ko_data):
         "stages:\n  - {name: 'regex:final_layernorm', plateau: true}\n  - {name: full, iters: 2}\n"
         "plateau-patience: 2\nplateau-min-delta: 0.5\ntrain-iters: 20\n"
     )
-    records = train(tiny_ckpt, tmp_path / "run", ko_data, "--config", str(config))
+    tensorboard = tmp_path / "tb"
+    records = train(
+        tiny_ckpt,
+        tmp_path / "run",
+        ko_data,
+        "--config",
+        str(config),
+        "--tensorboard-dir",
+        str(tensorboard),
+    )
     stages = [r["stage"] for r in records]
     switch = stages.index("full")
     assert 2 <= switch < 18 and stages[switch:] == ["full", "full"], stages
+    assert list(tensorboard.glob("events.out.tfevents.*"))
+    ok(
+        run(
+            [
+                "tools/plot_metrics.py",
+                str(tmp_path / "run.jsonl"),
+                "--out",
+                str(tmp_path / "loss.png"),
+            ]
+        )
+    )
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_msg_masks_ramp_to_one_and_finalize(tmp_path, tiny_ckpt, ko_data):
@@ -254,6 +275,7 @@ def test_msg_masks_ramp_to_one_and_finalize(tmp_path, tiny_ckpt, ko_data):
         ([], "--data-path is required"),
         (["--data-path", "x", "--qlora", "--lora-rank", "4"], "--qlora needs CUDA"),
         (["--data-path", "x", "--stage", "sideways"], "unknown stage 'sideways'"),
+        (["--data-path", "x", "--use-distributed-optimizer"], "needs CUDA"),
         (
             ["--data-path", "x", "--global-batch-size", "3", "--micro-batch-size", "2"],
             "not a multiple",
@@ -323,3 +345,23 @@ def test_lora_stage_matches_across_tp_merges_and_resumes(tmp_path, tiny_ckpt, ko
     )
     resumed = train(tiny_ckpt, tmp_path / "cut", ko_data, *flags, "--save-interval", "2")
     assert losses(resumed) == losses(tp1)
+
+
+def test_resume_at_another_layout_takes_the_weights(tmp_path, tiny_ckpt, ko_data):
+    flags = ["--lr", "1e-2", "--save-interval", "2"]
+    train(tiny_ckpt, tmp_path / "run", ko_data, "--train-iters", "2", *flags)
+    records = train(
+        tiny_ckpt,
+        tmp_path / "run",
+        ko_data,
+        "--train-iters",
+        "4",
+        "--tensor-model-parallel-size",
+        "2",
+        *flags,
+        nproc=2,
+    )
+    assert [r["iteration"] for r in records] == [1, 2, 3, 4]
+    # the weights were resumed: iteration 3's loss (before its update) is the uninterrupted run's
+    whole = train(tiny_ckpt, tmp_path / "whole", ko_data, "--train-iters", "4", *flags)
+    assert abs(records[2]["loss"] - whole[2]["loss"]) < 1e-5

@@ -2,7 +2,9 @@
 
 Builds ``BlendedMegatronDatasetBuilder`` + ``GPTDataset`` exactly as Megatron-LM does, with our
 C++ index builders installed, and refuses up front a split that would hold zero documents of a
-shard (Megatron loops forever counting epochs of an empty split).
+shard (Megatron loops forever counting epochs of an empty split). A split no sample is requested
+from is not carved out at all (its ``--split`` weight becomes 0), since Megatron would still
+count epochs over it: with ``969,30,1`` and no evaluation, training reads every document.
 """
 
 from __future__ import annotations
@@ -76,6 +78,19 @@ def _check_splits(prefixes: list[str], split_matrix, sizes: list[int | None]) ->
                 )
 
 
+def effective_split(split: str, samples: tuple[int, int, int]) -> str:
+    """``split`` with the weight of every split that is requested no samples set to 0."""
+    try:
+        weights = [float(w) for w in split.replace("/", ",").split(",")]
+    except ValueError:
+        raise UserError(f"--split {split}: expected comma-separated numbers like 969,30,1") from None
+    weights = (weights + [0.0] * 3)[:3]
+    kept = [w if n else 0.0 for w, n in zip(weights, samples, strict=True)]
+    if not any(kept):
+        raise UserError(f"--split {split} gives no documents to the splits samples are drawn from")
+    return ",".join(f"{w:g}" for w in kept)
+
+
 def build_datasets(config: GPTDataConfig, samples: tuple[int, int, int]):
     """(train, valid, test) Megatron datasets for ``samples`` sequences each (0: not built)."""
     from megatron.core.datasets.blended_megatron_dataset_builder import (
@@ -93,7 +108,7 @@ def build_datasets(config: GPTDataConfig, samples: tuple[int, int, int]):
         random_seed=config.seed,
         sequence_length=config.seq_length,
         blend=(prefixes, weights),
-        split=config.split,
+        split=effective_split(config.split, samples),
         path_to_cache=config.cache_dir,
         tokenizer=tokenizer,
         reset_position_ids=False,

@@ -56,7 +56,8 @@ def _sharded(model, optimizer, loop_state: dict | None, is_loading: bool) -> dic
     model_sd = model.sharded_state_dict()
     state = {"model": model_sd}
     world, rank = dist.get_world_size(), dist.get_rank()
-    if optimizer is not None and any(not p.requires_grad for p in model.parameters()):
+    frozen = any(not p.requires_grad for p in model.parameters())
+    if optimizer is not None and frozen and not optimizer.config.use_distributed_optimizer:
         # a partial stage has moments for some layers of a stacked tensor only, which the
         # torch_dist format cannot describe: keep this rank's optimizer state as one object
         state["optimizer"] = ShardedObject(
@@ -67,7 +68,11 @@ def _sharded(model, optimizer, loop_state: dict | None, is_loading: bool) -> dic
             replica_id=0,
         )
     elif optimizer is not None:
-        state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading)
+        # the distributed optimizer saves its flat buffers (trainable parameters only) per rank
+        metadata = {"distrib_optim_sharding_type": "dp_reshardable"} if frozen else None
+        state["optimizer"] = optimizer.sharded_state_dict(
+            model_sd, is_loading=is_loading, metadata=metadata
+        )
     state["rng_state"] = ShardedObject(
         "rng_state", None if is_loading else _rng_state(), (world,), (rank,), replica_id=0
     )

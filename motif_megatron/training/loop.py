@@ -88,6 +88,11 @@ class Trainer:
             seed=cfg.seed,
         )
         cfg.check(torch.distributed.get_world_size())
+        if cfg.use_distributed_optimizer and not torch.cuda.is_available():
+            raise UserError(
+                "--use-distributed-optimizer needs CUDA (Megatron's distributed optimizer wraps "
+                "CUDA tensors only); drop it on CPU"
+            )
         if cfg.qlora:
             raise UserError(
                 "--qlora needs CUDA (bitsandbytes 4-bit kernels); train the LoRA stage without it"
