@@ -145,9 +145,29 @@ def expanded(tmp_path_factory, llama3_tokenizer):
     return tmp, held_out
 
 
-def shard(tmp: Path, tokenizer: Path, name: str) -> str:
-    """The bundled Korean corpus as a Megatron shard of ``tokenizer``; returns its prefix."""
-    corpus, _ = bundled_corpus(tmp, "ko-libreoffice-help")
+def expand(load: str | Path, save: str | Path, *flags: str) -> str | Path:
+    """``tools/expand_checkpoint.py --load load --save save flags...``; returns ``save``."""
+    ok(run(["tools/expand_checkpoint.py", "--load", str(load), "--save", str(save), *flags]))
+    return save
+
+
+def finalize(grown: Path, final: Path) -> float:
+    """``expand_checkpoint.py --finalize`` (masks at 1 dropped); returns the max |logit diff|
+    between the masked and the finalized model."""
+    ok(
+        run(
+            ["tools/expand_checkpoint.py", "--load", str(grown), "--save", str(final), "--finalize"]
+        )
+    )
+    assert "msg" not in json.loads((final / "motif_model.json").read_text())["growth"]
+    compare = ["tools/check_equivalence.py", "--load", str(grown), "--load-b", str(final)]
+    return max_abs_diff(ok(run([*compare, "--atol", "1e-5"])))
+
+
+def shard(tmp: Path, tokenizer: Path, name: str, corpus: Path | None = None) -> str:
+    """A Megatron shard of ``tokenizer`` over ``corpus`` (default: the bundled Korean pages);
+    returns its prefix."""
+    corpus = corpus or bundled_corpus(tmp, "ko-libreoffice-help")[0]
     prefix = tmp / name
     ok(
         run(

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import bundled_corpus, ok, run
+from conftest import bundled_corpus, ok, run, shard
 
 from motif_megatron.errors import UserError
 
@@ -16,22 +16,7 @@ def shards(tmp_path_factory, llama3_tokenizer):
     tmp = tmp_path_factory.mktemp("shards")
     prefixes = {}
     for lang, name in (("ko", "ko-libreoffice-help"), ("en", "en-python-docs")):
-        corpus, _ = bundled_corpus(tmp, name)
-        ok(
-            run(
-                [
-                    "tools/preprocess_data.py",
-                    "--input",
-                    str(corpus),
-                    "--output-prefix",
-                    str(tmp / lang),
-                    "--tokenizer-model",
-                    str(llama3_tokenizer),
-                    "--append-eod",
-                ]
-            )
-        )
-        prefixes[lang] = str(tmp / f"{lang}_text_document")
+        prefixes[lang] = shard(tmp, llama3_tokenizer, lang, bundled_corpus(tmp, name)[0])
     return tmp, prefixes
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import bundled_corpus, max_abs_diff, ok, run
+from conftest import bundled_corpus, expand, finalize, max_abs_diff, ok, run
 
 from motif_megatron.checkpoint.dist import CheckpointReader
 
@@ -14,23 +14,7 @@ from motif_megatron.checkpoint.dist import CheckpointReader
 @pytest.fixture(scope="module")
 def grown(tmp_path_factory, tiny_ckpt):
     out = tmp_path_factory.mktemp("grown") / "depth"
-    ok(
-        run(
-            [
-                "tools/expand_checkpoint.py",
-                "--load",
-                str(tiny_ckpt),
-                "--save",
-                str(out),
-                "--depth-add",
-                "2",
-                "--tp",
-                "1",
-                "--pp",
-                "1",
-            ]
-        )
-    )
+    expand(str(tiny_ckpt), str(out), "--depth-add", "2", "--tp", "1", "--pp", "1")
     return out
 
 
@@ -117,21 +101,7 @@ def expanded_tokenizer(expanded):
 )
 def test_vocabulary_growth_keeps_old_rows(tmp_path, tiny_ckpt, expanded_tokenizer, init):
     out = tmp_path / "vocab"
-    ok(
-        run(
-            [
-                "tools/expand_checkpoint.py",
-                "--load",
-                str(tiny_ckpt),
-                "--save",
-                str(out),
-                "--tokenizer",
-                str(expanded_tokenizer),
-                "--init",
-                init,
-            ]
-        )
-    )
+    expand(str(tiny_ckpt), str(out), "--tokenizer", str(expanded_tokenizer), "--init", init)
     info = json.loads((expanded_tokenizer / "new_tokens.json").read_text())
     old, new = CheckpointReader(tiny_ckpt), CheckpointReader(out)
     v_old = json.loads((tiny_ckpt / "motif_model.json").read_text())["vocab_size"]
@@ -193,20 +163,7 @@ WIDTH_CASES = {
 def widened(tmp_path_factory, tiny_ckpt):
     root = tmp_path_factory.mktemp("width")
     for name, flags in WIDTH_CASES.items():
-        ok(
-            run(
-                [
-                    "tools/expand_checkpoint.py",
-                    "--load",
-                    str(tiny_ckpt),
-                    "--save",
-                    str(root / name),
-                    *flags,
-                    "--tp",
-                    "2",
-                ]
-            )
-        )
+        expand(str(tiny_ckpt), str(root / name), *flags, "--tp", "2")
     return root
 
 
@@ -256,33 +213,7 @@ def test_masks_gate_new_parameters_and_finalize(tmp_path, tiny_ckpt, widened):
     )
     assert refused.returncode == 2 and "needs the MSG masks at 1" in refused.stderr
     final = tmp_path / "final"
-    ok(
-        run(
-            [
-                "tools/expand_checkpoint.py",
-                "--load",
-                str(opened),
-                "--save",
-                str(final),
-                "--finalize",
-            ]
-        )
-    )
-    assert "msg" not in json.loads((final / "motif_model.json").read_text())["growth"]
-    out = ok(
-        run(
-            [
-                "tools/check_equivalence.py",
-                "--load",
-                str(opened),
-                "--load-b",
-                str(final),
-                "--atol",
-                "1e-5",
-            ]
-        )
-    )
-    assert max_abs_diff(out) < 1e-5
+    assert finalize(opened, final) < 1e-5
     ok(run(["tools/convert_hf.py", "export", "--load", str(final), "--out", str(tmp_path / "hf")]))
     out = ok(
         run(

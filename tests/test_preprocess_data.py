@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import bundled_corpus, ok, run
+from conftest import bundled_corpus, ok, run, shard
 
 from motif_megatron.data.indexed import IndexedWriter, token_count
 
@@ -134,21 +134,7 @@ def test_sentencepiece_tokenizer(tmp_path, byte_fallback):
         minloglevel=2,
     )
     sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "sp.model"))
-    ok(
-        run(
-            [
-                "tools/preprocess_data.py",
-                "--input",
-                str(corpus),
-                "--output-prefix",
-                str(tmp_path / "sp"),
-                "--tokenizer-model",
-                str(tmp_path / "sp.model"),
-                "--append-eod",
-            ]
-        )
-    )
-    dataset = IndexedDataset(str(tmp_path / "sp_text_document"))
+    dataset = IndexedDataset(shard(tmp_path, tmp_path / "sp.model", "sp", corpus))
     assert dataset.index.dtype == np.uint16  # small vocabularies fit Megatron's uint16 shards
     for i in (0, 57, 199):
         assert dataset[i].tolist() == [*sp.encode(texts[i]), sp.eos_id()]

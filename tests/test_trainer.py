@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, ROOT, max_abs_diff, ok, run, shard
+from conftest import PYTHON, ROOT, expand, finalize, max_abs_diff, ok, run, shard
 
 SMALL = ["--seq-length", "64", "--micro-batch-size", "1", "--global-batch-size", "4"]
 
@@ -22,18 +22,7 @@ def grown(tmp_path_factory, tiny_ckpt, expanded):
     tmp = tmp_path_factory.mktemp("grown")
     tokenizer = expanded[0] / "expanded"
     flags = ["--depth-add", "2", "--tokenizer", str(tokenizer), "--init", "subword-mean"]
-    ok(
-        run(
-            [
-                "tools/expand_checkpoint.py",
-                "--load",
-                str(tiny_ckpt),
-                "--save",
-                str(tmp / "ck"),
-                *flags,
-            ]
-        )
-    )
+    expand(str(tiny_ckpt), str(tmp / "ck"), *flags)
     return tmp / "ck", shard(tmp, tokenizer, "koexp")
 
 
@@ -224,49 +213,11 @@ def test_plateau_advances_the_stage(tmp_path, tiny_ckpt, ko_data):
 
 def test_msg_masks_ramp_to_one_and_finalize(tmp_path, tiny_ckpt, ko_data):
     wide = tmp_path / "wide"
-    ok(
-        run(
-            [
-                "tools/expand_checkpoint.py",
-                "--load",
-                str(tiny_ckpt),
-                "--save",
-                str(wide),
-                "--hidden-size",
-                "80",
-            ]
-        )
-    )
+    expand(str(tiny_ckpt), str(wide), "--hidden-size", "80")
     records = train(wide, tmp_path / "run", ko_data, "--train-iters", "5", "--msg-ramp-iters", "4")
     assert [r["msg_mask"] for r in records] == [0.0, 0.25, 0.5, 0.75, 1.0]
     final = tmp_path / "final"
-    ok(
-        run(
-            [
-                "tools/expand_checkpoint.py",
-                "--load",
-                str(tmp_path / "run"),
-                "--save",
-                str(final),
-                "--finalize",
-            ]
-        )
-    )
-    assert "msg" not in json.loads((final / "motif_model.json").read_text())["growth"]
-    out = ok(
-        run(
-            [
-                "tools/check_equivalence.py",
-                "--load",
-                str(tmp_path / "run"),
-                "--load-b",
-                str(final),
-                "--atol",
-                "1e-5",
-            ]
-        )
-    )
-    assert max_abs_diff(out) < 1e-5
+    assert finalize(tmp_path / "run", final) < 1e-5
 
 
 @pytest.mark.parametrize(

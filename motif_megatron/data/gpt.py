@@ -83,7 +83,9 @@ def effective_split(split: str, samples: tuple[int, int, int]) -> str:
     try:
         weights = [float(w) for w in split.replace("/", ",").split(",")]
     except ValueError:
-        raise UserError(f"--split {split}: expected comma-separated numbers like 969,30,1") from None
+        raise UserError(
+            f"--split {split}: expected comma-separated numbers like 969,30,1"
+        ) from None
     weights = (weights + [0.0] * 3)[:3]
     kept = [w if n else 0.0 for w, n in zip(weights, samples, strict=True)]
     if not any(kept):
