@@ -19,7 +19,8 @@ import yaml
 from motif_megatron.errors import UserError
 
 
-def _opt(default, help: str, **kw):
+def option(default, help: str, **kw):
+    """A config field that becomes a flag: its default, help text and argparse extras."""
     return field(default=default, metadata={"help": help, **kw})
 
 
@@ -40,88 +41,96 @@ class StagePlan:
 @dataclass(frozen=True)
 class TrainConfig:
     # model and parallelism
-    load: str | None = _opt(None, "checkpoint to start from (a converted or grown checkpoint)")
-    save: str | None = _opt(None, "checkpoint root to write; a run resumes from it if it holds one")
-    tensor_model_parallel_size: int = _opt(1, "tensor-parallel size")
-    pipeline_model_parallel_size: int = _opt(1, "pipeline-parallel size")
-    transformer_impl: str = _opt(
+    load: str | None = option(None, "checkpoint to start from (a converted or grown checkpoint)")
+    save: str | None = option(
+        None, "checkpoint root to write; a run resumes from it if it holds one"
+    )
+    tensor_model_parallel_size: int = option(1, "tensor-parallel size")
+    pipeline_model_parallel_size: int = option(1, "pipeline-parallel size")
+    transformer_impl: str = option(
         "auto",
         "layer implementation: transformer_engine (GPU), local, or auto (TE when CUDA has it)",
         choices=("auto", "transformer_engine", "local"),
     )
-    bf16: bool = _opt(False, "train in bf16 with fp32 main weights (GPU clusters)")
-    use_distributed_optimizer: bool = _opt(False, "shard optimizer state over data parallel")
-    sequence_parallel: bool = _opt(False, "sequence parallelism (needs Transformer Engine)")
-    make_vocab_size_divisible_by: int = _opt(128, "pad the vocabulary to a multiple of this * TP")
+    bf16: bool = option(False, "train in bf16 with fp32 main weights (GPU clusters)")
+    use_distributed_optimizer: bool = option(False, "shard optimizer state over data parallel")
+    sequence_parallel: bool = option(False, "sequence parallelism (needs Transformer Engine)")
+    make_vocab_size_divisible_by: int = option(128, "pad the vocabulary to a multiple of this * TP")
     # data
-    data_path: tuple[str, ...] = _opt(
+    data_path: tuple[str, ...] = option(
         (), "blend: 'w1 prefix1 w2 prefix2 ...' or prefixes", nargs="+"
     )
-    split: str = _opt("969,30,1", "train,valid,test proportions of each shard")
-    data_cache_path: str | None = _opt(None, "where Megatron's dataset index caches go")
-    seq_length: int = _opt(1024, "tokens per sample")
-    micro_batch_size: int = _opt(1, "samples per microbatch per data-parallel rank")
-    global_batch_size: int = _opt(8, "samples per iteration over all data-parallel ranks")
-    eod_mask_loss: bool = _opt(False, "no loss on end-of-document tokens")
+    split: str = option("969,30,1", "train,valid,test proportions of each shard")
+    data_cache_path: str | None = option(None, "where Megatron's dataset index caches go")
+    seq_length: int = option(1024, "tokens per sample")
+    micro_batch_size: int = option(1, "samples per microbatch per data-parallel rank")
+    global_batch_size: int = option(8, "samples per iteration over all data-parallel ranks")
+    eod_mask_loss: bool = option(False, "no loss on end-of-document tokens")
     # optimisation
-    train_iters: int = _opt(100, "iterations to train in total (over all stages)")
-    lr: float = _opt(3e-4, "peak learning rate")
-    min_lr: float = _opt(0.0, "learning rate at the end of the decay")
-    lr_warmup_iters: int = _opt(0, "linear warmup iterations (restarted at every stage)")
-    lr_decay_iters: int | None = _opt(None, "decay iterations (default: the stage's length)")
-    lr_decay_style: str = _opt(
+    train_iters: int = option(100, "iterations to train in total (over all stages)")
+    lr: float = option(3e-4, "peak learning rate")
+    min_lr: float = option(0.0, "learning rate at the end of the decay")
+    lr_warmup_iters: int = option(0, "linear warmup iterations (restarted at every stage)")
+    lr_decay_iters: int | None = option(None, "decay iterations (default: the stage's length)")
+    lr_decay_style: str = option(
         "cosine",
         "learning-rate decay",
         choices=("constant", "linear", "cosine", "inverse-square-root", "WSD"),
     )
-    weight_decay: float = _opt(0.01, "AdamW weight decay (not on norms or frozen vocab rows)")
-    adam_beta1: float = _opt(0.9, "AdamW beta1")
-    adam_beta2: float = _opt(0.95, "AdamW beta2")
-    adam_eps: float = _opt(1e-8, "AdamW epsilon")
-    clip_grad: float = _opt(1.0, "global gradient-norm clip (0 disables)")
-    seed: int = _opt(1234, "seed for weights of new modules, data order and dropout")
+    weight_decay: float = option(0.01, "AdamW weight decay (not on norms or frozen vocab rows)")
+    adam_beta1: float = option(0.9, "AdamW beta1")
+    adam_beta2: float = option(0.95, "AdamW beta2")
+    adam_eps: float = option(1e-8, "AdamW epsilon")
+    clip_grad: float = option(1.0, "global gradient-norm clip (0 disables)")
+    seed: int = option(1234, "seed for weights of new modules, data order and dropout")
     # stages
-    stage: str = _opt("full", "the stage to train (see README); a YAML 'stages' list overrides it")
-    stages: tuple[StagePlan, ...] = _opt(
+    stage: str = option(
+        "full", "the stage to train (see README); a YAML 'stages' list overrides it"
+    )
+    stages: tuple[StagePlan, ...] = option(
         (), "YAML only: [{name, iters | plateau, lr}] in order", cli=False
     )
-    plateau_patience: int = _opt(20, "iterations without a new best smoothed loss before advancing")
-    plateau_min_delta: float = _opt(
+    plateau_patience: int = option(
+        20, "iterations without a new best smoothed loss before advancing"
+    )
+    plateau_min_delta: float = option(
         1e-3, "a smaller improvement of the smoothed loss counts as none"
     )
-    plateau_smoothing: float = _opt(0.9, "EMA factor of the loss the plateau detector watches")
-    msg_ramp_iters: int = _opt(0, "ramp MSG masks from 0 to 1 linearly over this many iterations")
-    msg_ramp_start: int = _opt(0, "iteration at which the MSG ramp starts")
+    plateau_smoothing: float = option(0.9, "EMA factor of the loss the plateau detector watches")
+    msg_ramp_iters: int = option(0, "ramp MSG masks from 0 to 1 linearly over this many iterations")
+    msg_ramp_start: int = option(0, "iteration at which the MSG ramp starts")
     # LoRA
-    lora_rank: int = _opt(8, "LoRA rank of the adapters the LoRA stages train")
-    lora_alpha: float = _opt(32.0, "LoRA alpha (scale alpha/rank)")
-    lora_target_modules: tuple[str, ...] = _opt(
+    lora_rank: int = option(8, "LoRA rank of the adapters the LoRA stages train")
+    lora_alpha: float = option(32.0, "LoRA alpha (scale alpha/rank)")
+    lora_target_modules: tuple[str, ...] = option(
         ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2"),
         "modules that get adapters",
         nargs="+",
     )
-    qlora: bool = _opt(False, "4-bit base weights under LoRA (bitsandbytes, CUDA only)")
+    qlora: bool = option(False, "4-bit base weights under LoRA (bitsandbytes, CUDA only)")
     # checkpoints and logging
-    save_interval: int | None = _opt(None, "save every this many iterations (and at the end)")
-    no_load_optim: bool = _opt(False, "resume weights only (e.g. at a different TP/PP)")
-    eval_interval: int | None = _opt(
+    save_interval: int | None = option(None, "save every this many iterations (and at the end)")
+    no_load_optim: bool = option(False, "resume weights only (e.g. at a different TP/PP)")
+    eval_interval: int | None = option(
         None, "evaluate on the validation split every this many iterations"
     )
-    eval_iters: int = _opt(2, "validation batches per evaluation")
-    log_interval: int = _opt(1, "print a log line every this many iterations")
-    metrics_file: str | None = _opt(None, "append one JSON line per iteration (and per evaluation)")
-    tensorboard_dir: str | None = _opt(None, "write TensorBoard events here")
-    exit_interval: int | None = _opt(None, "stop (after saving) at the first multiple of this")
+    eval_iters: int = option(2, "validation batches per evaluation")
+    log_interval: int = option(1, "print a log line every this many iterations")
+    metrics_file: str | None = option(
+        None, "append one JSON line per iteration (and per evaluation)"
+    )
+    tensorboard_dir: str | None = option(None, "write TensorBoard events here")
+    exit_interval: int | None = option(None, "stop (after saving) at the first multiple of this")
 
     @property
     def plan(self) -> tuple[StagePlan, ...]:
         """The stage schedule: the YAML list, or ``--stage`` for all ``train_iters``."""
         return self.stages or (StagePlan(self.stage, self.train_iters),)
 
-    def check(self, world_size: int) -> None:
+    def check(self, world_size: int, require_data_path: bool = True) -> None:
         """Gather every problem with the configuration and raise them together."""
         problems = []
-        if not self.data_path:
+        if not self.data_path and require_data_path:
             problems.append("--data-path is required")
         if self.load is None and not (
             self.save and (Path(self.save) / "motif_model.json").exists()
@@ -159,62 +168,81 @@ def _base_type(tp):
     return tp
 
 
-def build_parser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description)
+def build_parser(description: str, configs: tuple[type, ...] = (TrainConfig,)):
+    """One flag per field of each config dataclass, plus ``--config``."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", help="YAML file whose keys are these flags' names")
-    hints = typing.get_type_hints(TrainConfig)
-    for f in dataclasses.fields(TrainConfig):
-        meta = dict(f.metadata)
-        if not meta.pop("cli", True):
-            continue
-        kind = _base_type(hints[f.name])
-        kwargs = {
-            "help": meta.pop("help") + f" (default: {f.default})",
-            "default": argparse.SUPPRESS,
-        }
-        if kind is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif typing.get_origin(kind) is tuple:
-            kwargs.update(nargs=meta.pop("nargs", "+"), type=str)
-        else:
-            kwargs["type"] = kind
-        kwargs.update(meta)
-        parser.add_argument(_flag(f.name), **kwargs)
+    for cls in configs:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            meta = dict(f.metadata)
+            if not meta.pop("cli", True):
+                continue
+            kind = _base_type(hints[f.name])
+            kwargs = {
+                "help": meta.pop("help") + f" (default: {f.default})",
+                "default": argparse.SUPPRESS,
+            }
+            if kind is bool:
+                kwargs["action"] = argparse.BooleanOptionalAction
+            elif typing.get_origin(kind) is tuple:
+                kwargs.update(nargs=meta.pop("nargs", "+"), type=str)
+            else:
+                kwargs["type"] = kind
+            kwargs.update(meta)
+            parser.add_argument(_flag(f.name), **kwargs)
     return parser
 
 
-def _from_mapping(values: dict, source: str) -> dict:
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    out = {}
+def _convert(cls: type, name: str, value, source: str):
+    """YAML/flag value -> the field's type (tuples of strings, lists of dataclasses)."""
+    hint = _base_type(typing.get_type_hints(cls)[name])
+    if typing.get_origin(hint) is not tuple:
+        return value
+    item = typing.get_args(hint)[0]
+    if dataclasses.is_dataclass(item):
+        try:
+            return tuple(item(**entry) for entry in value)
+        except TypeError as exc:
+            raise UserError(f"{source}: bad {name} entry ({exc})") from None
+    return tuple(str(v) for v in (value.split() if isinstance(value, str) else value))
+
+
+def _from_mapping(values: dict, source: str, configs: tuple[type, ...]) -> list[dict]:
+    out: list[dict] = [{} for _ in configs]
     for key, value in values.items():
         name = key.replace("-", "_")
-        if name not in names:
+        owner = next(
+            (i for i, c in enumerate(configs) if name in {f.name for f in dataclasses.fields(c)}),
+            None,
+        )
+        if owner is None:
             raise UserError(f"{source}: unknown key {key!r}")
-        if name == "stages":
-            try:
-                value = tuple(StagePlan(**s) for s in value)
-            except TypeError as exc:
-                raise UserError(f"{source}: bad stages entry ({exc})") from None
-        elif name in ("data_path", "lora_target_modules"):
-            value = tuple(str(v) for v in (value.split() if isinstance(value, str) else value))
-        out[name] = value
+        out[owner][name] = _convert(configs[owner], name, value, source)
     return out
 
 
-def parse_args(argv: list[str] | None = None, description: str = "") -> TrainConfig:
-    """Flags over YAML over defaults."""
-    namespace = vars(build_parser(description).parse_args(argv))
-    values = {}
+def parse_configs(
+    argv: list[str] | None, description: str, configs: tuple[type, ...] = (TrainConfig,)
+) -> tuple:
+    """One instance per config dataclass: flags over YAML over defaults."""
+    namespace = vars(build_parser(description, configs).parse_args(argv))
+    values: list[dict] = [{} for _ in configs]
     config = namespace.pop("config", None)
     if config:
         try:
             loaded = yaml.safe_load(Path(config).read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise UserError(f"--config {config}: {exc}") from None
-        values.update(_from_mapping(loaded, config))
-    values.update(
-        _from_mapping(
-            {k: tuple(v) if isinstance(v, list) else v for k, v in namespace.items()}, "flags"
-        )
-    )
-    return TrainConfig(**values)
+        for target, found in zip(values, _from_mapping(loaded, config, configs), strict=True):
+            target.update(found)
+    for target, found in zip(values, _from_mapping(namespace, "flags", configs), strict=True):
+        target.update(found)
+    return tuple(cls(**v) for cls, v in zip(configs, values, strict=True))
+
+
+def parse_args(argv: list[str] | None = None, description: str = "") -> TrainConfig:
+    """The trainer's configuration from flags and ``--config``."""
+    return parse_configs(argv, description)[0]

@@ -13,6 +13,18 @@ import torch
 from motif_megatron.training.engine import Batch
 
 
+def sample_indices(source, iteration: int) -> list[int]:
+    """Sample numbers (not yet wrapped to the dataset) of this rank's share of global batch
+    ``iteration`` (0-based); ``source`` has the batch sizes and DP rank/size."""
+    step = source.micro_batch_size * source.dp_size
+    base = iteration * source.global_batch_size
+    out = []
+    for start in range(base, base + source.global_batch_size, step):
+        first = start + source.dp_rank * source.micro_batch_size
+        out.extend(range(first, first + source.micro_batch_size))
+    return out
+
+
 class BatchSource:
     def __init__(
         self, dataset, global_batch_size: int, micro_batch_size: int, dp_rank: int, dp_size: int
@@ -22,18 +34,11 @@ class BatchSource:
         self.micro_batch_size = micro_batch_size
         self.dp_rank, self.dp_size = dp_rank, dp_size
 
-    def indices(self, iteration: int) -> list[int]:
-        """Dataset sample indices of this rank's share of global batch ``iteration`` (0-based)."""
-        step = self.micro_batch_size * self.dp_size
-        base = iteration * self.global_batch_size
-        out = []
-        for start in range(base, base + self.global_batch_size, step):
-            first = start + self.dp_rank * self.micro_batch_size
-            out.extend(i % len(self.dataset) for i in range(first, first + self.micro_batch_size))
-        return out
+    def __len__(self) -> int:
+        return len(self.dataset)
 
     def batch(self, iteration: int) -> Batch:
-        samples = [self.dataset[i] for i in self.indices(iteration)]
+        samples = [self.dataset[i % len(self)] for i in sample_indices(self, iteration)]
 
         def stack(key: str, dtype) -> torch.Tensor:
             return torch.from_numpy(np.stack([np.asarray(s[key]) for s in samples])).to(dtype)

@@ -37,6 +37,8 @@ class Batch:
     labels: torch.Tensor
     loss_mask: torch.Tensor
     position_ids: torch.Tensor
+    attention_mask: torch.Tensor | None = None
+    """``[b, 1, s, s]``, True where blocked (packed examples); None: plain causal."""
 
 
 def wrap_ddp(model: torch.nn.Module, optim: OptimConfig):
@@ -99,7 +101,10 @@ def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
 def _microbatches(batch: Batch, micro_batch_size: int):
     for start in range(0, batch.tokens.shape[0], micro_batch_size):
         sl = slice(start, start + micro_batch_size)
-        yield Batch(batch.tokens[sl], batch.labels[sl], batch.loss_mask[sl], batch.position_ids[sl])
+        mask = None if batch.attention_mask is None else batch.attention_mask[sl]
+        yield Batch(
+            batch.tokens[sl], batch.labels[sl], batch.loss_mask[sl], batch.position_ids[sl], mask
+        )
 
 
 def _run_schedule(model_chunks: list, batch: Batch, micro_batch_size: int, forward_only: bool):
@@ -109,7 +114,7 @@ def _run_schedule(model_chunks: list, batch: Batch, micro_batch_size: int, forwa
 
     def step(data_iterator, model):
         mb = next(data_iterator)
-        output = model(mb.tokens, mb.position_ids, None, labels=mb.labels)
+        output = model(mb.tokens, mb.position_ids, mb.attention_mask, labels=mb.labels)
         return output, lambda out: _loss_func(mb.loss_mask, out)
 
     num_microbatches = batch.tokens.shape[0] // micro_batch_size

@@ -13,6 +13,7 @@ scheduler, RNG, stage and plateau state are restored, so the losses continue bit
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,8 +40,17 @@ def _eod(args: LlamaArgs) -> int:
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig) -> None:
+    """``data(trainer) -> (train, valid)`` replaces the GPT pretraining data (post-training passes
+    its own batch sources); each of ``model_hooks`` is called with every model chunk built."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        data: Callable[[Trainer], tuple] | None = None,
+        model_hooks: tuple[Callable[[torch.nn.Module], object], ...] = (),
+    ) -> None:
         self.cfg = config
+        self.data, self.model_hooks = data, model_hooks
         self.plan: tuple[StagePlan, ...] = config.plan
         self.resume_iteration = checkpointing.latest_iteration(config.save)
         source = config.save if self.resume_iteration is not None else config.load
@@ -87,7 +97,7 @@ class Trainer:
             ),
             seed=cfg.seed,
         )
-        cfg.check(torch.distributed.get_world_size())
+        cfg.check(torch.distributed.get_world_size(), require_data_path=self.data is None)
         if cfg.use_distributed_optimizer and not torch.cuda.is_available():
             raise UserError(
                 "--use-distributed-optimizer needs CUDA (Megatron's distributed optimizer wraps "
@@ -106,6 +116,9 @@ class Trainer:
     def _setup_data(self) -> None:
         from motif_megatron.data.gpt import GPTDataConfig, build_datasets
 
+        if self.data is not None:
+            self.train_data, self.valid_data = self.data(self)
+            return
         cfg = self.cfg
         evals = (
             (cfg.train_iters // cfg.eval_interval + 1) * cfg.eval_iters if cfg.eval_interval else 0
@@ -138,6 +151,8 @@ class Trainer:
             self.model.load_state_dict(weights)
         elif load is not None:
             ckpt.load_model(self.model, load)
+        for hook in self.model_hooks:
+            hook(self.model)
         if plan.name in stages.LORA_STAGES:
             cfg = self.cfg
             lora.attach(

@@ -1,0 +1,1 @@
+"""Post-training on the trainer's engine: SFT (chat template, packing, NEFTune) and KTO."""

@@ -1,0 +1,29 @@
+"""NEFTune (Jain et al., 2023): uniform noise on the input embeddings, in training only.
+
+``x + U(-1, 1) * alpha / sqrt(L * d)`` for sequence length ``L`` and hidden size ``d``. The noise
+comes from the default generator, which every tensor-parallel rank holds in the same state (the
+seeds differ only between pipeline stages), so the replicated embedding output stays identical
+across TP ranks.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def attach(model: torch.nn.Module, alpha: float):
+    """Add the noise to ``model.embedding``'s output (first pipeline stage only); returns the
+    hook handle (``.remove()`` turns it off), or None where this stage has no embedding."""
+    embedding = getattr(model, "embedding", None)
+    if embedding is None or alpha <= 0:
+        return None
+
+    def hook(module, inputs, output):
+        if not module.training:
+            return output
+        seq, hidden = output.shape[0], output.shape[-1]  # Megatron's [s, b, h]
+        scale = alpha / (seq * hidden) ** 0.5
+        noise = torch.rand(output.shape, dtype=torch.float32).mul_(2).sub_(1).mul_(scale)
+        return output + noise.to(output.device, output.dtype)
+
+    return embedding.register_forward_hook(hook)

@@ -1,0 +1,35 @@
+#!/usr/bin/env python
+"""Post-training on the trainer's engine: ``torchrun ... posttrain_motif.py sft [flags]``.
+
+sft: chat-template SFT with assistant-only loss, packing, NEFTune and a dataset curriculum.
+     Every pretrain_motif.py flag applies (parallelism, --lr, --save, --metrics-file, resume),
+     plus --sft-data, --neftune-alpha, --chat-template, or a YAML 'curriculum' list.
+"""
+
+import sys
+
+from motif_megatron.errors import UserError, quiet_library_warnings, run_cli
+
+
+@run_cli
+def main() -> None:
+    from motif_megatron import parallel
+    from motif_megatron.training.arguments import TrainConfig, parse_configs
+
+    if len(sys.argv) < 2 or sys.argv[1] not in ("sft",):
+        if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help"):
+            print(__doc__)
+            return
+        raise UserError("usage: posttrain_motif.py sft [flags] (posttrain_motif.py sft --help)")
+    from motif_megatron.posttrain import sft
+
+    train, options = parse_configs(sys.argv[2:], __doc__, (TrainConfig, sft.SFTConfig))
+    quiet_library_warnings()
+    try:
+        sft.run(train, options)
+    finally:
+        parallel.shutdown()
+
+
+if __name__ == "__main__":  # dist_checkpointing spawns helpers that re-import __main__
+    main()
