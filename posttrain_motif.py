@@ -16,17 +16,20 @@ def main() -> None:
     from motif_megatron import parallel
     from motif_megatron.training.arguments import TrainConfig, parse_configs
 
-    if len(sys.argv) < 2 or sys.argv[1] not in ("sft",):
+    if len(sys.argv) < 2 or sys.argv[1] not in ("sft", "kto"):
         if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help"):
             print(__doc__)
             return
-        raise UserError("usage: posttrain_motif.py sft [flags] (posttrain_motif.py sft --help)")
-    from motif_megatron.posttrain import sft
+        raise UserError(
+            "usage: posttrain_motif.py sft|kto [flags] (e.g. posttrain_motif.py sft --help)"
+        )
+    from motif_megatron.posttrain import kto, sft
 
-    train, options = parse_configs(sys.argv[2:], __doc__, (TrainConfig, sft.SFTConfig))
+    method = {"sft": (sft.SFTConfig, sft.run), "kto": (kto.KTOConfig, kto.run)}[sys.argv[1]]
+    train, options = parse_configs(sys.argv[2:], __doc__, (TrainConfig, method[0]))
     quiet_library_warnings()
     try:
-        sft.run(train, options)
+        method[1](train, options)
     finally:
         parallel.shutdown()
 

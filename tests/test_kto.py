@@ -92,3 +92,82 @@ def test_a_given_data_parallel_kl_is_used():
     loss, _, kl = kto_loss(*args, kl=torch.tensor(0.7))
     assert own.item() == 0.0 and kl.item() == pytest.approx(0.7)
     assert loss.item() == pytest.approx(1 - 1 / (1 + math.exp(-0.1 * (1.0 - 0.7))), rel=1e-6)
+
+
+GOOD = [
+    ("한국의 수도는?", "서울입니다."),
+    ("What is 2+3?", "5."),
+    ("인사해 줘.", "안녕하세요, 반갑습니다."),
+]
+BAD = [
+    ("한국의 수도는?", "바보야 몰라."),
+    ("What is 2+3?", "Shut up, idiot."),
+    ("인사해 줘.", "꺼져."),
+]
+
+
+def write_kto(path, n: int = 18, labels=None):
+    import json
+
+    lines = []
+    for i in range(n):
+        good = labels[i] if labels else i % 2 == 0
+        q, a = (GOOD if good else BAD)[(i // 2) % 3]
+        lines.append(json.dumps({"prompt": q, "completion": a, "label": good}, ensure_ascii=False))
+    path.write_text("\n".join([*lines, '{"prompt": "x", "completion": "y"}']) + "\n")
+    return path
+
+
+def kto_run(tmp_path, ckpt, name, *flags):
+    import json
+
+    from conftest import ok, run
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "안녕?"}\n{"prompt": "Hello?"}\n')
+    metrics = tmp_path / f"{name}.jsonl"
+    args = ["posttrain_motif.py", "kto", "--load", str(ckpt), "--save", str(tmp_path / name)]
+    args += ["--kto-data", str(tmp_path / "kto.jsonl"), "--safety-prompts", str(prompts)]
+    args += ["--seq-length", "32", "--micro-batch-size", "2", "--global-batch-size", "4"]
+    ok(run([*args, "--lr", "3e-3", "--metrics-file", str(metrics), *flags]))
+    return [json.loads(x) for x in metrics.read_text().splitlines()]
+
+
+def test_kto_run_widens_the_reward_margin_with_cached_reference(tmp_path, tiny_ckpt):
+    import json
+
+    write_kto(tmp_path / "kto.jsonl")
+    cached = kto_run(tmp_path, tiny_ckpt, "cached", "--train-iters", "6")
+    margins = [r["rewards/desirable"] - r["rewards/undesirable"] for r in cached]
+    assert margins[0] == 0.0  # the policy starts as the reference
+    assert margins[-1] > 0.1, margins
+    assert len(list((tmp_path / "cached/kto_reference").glob("*.pt"))) == 1
+    watch = json.loads((tmp_path / "cached/safety_watch.json").read_text())
+    assert {"before", "after"} <= set(watch) and len(watch["after"]["outputs"]) == 2
+    assert 0.0 <= watch["after"]["rate"] <= 1.0
+    assert "label" in (tmp_path / "cached/kto_rejects.jsonl").read_text()
+    # the naive way (a reference model held in memory, run on every batch) gives the same bits
+    online = kto_run(tmp_path, tiny_ckpt, "online", "--train-iters", "6", "--no-ref-cache")
+    assert [r["loss"] for r in online] == [r["loss"] for r in cached]
+
+
+def test_kto_refuses_one_sided_data(tmp_path, tiny_ckpt):
+    from conftest import run
+
+    write_kto(tmp_path / "kto.jsonl", 6, labels=[True] * 6)
+    result = run(
+        [
+            "posttrain_motif.py",
+            "kto",
+            "--load",
+            str(tiny_ckpt),
+            "--kto-data",
+            str(tmp_path / "kto.jsonl"),
+            "--train-iters",
+            "1",
+        ]
+    )
+    assert (
+        result.returncode == 2
+        and "every example is desirable" in result.stderr.strip().splitlines()[-1]
+    )

@@ -15,7 +15,17 @@ ranks and passes it as ``kl``.
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
+import torch.distributed as dist
+
+from motif_megatron.errors import UserError
+from motif_megatron.training.arguments import TrainConfig, option
 
 
 def kl_estimate(policy_kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor) -> torch.Tensor:
@@ -48,3 +58,351 @@ def kto_loss(
     undesirable = undesirable_weight * (1 - torch.sigmoid(beta * (kl - logratios)))
     losses = torch.where(labels, desirable, undesirable)
     return losses.mean(), beta * logratios.detach(), kl
+
+
+# --------------------------------------------------------------------------- the trainer
+
+
+@dataclass(frozen=True)
+class KTOConfig:
+    kto_data: str | None = option(None, "JSONL of {prompt, completion, label: true|false}")
+    beta: float = option(0.1, "KTO beta: how far the policy may move from the reference")
+    desirable_weight: float = option(1.0, "weight of desirable examples' losses")
+    undesirable_weight: float = option(1.0, "weight of undesirable examples' losses")
+    ref_cache: bool = option(
+        True, "compute reference log-probs once and cache them (off: a reference model in memory)"
+    )
+    safety_prompts: str | None = option(
+        None, "JSONL of {prompt} for the before/after safety watch (default: the bundled set)"
+    )
+    safety_lexicon: str | None = option(
+        None, "one term per line (default: the bundled Korean/English lexicon)"
+    )
+
+
+@dataclass
+class KTOBatch:
+    """Matched (prompt, completion) rows and mismatched KL rows, with reference log-probs."""
+
+    tokens: torch.Tensor
+    labels: torch.Tensor
+    loss_mask: torch.Tensor
+    position_ids: torch.Tensor
+    kl_tokens: torch.Tensor
+    kl_labels: torch.Tensor
+    kl_loss_mask: torch.Tensor
+    desirable: torch.Tensor
+    ref_logps: torch.Tensor
+    ref_kl_logps: torch.Tensor
+
+
+@dataclass
+class KTOData:
+    """Every example as a padded row, and its KL row: the prompt with the next example's
+    completion (TRL pairs each prompt with a shifted completion of the batch; here the shift is
+    over the dataset, so the pairs, and the cached reference values, are fixed)."""
+
+    rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # tokens, labels, loss_mask
+    kl_rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    desirable: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.desirable)
+
+
+def _row(prompt: list[int], completion: list[int], seq: int, pad: int):
+    ids = (prompt + completion)[: seq + 1]
+    mask = ([0] * len(prompt) + [1] * len(completion))[: seq + 1]
+    tokens, labels, loss = [pad] * seq, [pad] * seq, [0.0] * seq
+    tokens[: len(ids) - 1], labels[: len(ids) - 1], loss[: len(ids) - 1] = (
+        ids[:-1],
+        ids[1:],
+        mask[1:],
+    )
+    return tokens, labels, loss
+
+
+def encode(path: str, encoder, seq_length: int) -> tuple[KTOData, list[dict]]:
+    """(data, rejects with reasons) of a KTO JSONL file."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}") from None
+    kept, rejects = [], []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record.get("label"), bool):
+                raise ValueError("'label' must be true or false")
+            if not isinstance(record.get("prompt"), str) or not isinstance(
+                record.get("completion"), str
+            ):
+                raise ValueError("needs text 'prompt' and 'completion'")
+            if not record["completion"].strip():
+                raise ValueError("empty completion")
+            prompt = encoder.prompt_ids([{"role": "user", "content": record["prompt"]}])
+            full = encoder.encode({"prompt": record["prompt"], "completion": record["completion"]})
+            completion = full.ids[len(prompt) :]
+            if full.ids[: len(prompt)] != prompt or not completion:
+                raise ValueError("the chat template does not render the prompt as a prefix")
+            if len(full.ids) > seq_length + 1:
+                raise ValueError(f"{len(full.ids)} tokens, longer than --seq-length {seq_length}")
+            kept.append((prompt, completion, record["label"]))
+        except json.JSONDecodeError:
+            rejects.append({"file": path, "line": number, "reason": "not JSON"})
+        except ValueError as exc:
+            rejects.append({"file": path, "line": number, "reason": str(exc)})
+    if len(kept) < 2:
+        raise UserError(f"{path}: {len(kept)} usable examples; KTO needs at least 2")
+    labels = [k[2] for k in kept]
+    if all(labels) or not any(labels):
+        raise UserError(
+            f"{path}: every example is {'desirable' if labels[0] else 'undesirable'}; KTO needs both"
+        )
+    pad = encoder.tokenizer.eos_token_id
+    rows = [_row(p, c, seq_length, pad) for p, c, _ in kept]
+    kl_rows = [
+        _row(p, kept[(i + 1) % len(kept)][1], seq_length, pad) for i, (p, _, _) in enumerate(kept)
+    ]
+
+    def stack(items):
+        return (
+            torch.tensor([r[0] for r in items]),
+            torch.tensor([r[1] for r in items]),
+            torch.tensor([r[2] for r in items]),
+        )
+
+    return KTOData(stack(rows), stack(kl_rows), torch.tensor(labels)), rejects
+
+
+def sequence_logps(
+    model, data: KTOData, micro_batch_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed completion log-probs of every row and KL row under ``model`` (no gradients), the
+    same on every rank: Megatron's forward-only schedule, reduced along the pipeline."""
+    from megatron.core import parallel_state
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    out = []
+    for tokens, labels, mask in (data.rows, data.kl_rows):
+        n, seq = tokens.shape
+        positions = torch.arange(seq).expand(n, -1)
+        starts = list(range(0, n, micro_batch_size))
+
+        def step(iterator, chunk, tokens=tokens, labels=labels, mask=mask, positions=positions):
+            sl = next(iterator)
+            output = chunk(tokens[sl], positions[sl], None, labels=labels[sl])
+
+            def reduce(losses, sl=sl):
+                return losses, {"logps": -(losses.float() * mask[sl]).sum(-1)}
+
+            return output, reduce
+
+        model.eval()
+        with torch.no_grad():
+            reports = get_forward_backward_func()(
+                forward_step_func=step,
+                data_iterator=iter([slice(s, s + micro_batch_size) for s in starts]),
+                model=[model],
+                num_microbatches=len(starts),
+                seq_length=seq,
+                micro_batch_size=micro_batch_size,
+                forward_only=True,
+            )
+        logps = torch.zeros(n, dtype=torch.float32)
+        if parallel_state.is_pipeline_last_stage():
+            logps = torch.cat([r["logps"] for r in reports])
+        dist.all_reduce(logps, group=parallel_state.get_pipeline_model_parallel_group())
+        out.append(logps)
+    model.train()
+    return out[0], out[1]
+
+
+class ReferenceLogps:
+    """Reference log-probs per example: from a disk cache computed once (the default: the
+    reference model is freed before training), or from a reference model kept in memory and
+    run on every batch. Both run each row alone, so both give the same bits."""
+
+    def __init__(
+        self, data: KTOData, build_reference: Callable[[], torch.nn.Module], cache: Path | None
+    ):
+        self.data, self.model, self.table = data, None, None
+        if cache is None:
+            self.model = build_reference()
+            return
+        if cache.is_file():
+            self.table = torch.load(cache, weights_only=True)
+            return
+        model = build_reference()
+        logps, kl_logps = sequence_logps(model, data, micro_batch_size=1)
+        del model
+        self.table = {"logps": logps, "kl_logps": kl_logps}
+        if dist.get_rank() == 0:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".tmp")
+            torch.save(self.table, tmp)
+            tmp.replace(cache)
+        dist.barrier()
+
+    def get(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.table is not None:
+            return self.table["logps"][rows], self.table["kl_logps"][rows]
+        d = self.data
+        subset = KTOData(
+            tuple(t[rows] for t in d.rows), tuple(t[rows] for t in d.kl_rows), d.desirable[rows]
+        )
+        return sequence_logps(self.model, subset, micro_batch_size=1)
+
+
+class KTOSource:
+    """Global batches of examples (shuffled once by seed) with their KL rows and reference values."""
+
+    def __init__(self, data: KTOData, reference: ReferenceLogps, seed: int, shape) -> None:
+        self.data, self.reference = data, reference
+        self.order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))
+        self.global_batch_size, self.micro_batch_size, self.dp_rank, self.dp_size = shape
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def batch(self, iteration: int) -> KTOBatch:
+        from motif_megatron.training.batches import sample_indices
+
+        rows = self.order[[i % len(self) for i in sample_indices(self, iteration)]]
+        ref, ref_kl = self.reference.get(rows)
+        (t, lab, m), (kt, kl_lab, km) = self.data.rows, self.data.kl_rows
+        return KTOBatch(
+            tokens=t[rows],
+            labels=lab[rows],
+            loss_mask=m[rows],
+            position_ids=torch.arange(t.shape[1]).expand(len(rows), -1),
+            kl_tokens=kt[rows],
+            kl_labels=kl_lab[rows],
+            kl_loss_mask=km[rows],
+            desirable=self.data.desirable[rows],
+            ref_logps=ref,
+            ref_kl_logps=ref_kl,
+        )
+
+
+def objective(config: KTOConfig):
+    """The engine's forward step for KTO: policy log-probs of the matched and KL rows in one
+    forward; ``z0`` averaged over data-parallel ranks before the loss."""
+    from megatron.core import parallel_state
+
+    def step(model, mb: KTOBatch):
+        b = mb.tokens.shape[0]
+        tokens = torch.cat([mb.tokens, mb.kl_tokens])
+        positions = torch.cat([mb.position_ids, mb.position_ids])
+        output = model(tokens, positions, None, labels=torch.cat([mb.labels, mb.kl_labels]))
+
+        def loss_func(losses: torch.Tensor):
+            mask = torch.cat([mb.loss_mask, mb.kl_loss_mask])
+            logps = -(losses.float() * mask).sum(-1)
+            kl = kl_estimate(logps[b:], mb.ref_kl_logps)
+            group = parallel_state.get_data_parallel_group()
+            dist.all_reduce(kl, group=group)
+            kl = kl / dist.get_world_size(group)
+            loss, rewards, kl = kto_loss(
+                logps[:b],
+                mb.ref_logps,
+                logps[b:],
+                mb.ref_kl_logps,
+                mb.desirable,
+                config.beta,
+                config.desirable_weight,
+                config.undesirable_weight,
+                kl=kl,
+            )
+            good = mb.desirable.bool()
+
+            def pair(total, count):
+                return torch.stack([torch.as_tensor(total).float(), torch.as_tensor(count).float()])
+
+            return loss, {
+                "kto loss": pair(loss.detach(), 1),
+                "kl": pair(kl, 1),
+                "rewards/desirable": pair(rewards[good].sum(), good.sum()),
+                "rewards/undesirable": pair(rewards[~good].sum(), (~good).sum()),
+            }
+
+        return output, loss_func
+
+    return step
+
+
+def _digest(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(hashlib.sha256(part).digest())
+    return h.hexdigest()[:16]
+
+
+def cache_key(load: str, data_file: str, seq_length: int, template: str) -> str:
+    """Reference model identity (its checkpoint's metadata, args and file sizes) + data identity."""
+    from motif_megatron.checkpoint import dist as ckpt
+
+    folder = ckpt.resolve(load)
+    model = [
+        (folder / "metadata.json").read_bytes(),
+        (ckpt.root_of(load) / "motif_model.json").read_bytes(),
+    ]
+    model += [f"{p.name}:{p.stat().st_size}".encode() for p in sorted(folder.glob("*.distcp"))]
+    return _digest(
+        *model, Path(data_file).read_bytes(), str(seq_length).encode(), template.encode()
+    )
+
+
+def run(train: TrainConfig, kto: KTOConfig) -> dict:
+    """KTO from ``train.load`` (also the reference) with the trainer's loop; returns the safety
+    watch (before/after) it writes to ``SAVE/safety_watch.json``."""
+    from motif_megatron.checkpoint import dist as ckpt
+    from motif_megatron.model.builder import build_model
+    from motif_megatron.posttrain import safety
+    from motif_megatron.posttrain.chat import ChatEncoder
+    from motif_megatron.training.loop import Trainer
+
+    if not kto.kto_data:
+        raise UserError("--kto-data FILE is required")
+    if not train.load:
+        raise UserError("--load is required: the starting policy and the reference model")
+    watch: dict = {}
+
+    def data(trainer: Trainer):
+        encoder = ChatEncoder(trainer.root / "tokenizer")
+        examples, rejects = encode(kto.kto_data, encoder, train.seq_length)
+        trainer.metrics.event(f"{kto.kto_data}: {len(examples)} examples, {len(rejects)} skipped")
+        if train.save and trainer.is_rank0 and rejects:
+            Path(train.save).mkdir(parents=True, exist_ok=True)
+            with open(Path(train.save) / "kto_rejects.jsonl", "w") as f:
+                f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects)
+
+        def reference() -> torch.nn.Module:
+            model = build_model(trainer.args, trainer.options)
+            ckpt.load_model(model, train.load)
+            return model
+
+        ref_model = reference()
+        watch["before"] = safety.watch(ref_model, encoder, kto.safety_prompts, kto.safety_lexicon)
+        del ref_model
+        cache = None
+        if kto.ref_cache:
+            key = cache_key(train.load, kto.kto_data, train.seq_length, encoder.template)
+            cache = Path(train.save or ".") / "kto_reference" / f"{key}.pt"
+        shape = (train.global_batch_size, train.micro_batch_size, trainer.dp_rank, trainer.dp_size)
+        source = KTOSource(examples, ReferenceLogps(examples, reference, cache), train.seed, shape)
+        trainer.encoder = encoder
+        return source, None
+
+    trainer = Trainer(train, data=data, objective=objective(kto))
+    trainer.train()
+    watch["after"] = safety.watch(
+        trainer.model, trainer.encoder, kto.safety_prompts, kto.safety_lexicon
+    )
+    if train.save and dist.get_rank() == 0:
+        (Path(train.save) / "safety_watch.json").write_text(
+            json.dumps(watch, ensure_ascii=False, indent=2) + "\n"
+        )
+    return watch

@@ -8,6 +8,7 @@ number of loss tokens across microbatches and data-parallel ranks.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -98,73 +99,108 @@ def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
     return loss, num_tokens, {"lm loss": report}
 
 
-def _microbatches(batch: Batch, micro_batch_size: int):
+def lm_objective(model, mb: Batch):
+    """Megatron's forward step for next-token prediction: summed token losses and their count."""
+    output = model(mb.tokens, mb.position_ids, mb.attention_mask, labels=mb.labels)
+    return output, lambda out: _loss_func(mb.loss_mask, out)
+
+
+def _microbatches(batch, micro_batch_size: int):
+    """Slices of every tensor field of a batch dataclass along the batch axis."""
+    tensors = [
+        f.name
+        for f in dataclasses.fields(batch)
+        if isinstance(getattr(batch, f.name), torch.Tensor)
+    ]
     for start in range(0, batch.tokens.shape[0], micro_batch_size):
         sl = slice(start, start + micro_batch_size)
-        mask = None if batch.attention_mask is None else batch.attention_mask[sl]
-        yield Batch(
-            batch.tokens[sl], batch.labels[sl], batch.loss_mask[sl], batch.position_ids[sl], mask
-        )
+        yield dataclasses.replace(batch, **{name: getattr(batch, name)[sl] for name in tensors})
 
 
-def _run_schedule(model_chunks: list, batch: Batch, micro_batch_size: int, forward_only: bool):
-    """Run the pipeline schedule; returns the mean token loss (same value on every rank)."""
+def _run_schedule(
+    model_chunks: list, batch, micro_batch_size: int, forward_only: bool, objective=lm_objective
+) -> dict[str, float]:
+    """Run the pipeline schedule; returns each reported quantity's mean (same on every rank).
+
+    ``objective(model, microbatch) -> (output, loss_func)``; the loss function's reports map a
+    name to ``[sum, count]`` and are summed over microbatches and data-parallel replicas."""
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
     def step(data_iterator, model):
-        mb = next(data_iterator)
-        output = model(mb.tokens, mb.position_ids, mb.attention_mask, labels=mb.labels)
-        return output, lambda out: _loss_func(mb.loss_mask, out)
+        return objective(model, next(data_iterator))
 
-    num_microbatches = batch.tokens.shape[0] // micro_batch_size
     reports = get_forward_backward_func()(
         forward_step_func=step,
         data_iterator=_microbatches(batch, micro_batch_size),
         model=model_chunks,
-        num_microbatches=num_microbatches,
+        num_microbatches=batch.tokens.shape[0] // micro_batch_size,
         seq_length=batch.tokens.shape[1],
         micro_batch_size=micro_batch_size,
         forward_only=forward_only,
     )
-    totals = torch.zeros(2, dtype=torch.float64)
-    if parallel_state.is_pipeline_last_stage():
-        for report in reports:
-            totals += report["lm loss"].double()
-    # sum over data-parallel replicas, then share the last stage's value along the pipeline
+    names = list(reports[0]) if parallel_state.is_pipeline_last_stage() else []
+    count = torch.tensor([len(names)])
+    dist.all_reduce(
+        count, op=dist.ReduceOp.MAX, group=parallel_state.get_pipeline_model_parallel_group()
+    )
+    totals = torch.zeros(int(count), 2, dtype=torch.float64)
+    for report in reports if names else ():
+        totals += torch.stack([report[n].double() for n in names])
+    # sum over data-parallel replicas, then share the last stage's values along the pipeline
     dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
     dist.all_reduce(totals, group=parallel_state.get_pipeline_model_parallel_group())
-    return float(totals[0] / totals[1].clamp(min=1))
+    names = _broadcast_names(names)
+    return {n: float(t[0] / t[1].clamp(min=1)) for n, t in zip(names, totals, strict=True)}
+
+
+def _broadcast_names(names: list[str]) -> list[str]:
+    """The last pipeline stage's report names, on every stage."""
+    from megatron.core import parallel_state
+
+    group = parallel_state.get_pipeline_model_parallel_group()
+    if dist.get_world_size(group) == 1:
+        return names
+    holder = [names if parallel_state.is_pipeline_last_stage() else None]
+    dist.broadcast_object_list(
+        holder, src=parallel_state.get_pipeline_model_parallel_last_rank(), group=group
+    )
+    return holder[0]
 
 
 def train_step(
     model_chunks: list,
     optimizer,
-    batch: Batch,
+    batch,
     micro_batch_size: int,
     after_grad_sync: Callable[[torch.nn.Module], None] | None = None,
+    objective=lm_objective,
 ) -> dict:
     """Forward, backward, DP grad reduce, clip and one optimizer update.
 
-    ``after_grad_sync(chunk)`` may edit the reduced gradients (row masks) before the update."""
+    ``after_grad_sync(chunk)`` may edit the reduced gradients (row masks) before the update.
+    Returns ``loss`` (the objective's first report), ``grad_norm``, ``skipped`` and ``reports``."""
     for chunk in model_chunks:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
-    loss = _run_schedule(model_chunks, batch, micro_batch_size, forward_only=False)
+    reports = _run_schedule(model_chunks, batch, micro_batch_size, False, objective)
     for chunk in model_chunks:
         chunk.finish_grad_sync()
         if after_grad_sync is not None:
             after_grad_sync(chunk.module)
     update_ok, grad_norm, _ = optimizer.step()
-    return {"loss": loss, "grad_norm": grad_norm, "skipped": not update_ok}
+    loss = next(iter(reports.values()))
+    return {"loss": loss, "grad_norm": grad_norm, "skipped": not update_ok, "reports": reports}
 
 
-def eval_loss(model_chunks: list, batch: Batch, micro_batch_size: int) -> float:
-    """Mean token loss without gradients."""
+def eval_loss(model_chunks: list, batch, micro_batch_size: int, objective=lm_objective) -> float:
+    """The objective's first report (mean token loss for LM) without gradients."""
     for chunk in model_chunks:
         chunk.eval()
     with torch.no_grad():
-        loss = _run_schedule(model_chunks, batch, micro_batch_size, forward_only=True)
+        loss = next(
+            iter(_run_schedule(model_chunks, batch, micro_batch_size, True, objective).values())
+        )
     for chunk in model_chunks:
         chunk.train()
     return loss

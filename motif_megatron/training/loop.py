@@ -41,16 +41,18 @@ def _eod(args: LlamaArgs) -> int:
 
 class Trainer:
     """``data(trainer) -> (train, valid)`` replaces the GPT pretraining data (post-training passes
-    its own batch sources); each of ``model_hooks`` is called with every model chunk built."""
+    its own batch sources); each of ``model_hooks`` is called with every model chunk built;
+    ``objective`` is the engine's forward step (next-token loss unless post-training says)."""
 
     def __init__(
         self,
         config: TrainConfig,
         data: Callable[[Trainer], tuple] | None = None,
         model_hooks: tuple[Callable[[torch.nn.Module], object], ...] = (),
+        objective: Callable = engine.lm_objective,
     ) -> None:
         self.cfg = config
-        self.data, self.model_hooks = data, model_hooks
+        self.data, self.model_hooks, self.objective = data, model_hooks, objective
         self.plan: tuple[StagePlan, ...] = config.plan
         self.resume_iteration = checkpointing.latest_iteration(config.save)
         source = config.save if self.resume_iteration is not None else config.load
@@ -289,6 +291,7 @@ class Trainer:
                     self.iteration // self.cfg.eval_interval * self.cfg.eval_iters + i
                 ),
                 self.cfg.micro_batch_size,
+                self.objective,
             )
             for i in range(self.cfg.eval_iters)
         ]
@@ -298,7 +301,12 @@ class Trainer:
         batch = self.train_data.batch(self.iteration)
         stage = self.stage
         result = engine.train_step(
-            [self.ddp], self.optimizer, batch, self.cfg.micro_batch_size, stage.mask_gradients
+            [self.ddp],
+            self.optimizer,
+            batch,
+            self.cfg.micro_batch_size,
+            stage.mask_gradients,
+            self.objective,
         )
         self.scheduler.step(increment=1)
         return result
@@ -334,6 +342,10 @@ class Trainer:
                     "msg_mask": mask,
                     "tokens_per_s": tokens_per_iter / elapsed,
                     "skipped": result["skipped"],
+                    **{
+                        name.replace(" ", "_"): value
+                        for name, value in list(result["reports"].items())[1:]
+                    },
                 }
             )
             if cfg.eval_interval and self.iteration % cfg.eval_interval == 0:
