@@ -221,3 +221,48 @@ def test_curriculum_runs_datasets_in_order_with_their_lr(tmp_path, tiny_ckpt):
     )
     lrs = [json.loads(x)["lr"] for x in metrics.read_text().splitlines()]
     assert lrs == pytest.approx([0.002] * 3 + [0.0005] * 2)
+
+
+def test_sft_with_neftune_follows_tp1_at_tp2(tmp_path, tiny_ckpt):
+    """The noise is drawn alike on every TP rank, so TP=2 trains the same model as TP=1."""
+    data = write_sft(tmp_path / "sft.jsonl", 16, bad=False)
+    flags = [
+        "--seq-length",
+        "64",
+        "--micro-batch-size",
+        "2",
+        "--global-batch-size",
+        "4",
+        "--lr",
+        "3e-3",
+    ]
+    flags += [
+        "--sft-data",
+        str(data),
+        "--train-iters",
+        "3",
+        "--neftune-alpha",
+        "5",
+        "--load",
+        str(tiny_ckpt),
+    ]
+    curves = []
+    for name, extra, nproc in (("tp1", [], 1), ("tp2", ["--tensor-model-parallel-size", "2"], 2)):
+        metrics = tmp_path / f"{name}.jsonl"
+        ok(
+            run(
+                [
+                    "posttrain_motif.py",
+                    "sft",
+                    *flags,
+                    *extra,
+                    "--save",
+                    str(tmp_path / name),
+                    "--metrics-file",
+                    str(metrics),
+                ],
+                nproc=nproc,
+            )
+        )
+        curves.append([json.loads(x)["loss"] for x in metrics.read_text().splitlines()])
+    assert max(abs(a - b) for a, b in zip(*curves, strict=True)) < 1e-5
