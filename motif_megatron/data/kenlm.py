@@ -96,8 +96,8 @@ def ensure_binaries(log=print) -> tuple[Path, Path]:
                 "download",
                 "--quiet",
                 "--no-deps",
-                "--no-binary",
-                ":all:",
+                "--no-binary",  # the source tarball of kenlm only: its build tools come as wheels
+                "kenlm",
                 f"kenlm=={KENLM_VERSION}",
                 "-d",
                 tmp,
