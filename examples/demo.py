@@ -1,13 +1,20 @@
 #!/usr/bin/env python
-"""The README's main job, at toy scale on bundled data (CPU only, a few minutes).
+"""The README's main job: the whole Motif recipe at toy scale on bundled data (CPU only).
 
-Today it runs the data half of the recipe (filter and deduplicate the bundled Korean and English
-corpora, tokenise the survivors into Megatron shards, blend them 9:1), proves the model foundation
-end to end (a Llama with the real Llama-3 tokenizer imported into Megatron-Core, run at TP=1, TP=2
-and PP=2 under torchrun with logits equal to HF, exported back to HF bit for bit), expands the
-tokenizer with Korean tokens and grows the model (LlamaPro depth + MSG width + vocabulary) with
-the equivalence check printed. Every step is one of the project's commands with files in and
-out, so each can be rerun alone; a failure names its step.
+1. Filter and deduplicate the bundled Korean and English corpora (reports of what went and why);
+   hold out 10% of each for evaluation.
+2. Expand the real Llama-3 tokenizer with Korean tokens (token ratio before/after).
+3. Megatron shards with a 9:1 Korean:English blend.
+4. A base model: a tiny Llama pretrained on the English corpus (no weights can be downloaded),
+   exported to HF and imported again like a real base; TP/PP equivalence against HF.
+5. Growth: LlamaPro depth + MSG width + vocabulary, with the equivalence check.
+6. Continual pretraining through the stage schedule with the MSG ramp; finalize; SFT with NEFTune;
+   KTO with cached reference log-probs and the safety watch.
+7. Export to HF, evaluate against the base and a plain full fine-tuning baseline of the same
+   budget, and write ``report.md`` / ``report.json`` with plots.
+
+Every step is one of the project's commands with files in and out, so each can be rerun alone;
+a failure names its step.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from demo_report import ENGLISH_MARGIN, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -45,8 +54,17 @@ def last_diff(stdout: str) -> float:
     return float(stdout.strip().splitlines()[-1].split("=", 1)[1])
 
 
+def hold_out(kept: Path, train: Path, heldout: Path, share: float = 0.1) -> None:
+    """The last ``share`` of the kept documents (at least 5) are for evaluation only."""
+    lines = kept.read_text(encoding="utf-8").splitlines()
+    cut = len(lines) - max(5, int(len(lines) * share))
+    heldout.parent.mkdir(parents=True, exist_ok=True)
+    train.write_text("\n".join(lines[:cut]) + "\n", encoding="utf-8")
+    heldout.write_text("\n".join(lines[cut:]) + "\n", encoding="utf-8")
+
+
 def prepare_corpus(out: Path, tokenizer: Path) -> dict:
-    """Filter + dedup the bundled corpora, tokenise the survivors, blend them 9:1 Korean:English."""
+    """Filter + dedup the bundled corpora, hold out 10%, tokenise the rest, blend 9:1 ko:en."""
     prefixes = {}
     for lang, name in (("ko", "ko-libreoffice-help"), ("en", "en-python-docs")):
         raw = out / "raw" / f"{name}.jsonl"
@@ -70,13 +88,18 @@ def prepare_corpus(out: Path, tokenizer: Path) -> dict:
                 "2",
             ],
         )
+        hold_out(
+            filtered / "kept" / "kept_00000.jsonl",
+            filtered / "train.jsonl",
+            out / "heldout" / f"{lang}.jsonl",
+        )
         step(
-            f"tokenise the kept {lang} documents into Megatron shards",
+            f"tokenise the kept {lang} training documents into Megatron shards",
             [
                 PYTHON,
                 "tools/preprocess_data.py",
                 "--input",
-                str(filtered / "kept" / "kept_00000.jsonl"),
+                str(filtered / "train.jsonl"),
                 "--output-prefix",
                 str(out / "shards" / lang),
                 "--tokenizer-model",
@@ -112,7 +135,7 @@ def prepare_corpus(out: Path, tokenizer: Path) -> dict:
 def grow_model(out: Path, tokenizer: Path, ckpt: Path) -> dict:
     """Expand the tokenizer with Korean tokens, then grow the model: LlamaPro depth + MSG width +
     vocabulary in one pass, and check the grown model still computes the base function."""
-    kept = out / "corpus" / "ko" / "kept" / "kept_00000.jsonl"
+    kept = out / "corpus" / "ko" / "train.jsonl"
     step(
         "train a Korean BPE tokenizer",
         [
@@ -155,9 +178,9 @@ def grow_model(out: Path, tokenizer: Path, ckpt: Path) -> dict:
             "--tokenizer",
             str(out / "tok_expanded"),
             "--text",
-            f"ko={kept}",
+            f"ko={out / 'heldout' / 'ko.jsonl'}",
             "--text",
-            f"en={out / 'corpus' / 'en' / 'kept' / 'kept_00000.jsonl'}",
+            f"en={out / 'heldout' / 'en.jsonl'}",
             "--out",
             str(out / "tokenizer_report"),
         ],
@@ -220,7 +243,7 @@ def grow_model(out: Path, tokenizer: Path, ckpt: Path) -> dict:
 def continual_pretraining(out: Path, grown: Path) -> dict:
     """Shards of the expanded tokenizer, 9:1 Korean:English, then the staged run of
     examples/configs/demo.yaml at TP=2 (LlamaPro blocks, then all with the MSG ramp), then
-    finalize the masks and export to HF."""
+    finalize the masks."""
     prefixes = {}
     for lang in ("ko", "en"):
         step(
@@ -229,7 +252,7 @@ def continual_pretraining(out: Path, grown: Path) -> dict:
                 PYTHON,
                 "tools/preprocess_data.py",
                 "--input",
-                str(out / "corpus" / lang / "kept" / "kept_00000.jsonl"),
+                str(out / "corpus" / lang / "train.jsonl"),
                 "--output-prefix",
                 str(out / "shards_expanded" / lang),
                 "--tokenizer-model",
@@ -275,7 +298,7 @@ def continual_pretraining(out: Path, grown: Path) -> dict:
             "5",
         ],
     )
-    final = out / "ckpt_final"
+    final = out / "ckpt_cpt_final"
     step(
         "finalize: drop the MSG masks (now at 1)",
         [
@@ -286,18 +309,6 @@ def continual_pretraining(out: Path, grown: Path) -> dict:
             "--save",
             str(final),
             "--finalize",
-        ],
-    )
-    step(
-        "export the trained model to HF",
-        [
-            PYTHON,
-            "tools/convert_hf.py",
-            "export",
-            "--load",
-            str(final),
-            "--out",
-            str(out / "hf_final"),
         ],
     )
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
@@ -367,6 +378,163 @@ def compare_hf(base: Path, exported: Path, texts: list[str]) -> dict:
     }
 
 
+def train(name: str, config: str, load: Path, save: Path, data: list[str], *flags: str) -> Path:
+    """``pretrain_motif.py`` under torchrun (2 processes: data parallel unless the config splits
+    the model); returns the metrics file."""
+    metrics = save.with_suffix(".jsonl")
+    cmd = [TORCHRUN, "--standalone", "--nproc_per_node=2", "pretrain_motif.py", "--config", config]
+    cmd += ["--load", str(load), "--save", str(save), "--data-path", *data]
+    step(name, [*cmd, "--metrics-file", str(metrics), *flags])
+    return metrics
+
+
+def make_base(out: Path, tokenizer: Path, preset: str) -> Path:
+    """A random tiny Llama with the real tokenizer, pretrained on the English shard, exported to
+    HF and imported again: the demo's stand-in for a downloaded base model."""
+    init_hf, init, pretrained = out / "hf_init", out / "ckpt_init", out / "ckpt_pretrain_en"
+    step(
+        "create a random tiny Llama with the real tokenizer",
+        [
+            PYTHON,
+            "-c",
+            "from motif_megatron.model.presets import random_hf_model; "
+            f"random_hf_model({str(init_hf)!r}, {preset!r}, {str(tokenizer)!r}, seed=0)",
+        ],
+    )
+    step(
+        "import HF -> Megatron",
+        [PYTHON, "tools/convert_hf.py", "import", "--hf-dir", str(init_hf), "--out", str(init)],
+    )
+    metrics = train(
+        "pretrain the base on English (stands in for Llama-3)",
+        "examples/configs/demo_base.yaml",
+        init,
+        pretrained,
+        [str(out / "shards" / "en_text_document")],
+    )
+    step(
+        "plot the base pretraining",
+        [
+            PYTHON,
+            "tools/plot_metrics.py",
+            str(metrics),
+            "--out",
+            str(out / "base_loss.png"),
+            "--smooth",
+            "10",
+        ],
+    )
+    step(
+        "export the base to HF",
+        [
+            PYTHON,
+            "tools/convert_hf.py",
+            "export",
+            "--load",
+            str(pretrained),
+            "--out",
+            str(out / "hf_base"),
+        ],
+    )
+    step(
+        "import the HF base like a downloaded model",
+        [
+            PYTHON,
+            "tools/convert_hf.py",
+            "import",
+            "--hf-dir",
+            str(out / "hf_base"),
+            "--out",
+            str(out / "ckpt_base"),
+        ],
+    )
+    return out / "ckpt_base"
+
+
+def baseline(out: Path, base: Path) -> Path:
+    """The forgetting comparison: plain full fine-tuning of the base on the same 9:1 blend
+    (its own tokenizer, no growth), with the continual-pretraining budget."""
+    shards = out / "shards"
+    blend = ["0.9", str(shards / "ko_text_document"), "0.1", str(shards / "en_text_document")]
+    train(
+        "baseline: full fine-tuning of the base, same budget",
+        "examples/configs/demo_baseline.yaml",
+        base,
+        out / "ckpt_baseline",
+        blend,
+    )
+    return out / "ckpt_baseline"
+
+
+def posttrain(out: Path, cpt: Path) -> Path:
+    """SFT with NEFTune on the bundled instructions, then KTO on the bundled feedback, then HF."""
+    data = ROOT / "examples" / "data" / "posttrain"
+    common = ["--config", "examples/configs/demo_sft.yaml"]
+    launch = [TORCHRUN, "--standalone", "--nproc_per_node=2", "posttrain_motif.py"]
+    step(
+        "SFT with NEFTune (alpha 5)",
+        [
+            *launch,
+            "sft",
+            *common,
+            "--load",
+            str(cpt),
+            "--save",
+            str(out / "ckpt_sft"),
+            "--sft-data",
+            str(data / "sft.jsonl"),
+            "--neftune-alpha",
+            "5",
+            "--metrics-file",
+            str(out / "sft_metrics.jsonl"),
+        ],
+    )
+    step(
+        "KTO with cached reference log-probs and the safety watch",
+        [
+            *launch,
+            "kto",
+            *common,
+            "--load",
+            str(out / "ckpt_sft"),
+            "--save",
+            str(out / "ckpt_kto"),
+            "--kto-data",
+            str(data / "kto.jsonl"),
+            "--train-iters",
+            "10",
+            "--lr",
+            "5e-5",
+            "--metrics-file",
+            str(out / "kto_metrics.jsonl"),
+        ],
+    )
+    step(
+        "export the final model to HF",
+        [
+            PYTHON,
+            "tools/convert_hf.py",
+            "export",
+            "--load",
+            str(out / "ckpt_kto"),
+            "--out",
+            str(out / "hf_final"),
+        ],
+    )
+    return out / "ckpt_kto"
+
+
+def evaluate(out: Path, checkpoints: dict[str, Path]) -> dict:
+    cmd = [PYTHON, "tools/evaluate.py", "--out", str(out / "evaluation"), "--max-docs", "40"]
+    cmd += [f"--load={label}={path}" for label, path in checkpoints.items()]
+    cmd += [
+        f"--text=ko={out / 'heldout' / 'ko.jsonl'}",
+        f"--text=en={out / 'heldout' / 'en.jsonl'}",
+    ]
+    step("evaluate on held-out Korean and English", cmd)
+    return json.loads((out / "evaluation" / "evaluation.json").read_text())["checkpoints"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="outputs/demo", help="output folder")
@@ -376,9 +544,7 @@ def main() -> None:
     args = parser.parse_args()
     out = (ROOT / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer, base, ckpt, exported = (
-        out / n for n in ("tokenizer", "hf_base", "ckpt_base", "hf_export")
-    )
+    tokenizer, exported = out / "tokenizer", out / "hf_export"
     started = time.time()
     try:
         step(
@@ -390,31 +556,8 @@ def main() -> None:
             ],
         )
         corpus = prepare_corpus(out, tokenizer)
-        step(
-            "create a random base Llama with the real tokenizer",
-            [
-                PYTHON,
-                "-c",
-                "from motif_megatron.model.presets import random_hf_model; "
-                f"random_hf_model({str(base)!r}, {args.preset!r}, {str(tokenizer)!r}, seed=0)",
-            ],
-        )
-        step(
-            "import HF -> Megatron",
-            [
-                PYTHON,
-                "tools/convert_hf.py",
-                "import",
-                "--hf-dir",
-                str(base),
-                "--out",
-                str(ckpt),
-                "--tp",
-                "2",
-                "--pp",
-                "1",
-            ],
-        )
+        ckpt = make_base(out, tokenizer, args.preset)
+        base = out / "hf_base"
         tp1 = equivalence(base, ckpt, [])
         tp2 = equivalence(base, ckpt, ["--tp", "2"])
         pp2 = equivalence(base, ckpt, ["--pp", "2"])
@@ -429,6 +572,12 @@ def main() -> None:
         roundtrip = compare_hf(base, exported, sample_texts())
         growth = grow_model(out, tokenizer, ckpt)
         training = continual_pretraining(out, out / "ckpt_grown")
+        plain = baseline(out, ckpt)
+        final = posttrain(out, out / "ckpt_cpt_final")
+        evaluation = evaluate(
+            out,
+            {"base": ckpt, "baseline": plain, "continual": out / "ckpt_cpt_final", "final": final},
+        )
     except StepFailed as exc:
         print(f"\ndemo failed: {exc}", file=sys.stderr)
         sys.exit(1)
@@ -449,16 +598,22 @@ def main() -> None:
         "seconds": round(time.time() - started, 1),
     }
     (out / "roundtrip.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps(summary, indent=2))
+    report = write_report(out, summary, evaluation)
+    print(json.dumps({k: v for k, v in report.items() if k != "evaluation"}, indent=2))
     ok = (
         max(tp1, tp2, pp2) < 1e-4
         and roundtrip["weights_bitwise_identical"]
         and roundtrip["hf_logit_max_abs_diff"] == 0.0
         and growth["max_abs_diff_grown_vs_base"] < 1e-5
-        and training["mean_loss_last_5"] < training["mean_loss_first_5"]
         and training["final_msg_mask"] == 1.0
     )
-    print(f"\n{'PASS' if ok else 'FAIL'}: wrote {out / 'roundtrip.json'}")
+    print(
+        f"\nKorean perplexity {report['korean_ppl_base']:.1f} -> {report['korean_ppl_final']:.1f} "
+        f"({'fell by more than half' if report['korean_improved'] else 'did NOT fall by half'}); "
+        f"English {report['english_ppl_base']:.1f} -> {report['english_ppl_final']:.1f} "
+        f"({'within' if report['english_kept'] else 'OUTSIDE'} +{ENGLISH_MARGIN:.0%})"
+    )
+    print(f"{'PASS' if ok else 'FAIL'}: wrote {out / 'report.md'} and {out / 'report.json'}")
     sys.exit(0 if ok else 1)
 
 

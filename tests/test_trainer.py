@@ -299,7 +299,7 @@ def test_lora_stage_matches_across_tp_merges_and_resumes(tmp_path, tiny_ckpt, ko
 
 
 def test_resume_at_another_layout_takes_the_weights(tmp_path, tiny_ckpt, ko_data):
-    flags = ["--lr", "1e-2", "--save-interval", "2"]
+    flags = ["--lr", "1e-2", "--save-interval", "2", "--lr-decay-style", "constant"]
     train(tiny_ckpt, tmp_path / "run", ko_data, "--train-iters", "2", *flags)
     records = train(
         tiny_ckpt,

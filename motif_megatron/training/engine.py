@@ -117,7 +117,7 @@ def _microbatches(batch, micro_batch_size: int):
         yield dataclasses.replace(batch, **{name: getattr(batch, name)[sl] for name in tensors})
 
 
-def _run_schedule(
+def run_schedule(
     model_chunks: list, batch, micro_batch_size: int, forward_only: bool, objective=lm_objective
 ) -> dict[str, float]:
     """Run the pipeline schedule; returns each reported quantity's mean (same on every rank).
@@ -183,7 +183,7 @@ def train_step(
     for chunk in model_chunks:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
-    reports = _run_schedule(model_chunks, batch, micro_batch_size, False, objective)
+    reports = run_schedule(model_chunks, batch, micro_batch_size, False, objective)
     for chunk in model_chunks:
         chunk.finish_grad_sync()
         if after_grad_sync is not None:
@@ -199,7 +199,7 @@ def eval_loss(model_chunks: list, batch, micro_batch_size: int, objective=lm_obj
         chunk.eval()
     with torch.no_grad():
         loss = next(
-            iter(_run_schedule(model_chunks, batch, micro_batch_size, True, objective).values())
+            iter(run_schedule(model_chunks, batch, micro_batch_size, True, objective).values())
         )
     for chunk in model_chunks:
         chunk.train()

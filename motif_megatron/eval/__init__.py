@@ -1,0 +1,1 @@
+"""Evaluation: perplexity on held-out text, token ratio, and lm-eval tasks."""
