@@ -13,6 +13,16 @@ from conftest import ok, run
 from motif_megatron.posttrain.chat import ChatEncoder, Example, to_messages
 from motif_megatron.posttrain.packing import attention_mask, pack
 
+SMALL = (
+    "--seq-length",
+    "64",
+    "--micro-batch-size",
+    "2",
+    "--global-batch-size",
+    "4",
+    "--lr",
+    "3e-3",
+)
 QA = [
     ("한국의 수도는 어디인가요?", "서울입니다."),
     ("What is 2+3?", "2+3 is 5."),
@@ -151,16 +161,7 @@ def test_neftune_noise_only_in_training(tiny_ckpt):
 def test_sft_run_learns_the_answers_and_reports_bad_records(tmp_path, tiny_ckpt):
     data = write_sft(tmp_path / "sft.jsonl")
     metrics = tmp_path / "m.jsonl"
-    flags = [
-        "--seq-length",
-        "64",
-        "--micro-batch-size",
-        "2",
-        "--global-batch-size",
-        "4",
-        "--lr",
-        "3e-3",
-    ]
+    flags = list(SMALL)
     out = ok(
         run(
             [
@@ -226,16 +227,7 @@ def test_curriculum_runs_datasets_in_order_with_their_lr(tmp_path, tiny_ckpt):
 def test_sft_with_neftune_follows_tp1_at_tp2(tmp_path, tiny_ckpt):
     """The noise is drawn alike on every TP rank, so TP=2 trains the same model as TP=1."""
     data = write_sft(tmp_path / "sft.jsonl", 16, bad=False)
-    flags = [
-        "--seq-length",
-        "64",
-        "--micro-batch-size",
-        "2",
-        "--global-batch-size",
-        "4",
-        "--lr",
-        "3e-3",
-    ]
+    flags = list(SMALL)
     flags += [
         "--sft-data",
         str(data),

@@ -9,8 +9,11 @@ between the masked and the trained side (an expanded Korean vocabulary makes suc
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from motif_megatron.errors import UserError
 
@@ -25,6 +28,27 @@ PLAIN_TEMPLATE = (
     "{% if add_generation_prompt %}### Assistant:\n{% endif %}"
 )
 ROLES = ("system", "user", "assistant")
+T = TypeVar("T")
+
+
+def read_records(path: str, convert: Callable[[dict], T]) -> tuple[list[T], list[dict]]:
+    """``convert`` each JSONL record; a record it rejects with ``ValueError`` (or bad JSON) goes
+    to the returned rejects with its line number and reason, never silently into training."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror}") from None
+    kept, rejects = [], []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            kept.append(convert(json.loads(line)))
+        except json.JSONDecodeError:
+            rejects.append({"file": path, "line": number, "reason": "not JSON"})
+        except ValueError as exc:
+            rejects.append({"file": path, "line": number, "reason": str(exc)})
+    return kept, rejects
 
 
 @dataclass

@@ -124,36 +124,27 @@ def _row(prompt: list[int], completion: list[int], seq: int, pad: int):
 
 def encode(path: str, encoder, seq_length: int) -> tuple[KTOData, list[dict]]:
     """(data, rejects with reasons) of a KTO JSONL file."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror}") from None
-    kept, rejects = [], []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            if not isinstance(record.get("label"), bool):
-                raise ValueError("'label' must be true or false")
-            if not isinstance(record.get("prompt"), str) or not isinstance(
-                record.get("completion"), str
-            ):
-                raise ValueError("needs text 'prompt' and 'completion'")
-            if not record["completion"].strip():
-                raise ValueError("empty completion")
-            prompt = encoder.prompt_ids([{"role": "user", "content": record["prompt"]}])
-            full = encoder.encode({"prompt": record["prompt"], "completion": record["completion"]})
-            completion = full.ids[len(prompt) :]
-            if full.ids[: len(prompt)] != prompt or not completion:
-                raise ValueError("the chat template does not render the prompt as a prefix")
-            if len(full.ids) > seq_length + 1:
-                raise ValueError(f"{len(full.ids)} tokens, longer than --seq-length {seq_length}")
-            kept.append((prompt, completion, record["label"]))
-        except json.JSONDecodeError:
-            rejects.append({"file": path, "line": number, "reason": "not JSON"})
-        except ValueError as exc:
-            rejects.append({"file": path, "line": number, "reason": str(exc)})
+    from motif_megatron.posttrain.chat import read_records
+
+    def convert(record: dict) -> tuple[list[int], list[int], bool]:
+        if not isinstance(record.get("label"), bool):
+            raise ValueError("'label' must be true or false")
+        if not isinstance(record.get("prompt"), str) or not isinstance(
+            record.get("completion"), str
+        ):
+            raise ValueError("needs text 'prompt' and 'completion'")
+        if not record["completion"].strip():
+            raise ValueError("empty completion")
+        prompt = encoder.prompt_ids([{"role": "user", "content": record["prompt"]}])
+        full = encoder.encode({"prompt": record["prompt"], "completion": record["completion"]})
+        completion = full.ids[len(prompt) :]
+        if full.ids[: len(prompt)] != prompt or not completion:
+            raise ValueError("the chat template does not render the prompt as a prefix")
+        if len(full.ids) > seq_length + 1:
+            raise ValueError(f"{len(full.ids)} tokens, longer than --seq-length {seq_length}")
+        return prompt, completion, record["label"]
+
+    kept, rejects = read_records(path, convert)
     if len(kept) < 2:
         raise UserError(f"{path}: {len(kept)} usable examples; KTO needs at least 2")
     labels = [k[2] for k in kept]

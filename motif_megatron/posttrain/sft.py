@@ -17,7 +17,7 @@ import torch
 
 from motif_megatron.errors import UserError
 from motif_megatron.posttrain import neftune
-from motif_megatron.posttrain.chat import ChatEncoder, Example
+from motif_megatron.posttrain.chat import ChatEncoder, Example, read_records
 from motif_megatron.posttrain.packing import attention_mask, pack
 from motif_megatron.training.arguments import StagePlan, TrainConfig, option
 from motif_megatron.training.engine import Batch
@@ -59,26 +59,14 @@ def encode_file(
     path: str, encoder: ChatEncoder, seq_length: int
 ) -> tuple[list[Example], list[dict]]:
     """(examples, rejects with line numbers and reasons) of one JSONL file."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror}") from None
-    examples, rejects = [], []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            example = encoder.encode(json.loads(line))
-            if len(example.ids) > seq_length + 1:
-                raise ValueError(
-                    f"{len(example.ids)} tokens, longer than --seq-length {seq_length}"
-                )
-            examples.append(example)
-        except json.JSONDecodeError:
-            rejects.append({"file": path, "line": number, "reason": "not JSON"})
-        except ValueError as exc:
-            rejects.append({"file": path, "line": number, "reason": str(exc)})
-    return examples, rejects
+
+    def convert(record: dict) -> Example:
+        example = encoder.encode(record)
+        if len(example.ids) > seq_length + 1:
+            raise ValueError(f"{len(example.ids)} tokens, longer than --seq-length {seq_length}")
+        return example
+
+    return read_records(path, convert)
 
 
 class SFTSource:
