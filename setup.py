@@ -50,9 +50,9 @@ setup(
     extras_require={
         # CPU development and CI: pin the CPU wheel (an unpinned torch pulls a multi-GB CUDA build)
         "cpu": [CPU_TORCH],
-        "dev": [CPU_TORCH, "pytest>=8", "ruff>=0.6", "kenlm"],
+        "dev": [CPU_TORCH, "pytest>=8", "ruff>=0.6", "kenlm", "bitsandbytes"],
         # GPU clusters: Transformer Engine from PyPI; apex is built from source (see README)
-        "gpu": ["transformer-engine[pytorch]"],
+        "gpu": ["transformer-engine[pytorch]", "bitsandbytes"],
         # KenLM perplexity scoring (the lmplz trainer is built from source by tools/train_kenlm.py)
         "kenlm": ["kenlm"],
     },

@@ -105,11 +105,9 @@ class Trainer:
                 "--use-distributed-optimizer needs CUDA (Megatron's distributed optimizer wraps "
                 "CUDA tensors only); drop it on CPU"
             )
-        if cfg.qlora:
+        if cfg.qlora and not torch.cuda.is_available():
             raise UserError(
                 "--qlora needs CUDA (bitsandbytes 4-bit kernels); train the LoRA stage without it"
-                if not torch.cuda.is_available()
-                else "--qlora: 4-bit base weights are not implemented yet; train LoRA in bf16"
             )
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.dp_size = parallel_state.get_data_parallel_world_size()
@@ -161,6 +159,8 @@ class Trainer:
                 self.model,
                 lora.LoRAConfig(cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_modules, cfg.seed),
             )
+            if weights is not None or load is not None:
+                self._quantize()
         self.stage = stages.resolve(plan.name, self.model, self.args)
         self.stage.apply(self.model)
         self.ddp = engine.wrap_ddp(self.model, self.optim)
@@ -176,6 +176,11 @@ class Trainer:
             self.cfg.lr_decay_iters or stage_iters,
             self.cfg.lr_decay_style,
         )
+
+    def _quantize(self) -> None:
+        """QLoRA: the loaded base weights of the adapted layers go to NF4."""
+        if self.cfg.qlora and self.plan[self.stage_index].name in stages.LORA_STAGES:
+            lora.quantize_base(self.model)
 
     def _loop_state(self) -> dict:
         return {
@@ -221,6 +226,7 @@ class Trainer:
             self.optimizer if with_optim else None,
             with_rng=same_layout,
         )
+        self._quantize()
         if with_optim:
             self.scheduler.load_state_dict(state["scheduler"])
         self.metrics.resume_at(self.iteration)

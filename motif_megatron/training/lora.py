@@ -62,18 +62,44 @@ class _LoRAMixin:
         return F.linear(h, self.lora_b.to(x.dtype)) * self.lora_scale
 
     def forward(self, input_, *args, **kwargs):
-        out, bias = super().forward(input_, *args, **kwargs)
+        if getattr(self, "lora_nf4", None) is not None:
+            out, bias = self._quantized_base(input_), None
+        else:
+            out, bias = super().forward(input_, *args, **kwargs)
         return out + self._lora_delta(input_), bias
+
+    def _quantized_base(self, x: torch.Tensor) -> torch.Tensor:
+        """``W x`` with the NF4 base, dequantized per call (QLoRA), through the same TP
+        collectives as the layer (no sequence parallelism)."""
+        from megatron.core.tensor_parallel import (
+            copy_to_tensor_model_parallel_region,
+            reduce_from_tensor_model_parallel_region,
+        )
+
+        if hasattr(self, "layer_norm_weight"):
+            x = F.rms_norm(x, (x.shape[-1],), self.layer_norm_weight, self.eps)
+        if self.lora_row_parallel:
+            return reduce_from_tensor_model_parallel_region(_NF4Linear.apply(x, self))
+        return _NF4Linear.apply(copy_to_tensor_model_parallel_region(x), self)
+
+    def base_weight(self) -> torch.Tensor:
+        nf4 = getattr(self, "lora_nf4", None)
+        return self.weight if nf4 is None else _dequantize(nf4, self.weight.dtype)
 
     def merged_weight(self) -> torch.Tensor:
         delta = (self.lora_b.float() @ self.lora_a.float()) * self.lora_scale
-        return (self.weight.float() + delta).to(self.weight.dtype)
+        return (self.base_weight().float() + delta).to(self.weight.dtype)
 
     def sharded_state_dict(self, prefix="", sharded_offsets=(), metadata=None):
         from megatron.core.dist_checkpointing.mapping import ShardedTensor
         from megatron.core.transformer.utils import make_sharded_tensors_for_checkpoint
 
-        state = super().sharded_state_dict(prefix, sharded_offsets, metadata)
+        placeholder = self.weight.data
+        self.weight.data = self.base_weight().detach()  # a 4-bit base saves dequantized
+        try:
+            state = super().sharded_state_dict(prefix, sharded_offsets, metadata)
+        finally:
+            self.weight.data = placeholder
         weight: ShardedTensor = state[f"{prefix}weight"]
         base_key = weight.key[: -len("weight")]
         state[f"{prefix}weight"] = dataclasses.replace(weight, data=self.merged_weight().detach())
@@ -93,6 +119,46 @@ class _LoRAMixin:
         if base is not None:  # the merged weight is for other tools; resume from the base
             state_dict[f"{prefix}weight"] = base
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _dequantize(nf4: tuple, dtype: torch.dtype) -> torch.Tensor:
+    import bitsandbytes.functional as bnbf
+
+    packed, state = nf4
+    return bnbf.dequantize_4bit(packed, state).to(dtype)
+
+
+class _NF4Linear(torch.autograd.Function):
+    """``x W^T`` with ``W`` stored in NF4: dequantized in forward and again in backward, so only
+    the 4-bit copy stays resident; the base is frozen, so only ``x`` gets a gradient."""
+
+    @staticmethod
+    def forward(ctx, x, layer):
+        ctx.layer = layer
+        return F.linear(x, _dequantize(layer.lora_nf4, x.dtype))
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad @ _dequantize(ctx.layer.lora_nf4, grad.dtype), None
+
+
+def quantize_base(model: torch.nn.Module, blocksize: int = 64) -> int:
+    """QLoRA: store every adapted layer's frozen base weight in NF4 (bitsandbytes) and free the
+    full-precision copy; returns the number of layers quantized. Call after :func:`attach`."""
+    try:
+        import bitsandbytes.functional as bnbf
+    except ImportError:
+        raise UserError("--qlora needs bitsandbytes: pip install bitsandbytes") from None
+    count = 0
+    for module in model.modules():
+        if isinstance(module, _LoRAMixin) and getattr(module, "lora_nf4", None) is None:
+            weight = module.weight.detach()
+            module.lora_nf4 = bnbf.quantize_4bit(
+                weight.float().contiguous(), quant_type="nf4", blocksize=blocksize
+            )
+            module.weight.data = torch.empty(0, dtype=weight.dtype, device=weight.device)
+            count += 1
+    return count
 
 
 def _adapted_class(cls: type) -> type:
@@ -156,6 +222,9 @@ def merge(model: torch.nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, _LoRAMixin):
             merged = module.merged_weight()
+            if getattr(module, "lora_nf4", None) is not None:
+                module.weight.data = torch.empty_like(merged)
+                module.lora_nf4 = None
             base_cls = next(
                 c
                 for c in type(module).__mro__[1:]
