@@ -5,6 +5,7 @@ from pathlib import Path
 from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import find_packages, setup
 
+EVAL = ["lm-eval==0.4.13", "accelerate"]
 CPU_TORCH = "torch==2.13.0"  # the CPU wheel this project is developed and tested with
 
 setup(
@@ -50,7 +51,17 @@ setup(
     extras_require={
         # CPU development and CI: pin the CPU wheel (an unpinned torch pulls a multi-GB CUDA build)
         "cpu": [CPU_TORCH],
-        "dev": [CPU_TORCH, "pytest>=8", "ruff>=0.6", "kenlm", "bitsandbytes"],
+        "dev": [
+            CPU_TORCH,
+            "pytest>=8",
+            "ruff>=0.6",
+            "kenlm",
+            "bitsandbytes",
+            *EVAL,
+        ],
+        # lm-eval (pinned: task names and the model API move between releases); accelerate for
+        # its hf model
+        "eval": EVAL,
         # GPU clusters: Transformer Engine from PyPI; apex is built from source (see README)
         "gpu": ["transformer-engine[pytorch]", "bitsandbytes"],
         # KenLM perplexity scoring (the lmplz trainer is built from source by tools/train_kenlm.py)
