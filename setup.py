@@ -16,6 +16,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["motif_megatron", "motif_megatron.*"]),
+    # the local lm-eval task definitions (YAMLs and their prompt helpers)
+    package_data={"motif_megatron.eval": ["tasks/*.yaml", "tasks/*_yaml", "tasks/*.py"]},
     ext_modules=[
         Pybind11Extension(
             "motif_megatron._helpers", ["csrc/helpers.cpp"], cxx_std=17, extra_compile_args=["-O3"]

@@ -524,15 +524,32 @@ def posttrain(out: Path, cpt: Path) -> Path:
     return out / "ckpt_kto"
 
 
-def evaluate(out: Path, checkpoints: dict[str, Path]) -> dict:
+def evaluate(out: Path, checkpoints: dict[str, Path], lm_eval: list[str]) -> dict:
     cmd = [PYTHON, "tools/evaluate.py", "--out", str(out / "evaluation"), "--max-docs", "40"]
     cmd += [f"--load={label}={path}" for label, path in checkpoints.items()]
     cmd += [
         f"--text=ko={out / 'heldout' / 'ko.jsonl'}",
         f"--text=en={out / 'heldout' / 'en.jsonl'}",
+        *lm_eval,
     ]
-    step("evaluate on held-out Korean and English", cmd)
+    what = "held-out Korean and English" + (" and lm-eval tasks" if lm_eval else "")
+    step(f"evaluate on {what}", cmd)
     return json.loads((out / "evaluation" / "evaluation.json").read_text())["checkpoints"]
+
+
+def lm_eval_flags(folder: str | None, tasks: str, limit: int) -> list[str]:
+    """``tools/evaluate.py`` flags for the lm-eval tasks, or none (with a note) when the
+    benchmark files are not there: nothing here can download them."""
+    from motif_megatron.errors import UserError
+    from motif_megatron.eval import benchmarks
+
+    spec = benchmarks.TaskSpec(tasks.split(","), folder)
+    try:
+        benchmarks.check_files(spec)
+    except UserError as exc:
+        print(f"lm-eval tasks skipped: {exc}", flush=True)
+        return []
+    return [f"--tasks={tasks}", f"--benchmark-dir={spec.folder}", f"--limit={limit}"]
 
 
 def main() -> None:
@@ -541,7 +558,17 @@ def main() -> None:
     parser.add_argument(
         "--preset", default="tiny", help="model shape (motif_megatron.model.presets)"
     )
+    parser.add_argument(
+        "--benchmark-dir",
+        help="benchmark files for the lm-eval tasks (README 'Benchmarks for lm-eval'; default: "
+        "$MOTIF_BENCHMARKS, else data/benchmarks); without them the tasks are skipped",
+    )
+    parser.add_argument(
+        "--tasks", default="local_korean,local_english", help="lm-eval tasks when files exist"
+    )
+    parser.add_argument("--limit", type=int, default=10, help="lm-eval documents per task")
     args = parser.parse_args()
+    lm_eval = lm_eval_flags(args.benchmark_dir, args.tasks, args.limit)
     out = (ROOT / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     tokenizer, exported = out / "tokenizer", out / "hf_export"
@@ -577,6 +604,7 @@ def main() -> None:
         evaluation = evaluate(
             out,
             {"base": ckpt, "baseline": plain, "continual": out / "ckpt_cpt_final", "final": final},
+            lm_eval,
         )
     except StepFailed as exc:
         print(f"\ndemo failed: {exc}", file=sys.stderr)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from motif_megatron.eval.evaluate import task_scores, task_table
+
 ENGLISH_MARGIN = 0.5
 """The final English perplexity may exceed the base's by this share (the seed's 'without losing
 its English', at toy scale)."""
@@ -28,12 +30,14 @@ def write_report(out: Path, summary: dict, evaluation: dict) -> dict:
     report["english_kept"] = (
         report["english_ppl_final"] <= (1 + ENGLISH_MARGIN) * report["english_ppl_base"]
     )
-    (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     rows = "\n".join(
         f"| {label} | {row['ko']['ppl']:.1f} | {row['en']['ppl']:.1f} | {row['token_ratio']['ko']:.3f} |"
         for label, row in evaluation.items()
     )
     watch = json.loads((out / "ckpt_kto" / "safety_watch.json").read_text())
+    scores = task_scores(evaluation)
+    report["lm_eval"] = scores or None
+    (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     (out / "report.md").write_text(
         f"""# motif-megatron demo report
 
@@ -58,6 +62,8 @@ same budget and no growth.
 - Safety watch (share of answers hitting the lexicon): before KTO {watch["before"]["rate"]:.0%},
   after {watch["after"]["rate"]:.0%}.
 
+{_lm_eval_section(scores, list(evaluation))}
+
 ![evaluation](evaluation/evaluation.png)
 ![continual pretraining](cpt_loss.png)
 ![base pretraining](base_loss.png)
@@ -65,3 +71,13 @@ same budget and no growth.
         encoding="utf-8",
     )
     return report
+
+
+def _lm_eval_section(scores: dict[str, dict[str, float]], labels: list[str]) -> str:
+    if not scores:
+        return (
+            "lm-eval tasks were not run: no benchmark files (README 'Benchmarks for lm-eval'; "
+            "`examples/demo.py --benchmark-dir`)."
+        )
+    table = "\n".join(task_table(scores, labels))
+    return f"lm-eval on local benchmark files (`evaluation/samples/` per document):\n\n{table}"

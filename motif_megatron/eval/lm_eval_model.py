@@ -20,7 +20,9 @@ NAME = "motif"
 
 
 def register() -> None:
-    """Make ``model="motif"`` known to lm-eval (idempotent)."""
+    """Make ``model="motif"`` known to lm-eval (idempotent). lm-eval fills its built-in names
+    only into an empty registry, so they are registered first: ``hf`` stays available."""
+    import lm_eval.models  # noqa: F401
     from lm_eval.api.registry import model_registry
 
     if NAME not in model_registry:
@@ -42,7 +44,6 @@ class MotifLM(TemplateLM):
 
         from motif_megatron import parallel
         from motif_megatron.checkpoint import dist as ckpt
-        from motif_megatron.eval.perplexity import mask_padded_vocab
         from motif_megatron.model.builder import BuildOptions, build_from_checkpoint
 
         parallel.initialize(parallel.ParallelConfig(int(tp), int(pp)))
@@ -50,8 +51,7 @@ class MotifLM(TemplateLM):
             load, BuildOptions(tp=int(tp), pp=int(pp), params_dtype=torch.float32)
         )
         self.model.eval()
-        self.vocab_size = args.vocab_size
-        mask_padded_vocab(self.model, self.vocab_size)
+        self.vocab_size = args.vocab_size  # forward_logits drops the padded columns
         self.tokenizer = AutoTokenizer.from_pretrained(str(ckpt.root_of(load) / "tokenizer"))
         self.max_length, self.max_gen_toks = int(max_length), int(max_gen_toks)
 
@@ -81,16 +81,17 @@ class MotifLM(TemplateLM):
             context, continuation = context[:-spaces], context[-spaces:] + continuation
         return self.tok_encode(context), self.tok_encode(continuation, add_special_tokens=False)
 
-    def _logprobs(self, ids: list[int]) -> torch.Tensor:
-        """``[len(ids) - 1, vocab]`` next-token log-probs (the same on every rank)."""
+    def _logits(self, ids: list[int], last: int) -> torch.Tensor:
+        """``[last, vocab]`` next-token logits for the last ``last`` inputs of ``ids`` (the same
+        on every rank)."""
         from motif_megatron.model.inference import forward_logits
 
-        logits = forward_logits(self.model, torch.tensor([ids[:-1]]), self.vocab_size)[0]
-        return torch.log_softmax(logits.double(), dim=-1)
+        return forward_logits(self.model, torch.tensor([ids]), self.vocab_size)[0, -last:]
 
     def _score(self, context: list[int], continuation: list[int]) -> tuple[float, bool]:
         ids = (context + continuation)[-(self.max_length + 1) :]
-        logprobs = self._logprobs(ids)[-len(continuation) :]
+        logits = self._logits(ids[:-1], len(continuation))
+        logprobs = torch.log_softmax(logits.double(), dim=-1)
         target = torch.tensor(continuation)
         picked = logprobs.gather(1, target[:, None]).squeeze(1)
         return float(picked.sum()), bool((logprobs.argmax(-1) == target).all())
@@ -122,7 +123,7 @@ class MotifLM(TemplateLM):
             new: list[int] = []
             text = ""
             for _ in range(limit):
-                token = int(self._logprobs([*ids, *new, 0])[-1].argmax())
+                token = int(self._logits([*ids, *new], 1)[0].argmax())
                 if token == self.eot_token_id:
                     break
                 new.append(token)
