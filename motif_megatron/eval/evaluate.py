@@ -32,12 +32,8 @@ def evaluate(
 ) -> dict:
     """``{"reference_tokenizer", "checkpoints": {label: {lang: {...}, "token_ratio": {lang},
     "tasks": {task: {metric: value}}}}}``; ``texts`` or ``tasks`` may be empty."""
-    import torch
-
     from motif_megatron import parallel
     from motif_megatron.checkpoint import dist as ckpt
-    from motif_megatron.eval.perplexity import perplexity
-    from motif_megatron.model.builder import BuildOptions, build_from_checkpoint
 
     if not checkpoints:
         raise UserError("give at least one checkpoint (--load LABEL=CKPT)")
@@ -49,26 +45,11 @@ def evaluate(
     reference_dir = Path(reference_tokenizer or ckpt.root_of(first) / "tokenizer")
     reference = _tokenizer(reference_dir)
     parallel.initialize(parallel.ParallelConfig(tp, pp))
-    results, samples = {}, {}
+    results, samples, report_meta = {}, {}, {}
     for label, load in checkpoints.items():
-        row: dict = {"load": str(load), "token_ratio": {}}
+        row: dict = {"load": str(load)}
         if texts:
-            tokenizer = _tokenizer(ckpt.root_of(load) / "tokenizer")
-            model, args = build_from_checkpoint(
-                load, BuildOptions(tp=tp, pp=pp, params_dtype=torch.float32)
-            )
-        for lang, docs in texts.items():
-            p = perplexity(model, docs, tokenizer, reference, args.vocab_size, seq_length)
-            row[lang] = {
-                "ppl": p.ppl,
-                "token_ppl": p.token_ppl,
-                "bits_per_char": p.bits_per_char,
-                "tokens": p.tokens,
-                "reference_tokens": p.reference_tokens,
-            }
-            row["token_ratio"][lang] = p.tokens / max(p.reference_tokens, 1)
-        if texts:
-            del model
+            row |= _perplexities(load, texts, reference, seq_length, tp, pp)
         if tasks:
             model_args = {"load": str(Path(load).resolve()), "tp": tp, "pp": pp}
             run = benchmarks.run(
@@ -89,6 +70,34 @@ def evaluate(
         write(report, Path(out), list(texts))
         write_samples(samples, Path(out) / "samples")
     return report
+
+
+def _perplexities(
+    load: str, texts: dict[str, list[str]], reference, seq_length: int, tp: int, pp: int
+) -> dict:
+    """``{lang: {ppl, token_ppl, bits_per_char, tokens, reference_tokens}, "token_ratio"}``."""
+    import torch
+
+    from motif_megatron.checkpoint import dist as ckpt
+    from motif_megatron.eval.perplexity import perplexity
+    from motif_megatron.model.builder import BuildOptions, build_from_checkpoint
+
+    tokenizer = _tokenizer(ckpt.root_of(load) / "tokenizer")
+    model, args = build_from_checkpoint(
+        load, BuildOptions(tp=tp, pp=pp, params_dtype=torch.float32)
+    )
+    row: dict = {"token_ratio": {}}
+    for lang, docs in texts.items():
+        p = perplexity(model, docs, tokenizer, reference, args.vocab_size, seq_length)
+        row[lang] = {
+            "ppl": p.ppl,
+            "token_ppl": p.token_ppl,
+            "bits_per_char": p.bits_per_char,
+            "tokens": p.tokens,
+            "reference_tokens": p.reference_tokens,
+        }
+        row["token_ratio"][lang] = p.tokens / max(p.reference_tokens, 1)
+    return row
 
 
 def write(report: dict, out: Path, langs: list[str]) -> None:
