@@ -1,14 +1,18 @@
-"""Process groups: torchrun/gloo/NCCL setup, Megatron model-parallel state and seeds.
+"""Process groups: torchrun/srun, gloo/NCCL setup, Megatron model-parallel state and seeds.
 
-The only module that initialises distributed state. A plain ``python tool.py`` run becomes a
-one-process group, so every tool and test drives the same Megatron-Core code paths as torchrun.
+The only module that initialises distributed state. A process reads torchrun's or srun's
+environment (``srun python pretrain_motif.py`` forms one job of ``SLURM_NTASKS`` ranks); a plain
+``python tool.py`` run becomes a one-process group, so every tool and test drives the same
+Megatron-Core code paths as a launched job.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import re
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,7 +36,7 @@ class ParallelConfig:
         if world_size % (self.tp * self.pp):
             raise UserError(
                 f"world size {world_size} is not divisible by tp*pp = {self.tp}*{self.pp}; "
-                f"launch torchrun with a multiple of {self.tp * self.pp} processes"
+                f"launch torchrun or srun with a multiple of {self.tp * self.pp} processes"
             )
 
 
@@ -42,20 +46,85 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class Launch:
+    """Where this process sits in its job: rank, world size, local rank and the rendezvous."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    master_addr: str
+    master_port: int
+    launcher: str
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a Slurm hostlist (``gpu[003-006,9],login1`` -> ``gpu003``)."""
+    head = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
+    if head is None:
+        raise UserError(f"cannot read SLURM_JOB_NODELIST={nodelist!r}")
+    prefix, ranges = head.groups()
+    return prefix + (re.split(r"[-,]", ranges)[0] if ranges else "")
+
+
+def launch_from_env(env: Mapping[str, str] = os.environ) -> Launch | None:
+    """The launch described by torchrun's or srun's variables (None: a plain process).
+
+    torchrun wins (``srun torchrun`` is one of the documented layouts); a process started by
+    ``srun`` reads ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID`` and meets its peers at
+    ``MASTER_ADDR``/``MASTER_PORT`` if set, else at the job's first node on a port derived from
+    the job id. A batch script's own shell (no ``SLURM_STEP_ID``) is a plain process."""
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return Launch(
+            int(env["RANK"]),
+            int(env["WORLD_SIZE"]),
+            int(env.get("LOCAL_RANK", "0")),
+            env.get("MASTER_ADDR", "127.0.0.1"),
+            int(env.get("MASTER_PORT", "29500")),
+            "torchrun",
+        )
+    if "SLURM_PROCID" in env and "SLURM_STEP_ID" in env:
+        job = int(env.get("SLURM_JOB_ID", "0"))
+        return Launch(
+            int(env["SLURM_PROCID"]),
+            int(env.get("SLURM_NTASKS", "1")),
+            int(env.get("SLURM_LOCALID", "0")),
+            env.get("MASTER_ADDR") or first_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1")),
+            int(env.get("MASTER_PORT") or 20000 + job % 20000),
+            "srun",
+        )
+    if int(env.get("WORLD_SIZE", "1")) > 1:
+        raise UserError(
+            f"WORLD_SIZE={env['WORLD_SIZE']} but neither torchrun's RANK nor srun's SLURM_PROCID "
+            "is set; launch with torchrun or srun"
+        )
+    return None
+
+
 def init_distributed(backend: str | None = None) -> None:
-    """Join the torchrun group (or form a one-process group) on NCCL with CUDA, gloo without."""
+    """Join the torchrun or srun group (or form a one-process group) on NCCL with CUDA, gloo
+    without."""
     if dist.is_initialized():
         return
+    launch = launch_from_env()
     if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(launch.local_rank if launch else 0)
     cpu.apply()
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-    if "RANK" in os.environ:  # launched by torchrun
+    if launch is None or launch.world_size == 1:
+        # a plain process: a private one-process group, leaving the environment untouched
+        address = f"tcp://127.0.0.1:{_free_port()}"
+        dist.init_process_group(backend, init_method=address, rank=0, world_size=1)
+        return
+    if launch.launcher == "torchrun":  # env://: the workers share torchrun's agent store
         dist.init_process_group(backend)
-    else:  # a plain process: a private one-process group, leaving the environment untouched
-        dist.init_process_group(
-            backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
-        )
+        return
+    dist.init_process_group(
+        backend,
+        init_method=f"tcp://{launch.master_addr}:{launch.master_port}",
+        rank=launch.rank,
+        world_size=launch.world_size,
+    )
 
 
 def initialize(config: ParallelConfig, seed: int = 1234) -> None:

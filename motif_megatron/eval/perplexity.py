@@ -88,7 +88,7 @@ def perplexity(
 ) -> Perplexity:
     """NLL of ``texts`` under ``model`` (any TP/PP: Megatron's forward-only schedule), with the
     softmax over the ``vocab_size`` real tokens."""
-    from motif_megatron.training.engine import run_schedule
+    from motif_megatron.training.engine import forward_only, reduce_reports
 
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     # with BOS as context every token of the text is predicted, whatever the tokenizer
@@ -100,21 +100,18 @@ def perplexity(
     all_rows = windows(docs, seq_length, pad)
     nll, count = 0.0, 0
     handle = mask_padded_vocab(model, vocab_size)
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, all_rows.tokens.shape[0], batch):
-            sl = slice(start, start + batch)
-            part = Batch(
-                all_rows.tokens[sl],
-                all_rows.labels[sl],
-                all_rows.loss_mask[sl],
-                all_rows.position_ids[sl],
-            )
-            n = int(part.loss_mask.sum())
-            mean = run_schedule([model], part, part.tokens.shape[0], forward_only=True)["lm loss"]
-            nll += mean * n
-            count += n
-    model.train()
+    for start in range(0, all_rows.tokens.shape[0], batch):
+        sl = slice(start, start + batch)
+        part = Batch(
+            all_rows.tokens[sl],
+            all_rows.labels[sl],
+            all_rows.loss_mask[sl],
+            all_rows.position_ids[sl],
+        )
+        n = int(part.loss_mask.sum())
+        reports = forward_only([model], part, part.tokens.shape[0])
+        nll += reduce_reports(reports)["lm loss"] * n
+        count += n
     if handle is not None:
         handle.remove()
     return Perplexity(nll, count, reference, sum(len(t) for t in texts))

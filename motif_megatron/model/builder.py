@@ -37,6 +37,10 @@ class BuildOptions:
     """Weight init std for fresh models; None uses the config's ``initializer_range``."""
     initialize: bool = True
     """False leaves weights as untouched ``torch.empty`` placeholders (for streaming writers)."""
+    recompute_granularity: Literal["full", "selective"] | None = None
+    """Activation recomputation (Megatron-LM's ``--recompute-granularity``)."""
+    recompute_method: Literal["uniform", "block"] | None = None
+    recompute_num_layers: int | None = None
 
 
 def te_available() -> bool:
@@ -107,6 +111,13 @@ def transformer_config(args: LlamaArgs, options: BuildOptions):
         pipeline_model_parallel_size=options.pp,
         sequence_parallel=options.sequence_parallel,
         perform_initialization=options.initialize,
+        # every loss function here returns (sum, count): gradients are those of the global
+        # batch's per-token mean, whatever the microbatching (Megatron-LM's
+        # --calculate-per-token-loss)
+        calculate_per_token_loss=True,
+        recompute_granularity=options.recompute_granularity,
+        recompute_method=options.recompute_method,
+        recompute_num_layers=options.recompute_num_layers,
         **overrides,
     )
 

@@ -1,47 +1,30 @@
-"""Full-vocabulary logits from a (tensor/pipeline-parallel) Megatron model, via Megatron's schedules.
+"""Full-vocabulary logits from a (tensor/pipeline-parallel) Megatron model, through the
+trainer's one forward-only path (Megatron's schedules).
 
-Used by the equivalence checker and evaluation: the same pipeline schedule as training runs the
-forward pass, the last stage gathers the vocab-parallel logits, and one rank broadcasts them so
-every rank returns the same ``[batch, seq, vocab]`` fp32 tensor.
+Used by the equivalence checker, evaluation and the safety watch: the last stage gathers the
+vocab-parallel logits and shares them along the pipeline, so every rank returns the same
+``[batch, seq, vocab]`` fp32 tensor.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 
 
 def forward_logits(model: torch.nn.Module, tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """Logits ``[batch, seq, vocab_size]`` (padding columns dropped) for ``tokens [batch, seq]``."""
-    from megatron.core import parallel_state
-    from megatron.core.pipeline_parallel import get_forward_backward_func
+    from motif_megatron.training.engine import Batch, forward_only
 
     batch, seq = tokens.shape
-    positions = torch.arange(seq).unsqueeze(0).expand(batch, -1)
-
-    def step(data_iterator, chunk):
-        return chunk(tokens, positions, None, runtime_gather_output=True), None
-
-    model.eval()
-    with torch.no_grad():
-        outputs = get_forward_backward_func()(
-            forward_step_func=step,
-            data_iterator=iter([None]),
-            model=[model],
-            num_microbatches=1,
-            seq_length=seq,
-            micro_batch_size=batch,
-            forward_only=True,
-        )
-    holder = (
-        parallel_state.is_pipeline_last_stage()
-        and parallel_state.get_tensor_model_parallel_rank() == 0
-        and parallel_state.get_data_parallel_rank() == 0
+    inputs = Batch(
+        tokens=tokens,
+        labels=tokens,
+        loss_mask=torch.ones(batch, seq),
+        position_ids=torch.arange(seq).unsqueeze(0).expand(batch, -1),
     )
-    src = torch.tensor([dist.get_rank() if holder else -1])
-    dist.all_reduce(src, op=dist.ReduceOp.MAX)
-    logits = torch.empty(batch, seq, vocab_size, dtype=torch.float32)
-    if holder:
-        logits.copy_(outputs[0][..., :vocab_size].float())
-    dist.broadcast(logits, src=int(src))
-    return logits
+
+    def objective(chunk, mb: Batch):
+        output = chunk(mb.tokens, mb.position_ids, None, runtime_gather_output=True)
+        return output, lambda out: (out, {"logits": out[..., :vocab_size].float()})
+
+    return forward_only([model], inputs, batch, objective)[0]["logits"]

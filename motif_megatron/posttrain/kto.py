@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from motif_megatron.errors import UserError
 from motif_megatron.training.arguments import TrainConfig, option
+from motif_megatron.training.engine import Batch
 
 
 def kl_estimate(policy_kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor) -> torch.Tensor:
@@ -168,46 +169,25 @@ def encode(path: str, encoder, seq_length: int) -> tuple[KTOData, list[dict]]:
     return KTOData(stack(rows), stack(kl_rows), torch.tensor(labels)), rejects
 
 
+def _logps_objective(model, mb: Batch):
+    """Forward step of the reference pass: each row's summed completion log-prob."""
+    output = model(mb.tokens, mb.position_ids, None, labels=mb.labels)
+    return output, lambda losses: (losses, {"logps": -(losses.float() * mb.loss_mask).sum(-1)})
+
+
 def sequence_logps(
     model, data: KTOData, micro_batch_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed completion log-probs of every row and KL row under ``model`` (no gradients), the
-    same on every rank: Megatron's forward-only schedule, reduced along the pipeline."""
-    from megatron.core import parallel_state
-    from megatron.core.pipeline_parallel import get_forward_backward_func
+    same on every rank: the trainer's forward-only path."""
+    from motif_megatron.training.engine import forward_only
 
     out = []
     for tokens, labels, mask in (data.rows, data.kl_rows):
-        n, seq = tokens.shape
-        positions = torch.arange(seq).expand(n, -1)
-        starts = list(range(0, n, micro_batch_size))
-
-        def step(iterator, chunk, tokens=tokens, labels=labels, mask=mask, positions=positions):
-            sl = next(iterator)
-            output = chunk(tokens[sl], positions[sl], None, labels=labels[sl])
-
-            def reduce(losses, sl=sl):
-                return losses, {"logps": -(losses.float() * mask[sl]).sum(-1)}
-
-            return output, reduce
-
-        model.eval()
-        with torch.no_grad():
-            reports = get_forward_backward_func()(
-                forward_step_func=step,
-                data_iterator=iter([slice(s, s + micro_batch_size) for s in starts]),
-                model=[model],
-                num_microbatches=len(starts),
-                seq_length=seq,
-                micro_batch_size=micro_batch_size,
-                forward_only=True,
-            )
-        logps = torch.zeros(n, dtype=torch.float32)
-        if parallel_state.is_pipeline_last_stage():
-            logps = torch.cat([r["logps"] for r in reports])
-        dist.all_reduce(logps, group=parallel_state.get_pipeline_model_parallel_group())
-        out.append(logps)
-    model.train()
+        positions = torch.arange(tokens.shape[1]).expand(tokens.shape[0], -1)
+        rows = Batch(tokens=tokens, labels=labels, loss_mask=mask, position_ids=positions)
+        reports = forward_only([model], rows, micro_batch_size, _logps_objective)
+        out.append(torch.cat([r["logps"] for r in reports]).cpu())
     return out[0], out[1]
 
 
@@ -312,38 +292,55 @@ def objective(config: KTOConfig):
             def pair(total, count):
                 return torch.stack([torch.as_tensor(total).float(), torch.as_tensor(count).float()])
 
-            return loss, {
-                "kto loss": pair(loss.detach(), 1),
-                "kl": pair(kl, 1),
-                "rewards/desirable": pair(rewards[good].sum(), good.sum()),
-                "rewards/undesirable": pair(rewards[~good].sum(), (~good).sum()),
-            }
+            # per-example form of the per-token loss: the gradient is that of the global batch's
+            # mean over examples, whatever the microbatching
+            count = torch.tensor(b, dtype=torch.int, device=losses.device)
+            return (
+                loss * b,
+                count,
+                {
+                    "kto loss": pair(loss.detach() * b, b),
+                    "kl": pair(kl, 1),
+                    "rewards/desirable": pair(rewards[good].sum(), good.sum()),
+                    "rewards/undesirable": pair(rewards[~good].sum(), (~good).sum()),
+                },
+            )
 
         return output, loss_func
 
     return step
 
 
-def _digest(*parts: bytes) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(hashlib.sha256(part).digest())
-    return h.hexdigest()[:16]
+def content_digest(files: list[Path], chunk: int = 1 << 24) -> str:
+    """A BLAKE2b digest of the files' names and bytes, read a chunk at a time (flat memory; a
+    70B checkpoint takes a minute or two, once per KTO run)."""
+    h = hashlib.blake2b(digest_size=16)
+    for path in files:
+        h.update(path.name.encode() + b"\0")
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+    return h.hexdigest()
 
 
 def cache_key(load: str, data_file: str, seq_length: int, template: str) -> str:
-    """Reference model identity (its checkpoint's metadata, args and file sizes) + data identity."""
+    """Reference identity (the bytes of its checkpoint's files and model args) + data file,
+    sequence length and chat template: a reference with other weights never shares a key.
+    Rank 0 reads, every rank gets the key."""
     from motif_megatron.checkpoint import dist as ckpt
 
-    folder = ckpt.resolve(load)
-    model = [
-        (folder / "metadata.json").read_bytes(),
-        (ckpt.root_of(load) / "motif_model.json").read_bytes(),
-    ]
-    model += [f"{p.name}:{p.stat().st_size}".encode() for p in sorted(folder.glob("*.distcp"))]
-    return _digest(
-        *model, Path(data_file).read_bytes(), str(seq_length).encode(), template.encode()
-    )
+    key = [None]
+    if dist.get_rank() == 0:
+        folder = ckpt.resolve(load)
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        files.append(ckpt.root_of(load) / "motif_model.json")
+        settings = f"{seq_length}\0{template}".encode()
+        h = hashlib.blake2b(digest_size=8)
+        for part in (content_digest(files), content_digest([Path(data_file)]), settings.hex()):
+            h.update(part.encode())
+        key[0] = h.hexdigest()
+    dist.broadcast_object_list(key, src=0)
+    return key[0]
 
 
 def run(train: TrainConfig, kto: KTOConfig) -> dict:
@@ -376,7 +373,9 @@ def run(train: TrainConfig, kto: KTOConfig) -> dict:
             return model
 
         ref_model = reference()
-        watch["before"] = safety.watch(ref_model, encoder, kto.safety_prompts, kto.safety_lexicon)
+        watch["before"] = safety.watch(
+            ref_model, encoder, trainer.args.vocab_size, kto.safety_prompts, kto.safety_lexicon
+        )
         del ref_model
         cache = None
         if kto.ref_cache:
@@ -390,7 +389,11 @@ def run(train: TrainConfig, kto: KTOConfig) -> dict:
     trainer = Trainer(train, data=data, objective=objective(kto))
     trainer.train()
     watch["after"] = safety.watch(
-        trainer.model, trainer.encoder, kto.safety_prompts, kto.safety_lexicon
+        trainer.model,
+        trainer.encoder,
+        trainer.args.vocab_size,
+        kto.safety_prompts,
+        kto.safety_lexicon,
     )
     if train.save and dist.get_rank() == 0:
         (Path(train.save) / "safety_watch.json").write_text(

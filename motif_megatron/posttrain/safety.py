@@ -42,16 +42,24 @@ def generate(model, prompt_ids: list[int], vocab_size: int, max_new_tokens: int,
 
 
 def watch(
-    model, encoder, prompts: str | None = None, lexicon: str | None = None, max_new_tokens: int = 24
+    model,
+    encoder,
+    vocab_size: int,
+    prompts: str | None = None,
+    lexicon: str | None = None,
+    max_new_tokens: int = 24,
 ) -> dict:
-    """``{"rate", "hits", "outputs"}`` for the prompt set (same on every rank)."""
+    """``{"rate", "hits", "outputs"}`` for the prompt set (same on every rank).
+
+    ``vocab_size`` is the model's (its config's ``vocab_size``), not ``len(tokenizer)``: a
+    tokenizer may count added tokens the model has no row for (Llama-3's is 128257 vs 128256)."""
     terms = load_lexicon(lexicon)
     tok = encoder.tokenizer
     stop = {t for t in (tok.eos_token_id, tok.convert_tokens_to_ids("<|eot_id|>")) if t is not None}
     outputs = []
     for prompt in load_prompts(prompts):
         ids = encoder.prompt_ids([{"role": "user", "content": prompt}])
-        new = generate(model, ids, len(tok), max_new_tokens, stop)
+        new = generate(model, ids, vocab_size, max_new_tokens, stop)
         outputs.append(tok.decode(new, clean_up_tokenization_spaces=False))
     hits = [o for o in outputs if any(term in o.lower() for term in terms)]
     return {"rate": len(hits) / max(len(outputs), 1), "hits": hits, "outputs": outputs}

@@ -56,6 +56,24 @@ class TrainConfig:
     use_distributed_optimizer: bool = option(False, "shard optimizer state over data parallel")
     sequence_parallel: bool = option(False, "sequence parallelism (needs Transformer Engine)")
     make_vocab_size_divisible_by: int = option(128, "pad the vocabulary to a multiple of this * TP")
+    recompute_granularity: str | None = option(
+        None,
+        "activation recomputation: full (whole layers) or selective (core attention)",
+        choices=("full", "selective"),
+    )
+    recompute_method: str | None = option(
+        None,
+        "with full: uniform (every --recompute-num-layers layers as one unit) or block "
+        "(the first --recompute-num-layers layers of each stage)",
+        choices=("uniform", "block"),
+    )
+    recompute_num_layers: int | None = option(None, "layers per recompute unit (full only)")
+    overlap_grad_reduce: bool = option(
+        False, "overlap the data-parallel gradient reduce with the backward pass (NCCL)"
+    )
+    overlap_param_gather: bool = option(
+        False, "overlap the distributed optimizer's parameter all-gather with the forward (NCCL)"
+    )
     # data
     data_path: tuple[str, ...] = option(
         (), "blend: 'w1 prefix1 w2 prefix2 ...' or prefixes", nargs="+"
@@ -110,7 +128,29 @@ class TrainConfig:
     qlora: bool = option(False, "4-bit base weights under LoRA (bitsandbytes, CUDA only)")
     # checkpoints and logging
     save_interval: int | None = option(None, "save every this many iterations (and at the end)")
+    keep_latest_checkpoints: int = option(
+        0, "delete older iteration checkpoints under --save, keeping the latest N (0: keep all)"
+    )
     no_load_optim: bool = option(False, "resume weights only (e.g. at a different TP/PP)")
+    override_opt_param_scheduler: bool = option(
+        False,
+        "on resume, take the LR schedule (lr, min-lr, warmup, decay) from the flags, keeping the "
+        "checkpoint's step count",
+        flag="--override-opt_param-scheduler",
+    )
+    use_checkpoint_opt_param_scheduler: bool = option(
+        False,
+        "on resume, keep the checkpoint's LR schedule whatever the flags say",
+        flag="--use-checkpoint-opt_param-scheduler",
+    )
+    exit_signal_handler: bool = option(
+        False,
+        "on SIGTERM or SIGUSR1 (Slurm's preemption and --signal), finish the iteration, save "
+        "and exit 0",
+    )
+    exit_duration_in_mins: float | None = option(
+        None, "save and exit 0 once the run has trained this many minutes"
+    )
     eval_interval: int | None = option(
         None, "evaluate on the validation split every this many iterations"
     )
@@ -152,10 +192,38 @@ class TrainConfig:
                 problems.append(f"unknown stage {plan.name!r}; choose one of {', '.join(NAMES)}")
             if plan.iters is None and not plan.plateau:
                 problems.append(f"stage {plan.name}: give 'iters' or 'plateau: true'")
+        problems += self._check_recompute()
+        if self.override_opt_param_scheduler and self.use_checkpoint_opt_param_scheduler:
+            problems.append(
+                "--override-opt_param-scheduler and --use-checkpoint-opt_param-scheduler "
+                "exclude each other"
+            )
+        if self.overlap_param_gather and not self.use_distributed_optimizer:
+            problems.append("--overlap-param-gather needs --use-distributed-optimizer")
         if self.lora_rank <= 0:
             problems.append(f"--lora-rank {self.lora_rank} must be positive")
         if problems:
             raise UserError("; ".join(problems))
+
+    def _check_recompute(self) -> list[str]:
+        """Megatron-Core's rules for the recompute flags, as flag names."""
+        granularity, method, layers = (
+            self.recompute_granularity,
+            self.recompute_method,
+            self.recompute_num_layers,
+        )
+        if granularity == "full" and (method is None or layers is None):
+            return [
+                "--recompute-granularity full needs --recompute-method uniform|block and "
+                "--recompute-num-layers N"
+            ]
+        if granularity != "full" and (method is not None or layers is not None):
+            return [
+                "--recompute-method and --recompute-num-layers go with --recompute-granularity full"
+            ]
+        if layers is not None and layers < 1:
+            return [f"--recompute-num-layers {layers} must be positive"]
+        return []
 
 
 def _flag(name: str) -> str:
@@ -180,6 +248,7 @@ def build_parser(description: str, configs: tuple[type, ...] = (TrainConfig,)):
             meta = dict(f.metadata)
             if not meta.pop("cli", True):
                 continue
+            flag = meta.pop("flag", _flag(f.name))
             kind = _base_type(hints[f.name])
             kwargs = {
                 "help": meta.pop("help") + f" (default: {f.default})",
@@ -192,7 +261,7 @@ def build_parser(description: str, configs: tuple[type, ...] = (TrainConfig,)):
             else:
                 kwargs["type"] = kind
             kwargs.update(meta)
-            parser.add_argument(_flag(f.name), **kwargs)
+            parser.add_argument(flag, **kwargs)
     return parser
 
 

@@ -2,14 +2,16 @@
 
 The layout is Megatron-LM's (``iter_0000042/`` under the ``--save`` root, ``latest_checkpointed_
 iteration.txt``); model tensors keep the keys of converted checkpoints, so every tool loads a
-training checkpoint's weights at any TP/PP. Optimizer state is saved through the optimizer's
-``sharded_state_dict`` and restored only at the TP/PP it was saved with (resharding it is
-Megatron's distributed-optimizer business; ``--no-load-optim`` resumes weights only).
+training checkpoint's weights at any TP/PP. Optimizer and RNG state are saved per model-parallel
+rank (data-parallel replicas share them; the distributed optimizer in Megatron's DP-reshardable
+format), so they restore at any data-parallel size but only at the TP/PP they were saved with
+(``--no-load-optim`` resumes weights only).
 """
 
 from __future__ import annotations
 
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -50,32 +52,40 @@ def _set_rng_state(state: dict) -> None:
     tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
 
 
-def _sharded(model, optimizer, loop_state: dict | None, is_loading: bool) -> dict:
+def _per_model_rank(key: str, value) -> object:
+    """An object saved once per tensor/pipeline rank (data-parallel replicas hold the same one),
+    so a save loads at any data-parallel size: Megatron-LM's layout for its RNG state."""
+    from megatron.core import parallel_state as ps
     from megatron.core.dist_checkpointing.mapping import ShardedObject
 
+    return ShardedObject(
+        key,
+        value,
+        (ps.get_pipeline_model_parallel_world_size(), ps.get_tensor_model_parallel_world_size()),
+        (ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank()),
+        replica_id=ps.get_data_parallel_rank(),
+    )
+
+
+def _sharded(model, optimizer, loop_state: dict | None, is_loading: bool) -> dict:
     model_sd = model.sharded_state_dict()
     state = {"model": model_sd}
-    world, rank = dist.get_world_size(), dist.get_rank()
     frozen = any(not p.requires_grad for p in model.parameters())
     if optimizer is not None and frozen and not optimizer.config.use_distributed_optimizer:
         # a partial stage has moments for some layers of a stacked tensor only, which the
-        # torch_dist format cannot describe: keep this rank's optimizer state as one object
-        state["optimizer"] = ShardedObject(
-            "optimizer_state",
-            None if is_loading else optimizer.state_dict(),
-            (world,),
-            (rank,),
-            replica_id=0,
+        # torch_dist format cannot describe: keep the (data-parallel replicated) state as one
+        # object per model-parallel rank
+        state["optimizer"] = _per_model_rank(
+            "optimizer_state", None if is_loading else optimizer.state_dict()
         )
     elif optimizer is not None:
-        # the distributed optimizer saves its flat buffers (trainable parameters only) per rank
+        # the distributed optimizer saves its flat buffers (trainable parameters only) in a
+        # format that reshards over data parallel
         metadata = {"distrib_optim_sharding_type": "dp_reshardable"} if frozen else None
         state["optimizer"] = optimizer.sharded_state_dict(
             model_sd, is_loading=is_loading, metadata=metadata
         )
-    state["rng_state"] = ShardedObject(
-        "rng_state", None if is_loading else _rng_state(), (world,), (rank,), replica_id=0
-    )
+    state["rng_state"] = _per_model_rank("rng_state", None if is_loading else _rng_state())
     if loop_state is not None:
         state["loop"] = loop_state
     return state
@@ -84,6 +94,22 @@ def _sharded(model, optimizer, loop_state: dict | None, is_loading: bool) -> dic
 def save(root: str | Path, iteration: int, model, optimizer, loop_state: dict) -> Path:
     """Everything a bitwise resume needs, published atomically as ``iter_{iteration}``."""
     return ckpt.save(_sharded(model, optimizer, loop_state, False), root, iteration)
+
+
+def retain(root: str | Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` iteration folders under ``root`` (never the one the
+    tracker names); rank 0 deletes, every rank returns the deleted folders."""
+    latest = latest_iteration(root)
+    folders = sorted(
+        (p for p in Path(root).glob("iter_*") if p.is_dir() and p.name[5:].isdigit()),
+        key=lambda p: int(p.name[5:]),
+    )
+    old = [p for p in folders[: max(len(folders) - keep, 0)] if int(p.name[5:]) != latest]
+    if dist.get_rank() == 0:
+        for folder in old:
+            shutil.rmtree(folder, ignore_errors=True)
+    dist.barrier()
+    return old
 
 
 def load_loop_state(root: str | Path, iteration: int) -> dict:

@@ -42,16 +42,40 @@ class Batch:
     """``[b, 1, s, s]``, True where blocked (packed examples); None: plain causal."""
 
 
-def wrap_ddp(model: torch.nn.Module, optim: OptimConfig):
-    """Megatron DDP: contiguous fp32 grad buffers, reduced over the data-parallel group."""
-    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+@dataclass(frozen=True)
+class Overlap:
+    """Megatron-LM's communication overlap: DP grad reduce during backward, param all-gather
+    (distributed optimizer) during forward."""
+
+    grad_reduce: bool = False
+    param_gather: bool = False
+
+
+def wrap_ddp(model: torch.nn.Module, optim: OptimConfig, overlap: Overlap = Overlap()):
+    """Megatron DDP (contiguous fp32 grad buffers over the data-parallel group), with the model
+    config pointed at Megatron-Core's ``finalize_model_grads``: after the schedule's backward it
+    reduces the gradients over DP, the tied word embedding between the first and last pipeline
+    stages and norms under sequence parallel, then divides by the global batch's loss tokens."""
+    from megatron.core.distributed import (
+        DistributedDataParallel,
+        DistributedDataParallelConfig,
+        finalize_model_grads,
+    )
 
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True,
-        overlap_grad_reduce=False,
+        overlap_grad_reduce=overlap.grad_reduce,
+        overlap_param_gather=overlap.param_gather,
         use_distributed_optimizer=optim.use_distributed_optimizer,
     )
-    return DistributedDataParallel(config=model.config, ddp_config=ddp_config, module=model)
+    ddp = DistributedDataParallel(config=model.config, ddp_config=ddp_config, module=model)
+    config = model.config
+    config.finalize_model_grads_func = finalize_model_grads
+    # as megatron/training/training.py: with overlap the schedule defers and launches the
+    # bucket reductions itself
+    config.no_sync_func = ddp.no_sync if overlap.grad_reduce else None
+    config.grad_sync_func = ddp.start_grad_sync if overlap.grad_reduce else None
+    return ddp
 
 
 def build_optimizer(model_chunks: list, optim: OptimConfig, no_decay: set[str] = frozenset()):
@@ -91,6 +115,8 @@ def build_optimizer(model_chunks: list, optim: OptimConfig, no_decay: set[str] =
 
 
 def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
+    """Megatron-LM's per-token loss: the summed token losses and their count (the schedule adds
+    the counts and ``finalize_model_grads`` divides the gradients by the global total)."""
     losses = output_tensor.float().view(-1)
     mask = loss_mask.view(-1).float()
     loss = torch.sum(losses * mask)
@@ -106,7 +132,7 @@ def lm_objective(model, mb: Batch):
 
 
 def _microbatches(batch, micro_batch_size: int):
-    """Slices of every tensor field of a batch dataclass along the batch axis."""
+    """Slices of every tensor field of a batch dataclass along the batch axis, on the device."""
     tensors = [
         f.name
         for f in dataclasses.fields(batch)
@@ -114,16 +140,20 @@ def _microbatches(batch, micro_batch_size: int):
     ]
     for start in range(0, batch.tokens.shape[0], micro_batch_size):
         sl = slice(start, start + micro_batch_size)
-        yield dataclasses.replace(batch, **{name: getattr(batch, name)[sl] for name in tensors})
+        yield dataclasses.replace(
+            batch, **{name: getattr(batch, name)[sl].cuda(non_blocking=True) for name in tensors}
+        )
 
 
 def run_schedule(
     model_chunks: list, batch, micro_batch_size: int, forward_only: bool, objective=lm_objective
-) -> dict[str, float]:
-    """Run the pipeline schedule; returns each reported quantity's mean (same on every rank).
+) -> list[dict[str, torch.Tensor]]:
+    """Megatron's pipeline schedule over the batch's microbatches: every microbatch's reports
+    (the loss function's dict), on every pipeline stage.
 
-    ``objective(model, microbatch) -> (output, loss_func)``; the loss function's reports map a
-    name to ``[sum, count]`` and are summed over microbatches and data-parallel replicas."""
+    ``objective(model, microbatch) -> (output, loss_func)``; ``loss_func(output)`` returns
+    ``(loss_sum, count, reports)`` (Megatron's per-token form: the gradient is that of the sum
+    over the global batch divided by the global count) or, forward-only, ``(output, reports)``."""
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
@@ -139,33 +169,61 @@ def run_schedule(
         micro_batch_size=micro_batch_size,
         forward_only=forward_only,
     )
-    names = list(reports[0]) if parallel_state.is_pipeline_last_stage() else []
-    count = torch.tensor([len(names)])
-    dist.all_reduce(
-        count, op=dist.ReduceOp.MAX, group=parallel_state.get_pipeline_model_parallel_group()
-    )
-    totals = torch.zeros(int(count), 2, dtype=torch.float64)
-    for report in reports if names else ():
-        totals += torch.stack([report[n].double() for n in names])
-    # sum over data-parallel replicas, then share the last stage's values along the pipeline
-    dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
-    dist.all_reduce(totals, group=parallel_state.get_pipeline_model_parallel_group())
-    names = _broadcast_names(names)
-    return {n: float(t[0] / t[1].clamp(min=1)) for n, t in zip(names, totals, strict=True)}
+    return _from_last_stage(reports if parallel_state.is_pipeline_last_stage() else None)
 
 
-def _broadcast_names(names: list[str]) -> list[str]:
-    """The last pipeline stage's report names, on every stage."""
+def _from_last_stage(reports: list[dict] | None) -> list[dict[str, torch.Tensor]]:
+    """The last pipeline stage's list of tensor dicts, broadcast along the pipeline."""
     from megatron.core import parallel_state
 
     group = parallel_state.get_pipeline_model_parallel_group()
     if dist.get_world_size(group) == 1:
-        return names
-    holder = [names if parallel_state.is_pipeline_last_stage() else None]
-    dist.broadcast_object_list(
-        holder, src=parallel_state.get_pipeline_model_parallel_last_rank(), group=group
-    )
-    return holder[0]
+        return reports
+    src = parallel_state.get_pipeline_model_parallel_last_rank()
+    layout = [
+        [{k: (tuple(v.shape), v.dtype) for k, v in r.items()} for r in reports]
+        if reports is not None
+        else None
+    ]
+    dist.broadcast_object_list(layout, src=src, group=group)
+    out = []
+    for i, shapes in enumerate(layout[0]):
+        entry = {}
+        for key, (shape, dtype) in shapes.items():
+            tensor = (
+                reports[i][key].contiguous()
+                if reports is not None
+                else torch.empty(shape, dtype=dtype).cuda()
+            )
+            dist.broadcast(tensor, src=src, group=group)
+            entry[key] = tensor
+        out.append(entry)
+    return out
+
+
+def reduce_reports(reports: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+    """Each ``[sum, count]`` report summed over microbatches and data-parallel replicas, as
+    ``sum / count`` (the same on every rank)."""
+    from megatron.core import parallel_state
+
+    names = list(reports[0])
+    totals = torch.stack([torch.stack([r[n].double() for n in names]) for r in reports]).sum(0)
+    dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
+    return {n: float(t[0] / t[1].clamp(min=1)) for n, t in zip(names, totals, strict=True)}
+
+
+def forward_only(
+    model_chunks: list, batch, micro_batch_size: int, objective=lm_objective
+) -> list[dict[str, torch.Tensor]]:
+    """The one forward-only path (evaluation, reference log-probs, logits): eval mode, no
+    gradients, Megatron's schedule; every microbatch's reports on every pipeline stage."""
+    for chunk in model_chunks:
+        chunk.eval()
+    with torch.no_grad():
+        reports = run_schedule(model_chunks, batch, micro_batch_size, True, objective)
+    for chunk in model_chunks:
+        chunk.train()
+    return reports
 
 
 def train_step(
@@ -176,17 +234,16 @@ def train_step(
     after_grad_sync: Callable[[torch.nn.Module], None] | None = None,
     objective=lm_objective,
 ) -> dict:
-    """Forward, backward, DP grad reduce, clip and one optimizer update.
+    """Forward, backward, ``finalize_model_grads`` (in the schedule), clip and one update.
 
     ``after_grad_sync(chunk)`` may edit the reduced gradients (row masks) before the update.
     Returns ``loss`` (the objective's first report), ``grad_norm``, ``skipped`` and ``reports``."""
     for chunk in model_chunks:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
-    reports = run_schedule(model_chunks, batch, micro_batch_size, False, objective)
-    for chunk in model_chunks:
-        chunk.finish_grad_sync()
-        if after_grad_sync is not None:
+    reports = reduce_reports(run_schedule(model_chunks, batch, micro_batch_size, False, objective))
+    if after_grad_sync is not None:
+        for chunk in model_chunks:
             after_grad_sync(chunk.module)
     update_ok, grad_norm, _ = optimizer.step()
     loss = next(iter(reports.values()))
@@ -195,12 +252,5 @@ def train_step(
 
 def eval_loss(model_chunks: list, batch, micro_batch_size: int, objective=lm_objective) -> float:
     """The objective's first report (mean token loss for LM) without gradients."""
-    for chunk in model_chunks:
-        chunk.eval()
-    with torch.no_grad():
-        loss = next(
-            iter(run_schedule(model_chunks, batch, micro_batch_size, True, objective).values())
-        )
-    for chunk in model_chunks:
-        chunk.train()
-    return loss
+    reports = forward_only(model_chunks, batch, micro_batch_size, objective)
+    return next(iter(reduce_reports(reports).values()))

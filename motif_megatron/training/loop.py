@@ -12,6 +12,7 @@ scheduler, RNG, stage and plateau state are restored, so the losses continue bit
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -25,7 +26,7 @@ from motif_megatron.checkpoint.convert import copy_tokenizer
 from motif_megatron.errors import UserError
 from motif_megatron.model.builder import BuildOptions, build_model, model_vocab_size
 from motif_megatron.model.llama import LlamaArgs
-from motif_megatron.training import checkpointing, engine, lora, schedules, stages
+from motif_megatron.training import checkpointing, engine, lora, preemption, schedules, stages
 from motif_megatron.training.arguments import StagePlan, TrainConfig
 from motif_megatron.training.batches import BatchSource
 from motif_megatron.training.metrics import Metrics
@@ -67,7 +68,11 @@ class Trainer:
             params_dtype=dtype,
             make_vocab_size_divisible_by=config.make_vocab_size_divisible_by,
             sequence_parallel=config.sequence_parallel,
+            recompute_granularity=config.recompute_granularity,
+            recompute_method=config.recompute_method,
+            recompute_num_layers=config.recompute_num_layers,
         )
+        self.overlap = engine.Overlap(config.overlap_grad_reduce, config.overlap_param_gather)
         self.optim = engine.OptimConfig(
             lr=config.lr,
             min_lr=config.min_lr,
@@ -104,6 +109,13 @@ class Trainer:
             raise UserError(
                 "--use-distributed-optimizer needs CUDA (Megatron's distributed optimizer wraps "
                 "CUDA tensors only); drop it on CPU"
+            )
+        if (cfg.overlap_grad_reduce or cfg.overlap_param_gather) and (
+            torch.distributed.get_backend() != "nccl"
+        ):
+            raise UserError(
+                "--overlap-grad-reduce / --overlap-param-gather need NCCL (asynchronous bucket "
+                f"collectives on CUDA streams); this run is on {torch.distributed.get_backend()}"
             )
         if cfg.qlora and not torch.cuda.is_available():
             raise UserError(
@@ -163,7 +175,7 @@ class Trainer:
                 self._quantize()
         self.stage = stages.resolve(plan.name, self.model, self.args)
         self.stage.apply(self.model)
-        self.ddp = engine.wrap_ddp(self.model, self.optim)
+        self.ddp = engine.wrap_ddp(self.model, self.optim, self.overlap)
         self.optimizer = engine.build_optimizer(
             [self.ddp], replace(self.optim, lr=plan.lr or self.optim.lr), set(self.stage.row_masks)
         )
@@ -190,6 +202,7 @@ class Trainer:
             "stage_names": [p.name for p in self.plan],
             "plateau": self.plateau.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "global_batch_size": self.cfg.global_batch_size,
             "world": [
                 self.cfg.tensor_model_parallel_size,
                 self.cfg.pipeline_model_parallel_size,
@@ -199,42 +212,90 @@ class Trainer:
 
     def _start(self) -> None:
         """Load the starting weights, or everything from the run's own last checkpoint."""
+        cfg = self.cfg
         if self.resume_iteration is None:
-            self._enter_stage(load=self.cfg.load)
+            self._enter_stage(load=cfg.load)
             self.metrics.resume_at(0)
             return
-        state = checkpointing.load_loop_state(self.cfg.save, self.resume_iteration)
-        if state["stage_names"] != [p.name for p in self.plan]:
-            raise UserError(
-                f"--save {self.cfg.save} was trained with stages {state['stage_names']}; "
-                "resume with the same stage schedule or use a new --save"
+        if cfg.load and ckpt.root_of(cfg.load).resolve() != Path(cfg.save).resolve():
+            self.metrics.event(
+                f"--save {cfg.save} holds this run's checkpoint (iteration "
+                f"{self.resume_iteration}): resuming from it; --load {cfg.load} is not read"
             )
+        state = checkpointing.load_loop_state(cfg.save, self.resume_iteration)
+        self._check_resumable(state)
         self.iteration, self.stage_index = state["iteration"], state["stage_index"]
         self.stage_start = state["stage_start"]
         self.plateau = schedules.Plateau(**state["plateau"])
         self._enter_stage()
-        same_layout = state["world"] == [
-            self.cfg.tensor_model_parallel_size,
-            self.cfg.pipeline_model_parallel_size,
-            self.dp_size,
-        ]
-        with_optim = same_layout and not self.cfg.no_load_optim
+        tp, pp, dp = state["world"]
+        same_mp = [tp, pp] == [cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size]
+        with_optim = same_mp and not cfg.no_load_optim
         checkpointing.load(
-            self.cfg.save,
+            cfg.save,
             self.iteration,
             self.model,
             self.optimizer if with_optim else None,
-            with_rng=same_layout,
+            with_rng=same_mp,
         )
         self._quantize()
+        loaded = ["weights", "stage", "data position"]
+        missing = []
         if with_optim:
-            self.scheduler.load_state_dict(state["scheduler"])
+            loaded += ["optimizer state", "RNG"]
+        elif cfg.no_load_optim:
+            missing.append("optimizer state, RNG and LR schedule (--no-load-optim)")
+        else:
+            missing.append(
+                f"optimizer state and RNG (saved at TP={tp} PP={pp}: they reshard over data "
+                "parallel only)"
+            )
+        if not cfg.no_load_optim:
+            loaded.append(self._load_scheduler(state["scheduler"]))
         self.metrics.resume_at(self.iteration)
         self.metrics.event(
-            f"resumed from {self.cfg.save} at iteration {self.iteration}, stage "
-            f"{self.plan[self.stage_index].name}"
-            + ("" if with_optim else " (weights only: optimizer and RNG start fresh)")
+            f"resumed {cfg.save} at iteration {self.iteration}, stage "
+            f"{self.plan[self.stage_index].name}; saved at TP={tp} PP={pp} DP={dp}, now "
+            f"TP={cfg.tensor_model_parallel_size} PP={cfg.pipeline_model_parallel_size} "
+            f"DP={self.dp_size}; loaded: {', '.join(loaded)}"
+            + (f"; not loaded: {'; '.join(missing)}" if missing else "")
         )
+
+    def _check_resumable(self, state: dict) -> None:
+        cfg = self.cfg
+        if state["stage_names"] != [p.name for p in self.plan]:
+            raise UserError(
+                f"--save {cfg.save} was trained with stages {state['stage_names']}; "
+                "resume with the same stage schedule or use a new --save"
+            )
+        saved_gbs = state.get("global_batch_size", cfg.global_batch_size)
+        if saved_gbs != cfg.global_batch_size:
+            raise UserError(
+                f"--save {cfg.save} was trained with --global-batch-size {saved_gbs}; resume "
+                "with the same (the data position is counted in global batches)"
+            )
+
+    def _load_scheduler(self, saved: dict) -> str:
+        """Restore the LR schedule, refusing (Megatron-LM's rule) a changed one unless a flag
+        says which side wins; returns what was loaded, for the log line."""
+        cfg = self.cfg
+        now = self.scheduler.state_dict()
+        keys = ("max_lr", "min_lr", "lr_warmup_steps", "lr_decay_steps", "lr_decay_style")
+        differ = [f"{k} {saved[k]} -> {now[k]}" for k in keys if saved[k] != now[k]]
+        if differ and not (
+            cfg.override_opt_param_scheduler or cfg.use_checkpoint_opt_param_scheduler
+        ):
+            raise UserError(
+                f"--save {cfg.save}: this run's LR schedule differs from the checkpoint's "
+                f"({', '.join(differ)}); pass --override-opt_param-scheduler to use the new "
+                "values or --use-checkpoint-opt_param-scheduler to keep the checkpoint's"
+            )
+        self.scheduler.override_opt_param_scheduler = cfg.override_opt_param_scheduler
+        self.scheduler.use_checkpoint_opt_param_scheduler = not cfg.override_opt_param_scheduler
+        self.scheduler.load_state_dict(saved)
+        if differ and cfg.override_opt_param_scheduler:
+            return f"LR schedule step {saved['num_steps']} (values overridden: {', '.join(differ)})"
+        return f"LR schedule step {saved['num_steps']}"
 
     # ----------------------------------------------------------------------------- loop
     def _stage_done(self) -> bool:
@@ -250,7 +311,11 @@ class Trainer:
             return False
         reason = "plateau" if self.plan[self.stage_index].plateau else "iterations"
         lora.merge(self.model)
-        weights = self.model.state_dict()
+        weights = {
+            k: v.detach().cpu() if isinstance(v, torch.Tensor) else v
+            for k, v in self.model.state_dict().items()
+        }
+        self._release()
         self.stage_index += 1
         self.stage_start = self.iteration
         self.plateau = self._new_plateau()
@@ -259,6 +324,13 @@ class Trainer:
             f"stage -> {self.plan[self.stage_index].name} at iteration {self.iteration} ({reason})"
         )
         return True
+
+    def _release(self) -> None:
+        """Free the stage's model, DDP buffers, optimizer and schedule before the next stage
+        builds its own (they hold several copies of the weights)."""
+        self.model = self.ddp = self.optimizer = self.scheduler = self.stage = None
+        gc.collect()  # DDP hooks and the model config's sync functions form reference cycles
+        torch.cuda.empty_cache()
 
     def _set_msg_mask(self) -> float | None:
         if not self.args.growth.get("msg"):
@@ -286,6 +358,10 @@ class Trainer:
             if tokenizer.is_dir() and Path(self.cfg.save).resolve() != self.root.resolve():
                 copy_tokenizer(tokenizer, Path(self.cfg.save) / "tokenizer")
         self.metrics.event(f"saved checkpoint at iteration {self.iteration} to {self.cfg.save}")
+        if self.cfg.keep_latest_checkpoints > 0:
+            removed = checkpointing.retain(self.cfg.save, self.cfg.keep_latest_checkpoints)
+            if removed:
+                self.metrics.event(f"removed old checkpoints {', '.join(p.name for p in removed)}")
 
     def _evaluate(self) -> None:
         if self.valid_data is None:
@@ -325,6 +401,14 @@ class Trainer:
         )
         self._setup_data()
         self._start()
+        with preemption.ExitConditions(cfg.exit_signal_handler, cfg.exit_duration_in_mins) as exits:
+            self._loop(exits)
+        if cfg.save and not (cfg.save_interval and self.iteration % cfg.save_interval == 0):
+            self._save()
+        self.metrics.close()
+
+    def _loop(self, exits: preemption.ExitConditions) -> None:
+        cfg = self.cfg
         tokens_per_iter = cfg.global_batch_size * cfg.seq_length
         while self.iteration < cfg.train_iters:
             if self._stage_done() and not self._advance_stage():
@@ -359,7 +443,9 @@ class Trainer:
             if cfg.save_interval and self.iteration % cfg.save_interval == 0:
                 self._save()
             if cfg.exit_interval and self.iteration % cfg.exit_interval == 0:
-                break
-        if cfg.save and not (cfg.save_interval and self.iteration % cfg.save_interval == 0):
-            self._save()
-        self.metrics.close()
+                return
+            reason = exits.check()
+            if reason:
+                where = "saving and exiting" if cfg.save else "exiting (no --save: nothing saved)"
+                self.metrics.event(f"{reason} at iteration {self.iteration}: {where}")
+                return
