@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test lint format clean
+.PHONY: venv demo test lint format clean slurm
 
 $(STAMP): setup.py pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,7 +23,12 @@ lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-test: lint
+# a one-node Slurm cluster for the Slurm tests (installed from Debian's packages when missing);
+# if it cannot start, those tests skip and say why
+slurm:
+	bash examples/slurm/local_cluster.sh || echo "slurm: the local cluster did not start; its tests will skip"
+
+test: lint slurm
 	$(PY) -m pytest -q tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
 

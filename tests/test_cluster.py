@@ -235,6 +235,13 @@ def test_sigterm_saves_the_current_iteration_and_resumes_bitwise(tmp_path, tiny_
     assert steps(metrics) == whole
 
 
+def test_exit_duration_saves_and_stops(tmp_path, tiny_ckpt, ko_data):
+    save = tmp_path / "run"
+    got = pretrain(tiny_ckpt, save, ko_data, "--train-iters", "6", "--exit-duration-in-mins", "0")
+    assert [r["iteration"] for r in got] == [1]
+    assert (save / "latest_checkpointed_iteration.txt").read_text().strip() == "1"
+
+
 # ----------------------------------------------------------------------------- elastic resume
 
 SCHEDULE = [

@@ -171,3 +171,46 @@ def test_kto_refuses_one_sided_data(tmp_path, tiny_ckpt):
         result.returncode == 2
         and "every example is desirable" in result.stderr.strip().splitlines()[-1]
     )
+
+
+@pytest.fixture(scope="module")
+def llama3_shaped(tmp_path_factory, llama3_tokenizer):
+    """Two tiny Llamas with Llama-3's own vocabulary of 128256 (its tokenizer's len() is 128257)
+    and the same shapes, different weights."""
+    from conftest import ok, run
+
+    from motif_megatron.model.presets import random_hf_model
+
+    tmp = tmp_path_factory.mktemp("llama3_shaped")
+    out = []
+    for seed in (2, 3):
+        hf = random_hf_model(
+            tmp / f"hf{seed}", "tiny", llama3_tokenizer, seed=seed, vocab_size=128256
+        )
+        ck = tmp / f"ck{seed}"
+        ok(run(["tools/convert_hf.py", "import", "--hf-dir", str(hf), "--out", str(ck)]))
+        out.append(ck)
+    return out
+
+
+def test_kto_on_llama3_vocabulary_and_reference_cache_keyed_by_weights(tmp_path, llama3_shaped):
+    import shutil
+
+    from motif_megatron import parallel
+    from motif_megatron.posttrain.kto import cache_key
+
+    write_kto(tmp_path / "kto.jsonl")
+    tables = []
+    for i, ck in enumerate(llama3_shaped):  # runs through the safety watch without a crash
+        kto_run(tmp_path, ck, f"run{i}", "--train-iters", "1")
+        (cache,) = (tmp_path / f"run{i}/kto_reference").glob("*.pt")
+        tables.append((cache.name, torch.load(cache, weights_only=True)["logps"]))
+    assert tables[0][0] != tables[1][0]
+    assert not torch.allclose(tables[0][1], tables[1][1])
+    parallel.initialize(parallel.ParallelConfig(1, 1), seed=0)
+    copy = tmp_path / "copy"
+    shutil.copytree(llama3_shaped[0], copy)
+    data, template = str(tmp_path / "kto.jsonl"), "t"
+    keys = [cache_key(str(p), data, 32, template) for p in (*llama3_shaped, copy)]
+    assert keys[0] != keys[1] and keys[0] == keys[2]
+    assert cache_key(str(copy), data, 64, template) != keys[2]

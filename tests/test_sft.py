@@ -258,3 +258,29 @@ def test_sft_with_neftune_follows_tp1_at_tp2(tmp_path, tiny_ckpt):
         )
         curves.append([json.loads(x)["loss"] for x in metrics.read_text().splitlines()])
     assert max(abs(a - b) for a, b in zip(*curves, strict=True)) < 1e-5
+
+
+def sft_losses(tmp_path, ckpt, name: str, *flags: str, nproc: int = 1) -> list[float]:
+    metrics = tmp_path / f"{name}.jsonl"
+    args = ["posttrain_motif.py", "sft", "--load", str(ckpt), "--save", str(tmp_path / name)]
+    ok(run([*args, "--metrics-file", str(metrics), *flags], nproc=nproc))
+    return [json.loads(x)["loss"] for x in metrics.read_text().splitlines() if '"loss"' in x]
+
+
+def test_microbatch_size_leaves_sft_losses_unchanged(tmp_path, tiny_ckpt):
+    """Assistant answers from 2 to ~40 tokens: each microbatch holds a very different number of
+    loss tokens, and the step is still the global batch's per-token mean (1e-5)."""
+    lines = []
+    for i in range(16):
+        answer = (
+            "네." if i % 2 else " ".join(["서울은 한국의 수도이고 큰 도시입니다."] * (1 + i % 5))
+        )
+        lines.append({"prompt": f"질문 {i}: 한국의 수도는?", "completion": answer})
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines))
+    flags = ["--sft-data", str(data), "--train-iters", "4", "--seq-length", "64", "--lr", "3e-3"]
+    flags += ["--global-batch-size", "4"]
+    one = sft_losses(tmp_path, tiny_ckpt, "mbs1", *flags, "--micro-batch-size", "1")
+    four = sft_losses(tmp_path, tiny_ckpt, "mbs4", *flags, "--micro-batch-size", "4")
+    assert len(one) == 4
+    assert max(abs(a - b) for a, b in zip(one, four, strict=True)) < 1e-5

@@ -227,6 +227,8 @@ def test_msg_masks_ramp_to_one_and_finalize(tmp_path, tiny_ckpt, ko_data):
         (["--data-path", "x", "--qlora", "--lora-rank", "4"], "--qlora needs CUDA"),
         (["--data-path", "x", "--stage", "sideways"], "unknown stage 'sideways'"),
         (["--data-path", "x", "--use-distributed-optimizer"], "needs CUDA"),
+        (["--data-path", "x", "--overlap-grad-reduce"], "need NCCL"),
+        (["--data-path", "x", "--recompute-granularity", "full"], "--recompute-method"),
         (
             ["--data-path", "x", "--global-batch-size", "3", "--micro-batch-size", "2"],
             "not a multiple",
@@ -316,3 +318,60 @@ def test_resume_at_another_layout_takes_the_weights(tmp_path, tiny_ckpt, ko_data
     # the weights were resumed: iteration 3's loss (before its update) is the uninterrupted run's
     whole = train(tiny_ckpt, tmp_path / "whole", ko_data, "--train-iters", "4", *flags)
     assert abs(records[2]["loss"] - whole[2]["loss"]) < 1e-5
+
+
+def test_microbatch_size_leaves_pretraining_losses_unchanged(tmp_path, tiny_ckpt, ko_data):
+    """Per-token loss over the global batch: --micro-batch-size 1 and 4 (--global-batch-size 4)
+    give the same losses with --eod-mask-loss, whose microbatches hold different token counts."""
+    flags = ["--train-iters", "4", "--lr", "1e-2", "--eod-mask-loss"]
+    one = losses(train(tiny_ckpt, tmp_path / "mbs1", ko_data, *flags))
+    four = losses(train(tiny_ckpt, tmp_path / "mbs4", ko_data, *flags, "--micro-batch-size", "4"))
+    assert max(abs(a - b) for a, b in zip(one, four, strict=True)) < 1e-5
+
+
+@pytest.fixture(scope="module")
+def tied_ckpt(tmp_path_factory, llama3_tokenizer):
+    """A tiny Llama with tied input and output embeddings (Llama-3.2-1B/3B style)."""
+    from motif_megatron.model.presets import random_hf_model
+
+    tmp = tmp_path_factory.mktemp("tied")
+    hf = random_hf_model(tmp / "hf", "tiny", llama3_tokenizer, seed=1, tie_word_embeddings=True)
+    ok(run(["tools/convert_hf.py", "import", "--hf-dir", str(hf), "--out", str(tmp / "ck")]))
+    return tmp / "ck"
+
+
+def test_tied_embeddings_train_alike_at_pp2(tmp_path, tied_ckpt, ko_data):
+    """finalize_model_grads all-reduces the tied embedding between the first and last stage, so
+    PP=2 keeps one embedding and follows PP=1."""
+    flags = ["--train-iters", "5", "--lr", "1e-2"]
+    pp1 = losses(train(tied_ckpt, tmp_path / "pp1", ko_data, *flags))
+    pp2 = losses(
+        train(
+            tied_ckpt,
+            tmp_path / "pp2",
+            ko_data,
+            *flags,
+            "--pipeline-model-parallel-size",
+            "2",
+            nproc=2,
+        )
+    )
+    assert max(abs(a - b) for a, b in zip(pp1, pp2, strict=True)) < 1e-5
+
+
+def test_full_recomputation_gives_the_same_losses(tmp_path, tiny_ckpt, ko_data):
+    flags = ["--train-iters", "3", "--lr", "1e-2"]
+    plain = losses(train(tiny_ckpt, tmp_path / "plain", ko_data, *flags))
+    recompute = ["--recompute-granularity", "full", "--recompute-method", "uniform"]
+    again = losses(
+        train(
+            tiny_ckpt,
+            tmp_path / "re",
+            ko_data,
+            *flags,
+            *recompute,
+            "--recompute-num-layers",
+            "1",
+        )
+    )
+    assert max(abs(a - b) for a, b in zip(plain, again, strict=True)) < 1e-6

@@ -70,7 +70,7 @@ def random_hf_model(
     from motif_megatron.checkpoint.convert import copy_tokenizer
 
     ids = tokenizer_ids(tokenizer_dir) if tokenizer_dir else {"vocab_size": 1024}
-    config = LlamaConfig(**hf_config(preset, **ids, **overrides))
+    config = LlamaConfig(**hf_config(preset, **{**ids, **overrides}))
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).to(dtype)
     out = Path(out)

@@ -173,32 +173,25 @@ def run_schedule(
 
 
 def _from_last_stage(reports: list[dict] | None) -> list[dict[str, torch.Tensor]]:
-    """The last pipeline stage's list of tensor dicts, broadcast along the pipeline."""
+    """The last pipeline stage's per-microbatch reports, broadcast along the pipeline: one
+    broadcast per report name (microbatches stacked), after one for names and shapes."""
     from megatron.core import parallel_state
 
     group = parallel_state.get_pipeline_model_parallel_group()
     if dist.get_world_size(group) == 1:
         return reports
     src = parallel_state.get_pipeline_model_parallel_last_rank()
-    layout = [
-        [{k: (tuple(v.shape), v.dtype) for k, v in r.items()} for r in reports]
-        if reports is not None
-        else None
-    ]
+    stacked = {k: torch.stack([r[k] for r in reports]) for k in reports[0]} if reports else None
+    layout = [{k: (v.shape, v.dtype) for k, v in stacked.items()} if stacked else None]
     dist.broadcast_object_list(layout, src=src, group=group)
-    out = []
-    for i, shapes in enumerate(layout[0]):
-        entry = {}
-        for key, (shape, dtype) in shapes.items():
-            tensor = (
-                reports[i][key].contiguous()
-                if reports is not None
-                else torch.empty(shape, dtype=dtype).cuda()
-            )
-            dist.broadcast(tensor, src=src, group=group)
-            entry[key] = tensor
-        out.append(entry)
-    return out
+    if stacked is None:
+        stacked = {
+            k: torch.empty(shape, dtype=dtype).cuda() for k, (shape, dtype) in layout[0].items()
+        }
+    for tensor in stacked.values():
+        dist.broadcast(tensor, src=src, group=group)
+    count = next(iter(stacked.values())).shape[0]
+    return [{k: v[i] for k, v in stacked.items()} for i in range(count)]
 
 
 def reduce_reports(reports: list[dict[str, torch.Tensor]]) -> dict[str, float]:

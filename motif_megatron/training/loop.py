@@ -7,7 +7,10 @@ built model chunk, the stage's trainable set is applied, and DDP and the optimiz
 
 A run whose ``--save`` root holds a training checkpoint resumes from it (``--load`` is then only
 the starting point it had); the batch of iteration ``i`` is a function of ``i``, and optimizer,
-scheduler, RNG, stage and plateau state are restored, so the losses continue bitwise.
+scheduler, RNG, stage and plateau state are restored, so the losses continue bitwise. Optimizer
+and RNG state restore at any data-parallel size; a changed LR schedule needs
+``--override-opt_param-scheduler`` or ``--use-checkpoint-opt_param-scheduler``. With
+``--exit-signal-handler`` / ``--exit-duration-in-mins`` the loop saves and returns early.
 """
 
 from __future__ import annotations
