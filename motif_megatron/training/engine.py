@@ -1,9 +1,11 @@
-"""The training engine: Megatron DDP, ``get_megatron_optimizer`` and one pipelined train step.
+"""The training engine: Megatron DDP, ``get_megatron_optimizer``, one pipelined train step and
+the one forward-only path (evaluation, reference log-probs, logits).
 
 Everything here is Megatron-Core's own machinery (DDP grad buffers, mixed-precision optimizer,
-``get_forward_backward_func`` schedules); this module only wires it up for a Llama ``GPTModel`` and
-reduces the language-model loss the way Megatron-LM does: summed token losses divided by the
-number of loss tokens across microbatches and data-parallel ranks.
+``get_forward_backward_func`` schedules, ``finalize_model_grads``); this module only wires it up
+for a Llama ``GPTModel`` and reduces the loss the way Megatron-LM does with
+``--calculate-per-token-loss``: summed token losses divided by the number of loss tokens of the
+whole global batch (all microbatches and data-parallel ranks).
 """
 
 from __future__ import annotations
