@@ -290,7 +290,8 @@ def objective(config: KTOConfig):
             good = mb.desirable.bool()
 
             def pair(total, count):
-                return torch.stack([torch.as_tensor(total).float(), torch.as_tensor(count).float()])
+                total = torch.as_tensor(total).float()
+                return torch.stack([total, torch.as_tensor(count, device=total.device).float()])
 
             # per-example form of the per-token loss: the gradient is that of the global batch's
             # mean over examples, whatever the microbatching

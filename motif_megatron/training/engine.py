@@ -80,6 +80,15 @@ def wrap_ddp(model: torch.nn.Module, optim: OptimConfig, overlap: Overlap = Over
     return ddp
 
 
+def sync_params(model_chunks: list) -> None:
+    """Before a save, an evaluation or a stage switch (Megatron-LM's ``disable_forward_pre_hook``):
+    with ``--overlap-param-gather`` the distributed optimizer's updated shards reach the other
+    ranks only in the next forward, so gather them now (nothing to do without the overlap)."""
+    for chunk in model_chunks:
+        if chunk.ddp_config.overlap_param_gather:
+            chunk.start_param_sync(force_sync=True)
+
+
 def build_optimizer(model_chunks: list, optim: OptimConfig, no_decay: set[str] = frozenset()):
     """``get_megatron_optimizer`` with AdamW (TE/apex fused Adam on GPU, torch AdamW on CPU).
 

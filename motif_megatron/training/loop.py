@@ -313,6 +313,7 @@ class Trainer:
         if self.stage_index + 1 >= len(self.plan):
             return False
         reason = "plateau" if self.plan[self.stage_index].plateau else "iterations"
+        engine.sync_params([self.ddp])
         lora.merge(self.model)
         weights = {
             k: v.detach().cpu() if isinstance(v, torch.Tensor) else v
@@ -352,6 +353,7 @@ class Trainer:
     def _save(self) -> None:
         if not self.cfg.save:
             return
+        engine.sync_params([self.ddp])
         checkpointing.save(
             self.cfg.save, self.iteration, self.model, self.optimizer, self._loop_state()
         )
@@ -369,6 +371,7 @@ class Trainer:
     def _evaluate(self) -> None:
         if self.valid_data is None:
             return
+        engine.sync_params([self.ddp])
         losses = [
             engine.eval_loss(
                 [self.ddp],
@@ -406,6 +409,7 @@ class Trainer:
         self._start()
         with preemption.ExitConditions(cfg.exit_signal_handler, cfg.exit_duration_in_mins) as exits:
             self._loop(exits)
+        engine.sync_params([self.ddp])  # callers use the trained model next
         if cfg.save and not (cfg.save_interval and self.iteration % cfg.save_interval == 0):
             self._save()
         self.metrics.close()
