@@ -338,3 +338,36 @@ def test_mean_inits_keep_kl_small_on_a_trained_base(tmp_path, tiny_ckpt, ko_data
     kl = {m: r["kl_old_inputs"] for m, r in rows.items()}
     assert kl["random"] > 0.05, kl
     assert kl["mean"] < 0.1 * kl["random"] and kl["mean-resizing"] < 0.1 * kl["random"], kl
+
+
+def test_masks_stay_fp32_under_bf16(widened):
+    """Under --bf16 the masks and RMSNorm denominators stay fp32 (a bf16 m = 0.3 would give
+    d_old + m (d_new - d_old) = 73.5 here, and 4416 instead of 4403.2 at 4096 -> 5120)."""
+    from motif_megatron import device, parallel
+    from motif_megatron.growth.masked import MaskedRMSNorm, set_mask
+    from motif_megatron.model.builder import BuildOptions, build_from_checkpoint
+
+    parallel.initialize(parallel.ParallelConfig(1, 1), seed=0)
+    model, args = build_from_checkpoint(
+        str(widened / "hidden"), BuildOptions(params_dtype=torch.bfloat16)
+    )
+    set_mask(model, 0.3)
+    masks = {n: b for n, b in model.named_buffers() if n.endswith("msg_m")}
+    assert "embedding.msg_mask.msg_m" in masks and len(masks) > 2 * args.num_hidden_layers
+    for name, mask in masks.items():
+        assert mask.dtype == torch.float32 and mask.device == device.current(), name
+        assert mask == torch.tensor(0.3), name
+    assert model.decoder.layers[0].mlp.linear_fc1.weight.dtype == torch.bfloat16
+    old, new = args.growth["msg"]["old_hidden"], args.hidden_size
+    exact = torch.tensor(old + 0.3 * (new - old), dtype=torch.float64)
+    norms = [m for m in model.modules() if isinstance(m, MaskedRMSNorm)]
+    assert len(norms) == 2 * args.num_hidden_layers + 1
+    x = torch.randn(3, new, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    for norm in norms:
+        dims = norm.dims()
+        assert dims.dtype == torch.float32
+        assert abs(float(dims) - float(exact)) <= float(exact) * 2**-23
+        xf = x.double()
+        ref = xf * torch.rsqrt(xf.pow(2).sum(-1, keepdim=True) / exact + norm.eps)
+        ref = ref * norm.weight.double()
+        torch.testing.assert_close(norm(x).double(), ref, rtol=2**-8, atol=1e-6)

@@ -284,3 +284,32 @@ def test_microbatch_size_leaves_sft_losses_unchanged(tmp_path, tiny_ckpt):
     four = sft_losses(tmp_path, tiny_ckpt, "mbs4", *flags, "--micro-batch-size", "4")
     assert len(one) == 4
     assert max(abs(a - b) for a, b in zip(one, four, strict=True)) < 1e-5
+
+
+def test_thd_cu_seqlens_describe_the_dense_mask():
+    """Transformer Engine's THD inputs for packed rows (one sequence of all the rows of a
+    microbatch, cut at every example and at each row's padding) block exactly what the local
+    spec's dense mask blocks."""
+    from motif_megatron.posttrain.packing import distinct_rows, packed_seq_params
+
+    g = torch.Generator().manual_seed(0)
+    examples = [
+        Example(torch.randint(0, 100, (n,), generator=g).tolist(), [1] * n)
+        for n in (9, 13, 7, 20, 5, 3)
+    ]
+    rows = pack(examples, seq_length=24, pad_id=0)
+    params = packed_seq_params(distinct_rows(rows.segments))
+    cu = params.cu_seqlens_q
+    b, s = rows.segments.shape
+    assert params.qkv_format == "thd" and cu.dtype == torch.int32
+    assert torch.equal(cu, params.cu_seqlens_kv) and int(cu[-1]) == b * s
+    assert params.max_seqlen_q == int((cu[1:] - cu[:-1]).max())
+    allowed = torch.zeros(b * s, b * s, dtype=torch.bool)
+    for start, end in zip(cu[:-1].tolist(), cu[1:].tolist(), strict=True):
+        allowed[start:end, start:end] = torch.ones(end - start, end - start).tril().bool()
+    dense = torch.block_diag(*[~m[0] for m in attention_mask(rows.segments)])
+    assert torch.equal(allowed, dense)
+    # positions restart where the sequences do (TE's rotary takes them from cu_seqlens)
+    starts = torch.zeros(b * s, dtype=torch.bool)
+    starts[cu[:-1].long()] = True
+    assert torch.equal(starts, rows.position_ids.reshape(-1) == 0)

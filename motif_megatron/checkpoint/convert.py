@@ -126,7 +126,7 @@ def import_hf(
     padded = padded_vocab_size(args.vocab_size, make_vocab_size_divisible_by, tp)
     args = args.replace(padded_vocab_size=padded)
     parallel.initialize(parallel.ParallelConfig(1, 1))
-    model = build_model(args, BuildOptions(initialize=False))
+    model = build_model(args, BuildOptions(initialize=False, host_only=True))
     out.mkdir(parents=True, exist_ok=True)
     params = dict(model.named_parameters())
     bar = tqdm(total=len(params), desc="import", unit="tensor", disable=parallel.rank() != 0)

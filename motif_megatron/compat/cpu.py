@@ -64,6 +64,11 @@ def needed() -> bool:
     return not torch.cuda.is_available()
 
 
+def device() -> torch.device:
+    """The device a CUDA-less process computes on (``motif_megatron.device`` asks here)."""
+    return torch.device("cpu")
+
+
 def _cpu(device: Any) -> Any:
     if device is None:
         return None

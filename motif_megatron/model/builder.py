@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from motif_megatron import device
 from motif_megatron.compat import cpu
 from motif_megatron.errors import UserError
 from motif_megatron.model.llama import LlamaArgs, llama3_inv_freq, padded_vocab_size
@@ -37,6 +38,9 @@ class BuildOptions:
     """Weight init std for fresh models; None uses the config's ``initializer_range``."""
     initialize: bool = True
     """False leaves weights as untouched ``torch.empty`` placeholders (for streaming writers)."""
+    host_only: bool = False
+    """Build in host memory on the local spec (conversion and growth tools: no GPU memory is
+    taken even on a GPU node); otherwise the model lives on this rank's device."""
     recompute_granularity: Literal["full", "selective"] | None = None
     """Activation recomputation (Megatron-LM's ``--recompute-granularity``)."""
     recompute_method: Literal["uniform", "block"] | None = None
@@ -48,11 +52,20 @@ def te_available() -> bool:
 
 
 def resolve_spec(spec: SpecName) -> Literal["te", "local"]:
+    """``auto``: Transformer Engine where it can run, else local; plain and masked models alike."""
     if spec == "auto":
         return "te" if te_available() else "local"
     if spec == "te" and not te_available():
         raise UserError("--spec te needs CUDA and transformer-engine (pip install .[gpu])")
     return spec
+
+
+def uses_te(model: torch.nn.Module) -> bool:
+    """True when the model's layers come from Transformer Engine's spec (packed rows go THD)."""
+    return any(
+        type(m).__module__.startswith("megatron.core.extensions.transformer_engine")
+        for m in model.modules()
+    )
 
 
 def check_parallel_shapes(args: LlamaArgs, tp: int, pp: int) -> None:
@@ -85,7 +98,9 @@ def transformer_config(args: LlamaArgs, options: BuildOptions):
             "drop --sequence-parallel on CPU"
         )
     dtype = options.params_dtype or args.torch_dtype
-    overrides = cpu.CPU_CONFIG_OVERRIDES if cpu.needed() else {}
+    overrides = dict(cpu.CPU_CONFIG_OVERRIDES) if cpu.needed() else {}
+    if options.host_only:
+        overrides["use_cpu_initialization"] = True
     return TransformerConfig(
         num_layers=args.num_hidden_layers,
         hidden_size=args.hidden_size,
@@ -143,15 +158,16 @@ def build_model(args: LlamaArgs, options: BuildOptions):
     from megatron.core.models.gpt import GPTModel
 
     config = transformer_config(args, options)
+    impl = "local" if options.host_only else resolve_spec(options.spec)
     msg = args.growth.get("msg")
     if msg:  # a width-grown model trains with MSG masks until it is finalized
         from megatron.core.transformer.transformer_block import get_num_layers_to_build
 
         from motif_megatron.growth.masked import masked_spec
 
-        spec = masked_spec(config, args.growth, get_num_layers_to_build(config))
+        spec = masked_spec(layer_spec(impl), config, msg, get_num_layers_to_build(config))
     else:
-        spec = layer_spec(resolve_spec(options.spec))
+        spec = layer_spec(impl)
     model = GPTModel(
         config=config,
         transformer_layer_spec=spec,
@@ -173,8 +189,10 @@ def build_model(args: LlamaArgs, options: BuildOptions):
         attach_embedding_mask(model, msg["old_hidden"])
         set_mask(model, msg.get("m", 0.0))
     # like Megatron-LM's Float16Module: norms too live in the model dtype (a no-op for the
-    # linear weights, which are created in it, so placeholders stay untouched)
-    return model.to(config.params_dtype)
+    # linear weights, which are created in it, so placeholders stay untouched); MSG masks
+    # stay fp32
+    model = model.to(config.params_dtype)
+    return model if options.host_only else device.module_to_device(model)
 
 
 def build_from_checkpoint(load: str, options: BuildOptions):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from motif_megatron import parallel
+from motif_megatron import device, parallel
 from motif_megatron.model.builder import BuildOptions, build_from_checkpoint
 from motif_megatron.model.inference import forward_logits
 
@@ -70,6 +70,6 @@ def compare(
     else:
         other = torch.zeros_like(ours)
         if dist.get_rank() == 0:
-            other = hf_logits(hf_dir, tokens)[..., :vocab]
+            other = device.to_device(hf_logits(hf_dir, tokens)[..., :vocab])
         dist.broadcast(other, src=0)
     return EquivalenceResult(float((ours - other).abs().max()), vocab)

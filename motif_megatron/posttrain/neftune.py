@@ -23,7 +23,7 @@ def attach(model: torch.nn.Module, alpha: float):
             return output
         seq, hidden = output.shape[0], output.shape[-1]  # Megatron's [s, b, h]
         scale = alpha / (seq * hidden) ** 0.5
-        noise = torch.rand(output.shape, dtype=torch.float32).mul_(2).sub_(1).mul_(scale)
-        return output + noise.to(output.device, output.dtype)
+        noise = torch.rand(output.shape, dtype=torch.float32, device=output.device)
+        return output + noise.mul_(2).sub_(1).mul_(scale).to(output.dtype)
 
     return embedding.register_forward_hook(hook)

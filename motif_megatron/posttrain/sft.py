@@ -18,7 +18,7 @@ import torch
 from motif_megatron.errors import UserError
 from motif_megatron.posttrain import neftune
 from motif_megatron.posttrain.chat import ChatEncoder, Example, read_records
-from motif_megatron.posttrain.packing import attention_mask, pack
+from motif_megatron.posttrain.packing import pack
 from motif_megatron.training.arguments import StagePlan, TrainConfig, option
 from motif_megatron.training.engine import Batch
 
@@ -94,7 +94,7 @@ class SFTSource:
             labels=r.labels[picks],
             loss_mask=r.loss_mask[picks],
             position_ids=r.position_ids[picks],
-            attention_mask=attention_mask(r.segments[picks]),
+            segments=r.segments[picks],
         )
 
 

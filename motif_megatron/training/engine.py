@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from motif_megatron import device
+
 
 @dataclass(frozen=True)
 class OptimConfig:
@@ -40,8 +42,13 @@ class Batch:
     labels: torch.Tensor
     loss_mask: torch.Tensor
     position_ids: torch.Tensor
+    segments: torch.Tensor | None = None
+    """Packed rows: each token's example index in its row (-1 on row padding); None: one causal
+    sequence per row. Each microbatch turns it into the attention inputs of the spec."""
     attention_mask: torch.Tensor | None = None
-    """``[b, 1, s, s]``, True where blocked (packed examples); None: plain causal."""
+    """Local spec: ``[b, 1, s, s]``, True where blocked (built per microbatch from segments)."""
+    packed_seq_params: object | None = None
+    """TE spec: Megatron's ``PackedSeqParams`` (THD ``cu_seqlens``; built per microbatch)."""
 
 
 @dataclass(frozen=True)
@@ -138,12 +145,19 @@ def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
 
 def lm_objective(model, mb: Batch):
     """Megatron's forward step for next-token prediction: summed token losses and their count."""
-    output = model(mb.tokens, mb.position_ids, mb.attention_mask, labels=mb.labels)
+    output = model(
+        mb.tokens,
+        mb.position_ids,
+        mb.attention_mask,
+        labels=mb.labels,
+        packed_seq_params=mb.packed_seq_params,
+    )
     return output, lambda out: _loss_func(mb.loss_mask, out)
 
 
-def _microbatches(batch, micro_batch_size: int):
-    """Slices of every tensor field of a batch dataclass along the batch axis, on the device."""
+def _microbatches(batch, micro_batch_size: int, thd: bool):
+    """Slices of every tensor field of a batch dataclass along the batch axis, on the device,
+    with the attention inputs of packed rows."""
     tensors = [
         f.name
         for f in dataclasses.fields(batch)
@@ -151,9 +165,28 @@ def _microbatches(batch, micro_batch_size: int):
     ]
     for start in range(0, batch.tokens.shape[0], micro_batch_size):
         sl = slice(start, start + micro_batch_size)
-        yield dataclasses.replace(
-            batch, **{name: getattr(batch, name)[sl].cuda(non_blocking=True) for name in tensors}
+        mb = dataclasses.replace(
+            batch, **{name: device.to_device(getattr(batch, name)[sl]) for name in tensors}
         )
+        yield _packed_attention(mb, thd) if getattr(mb, "segments", None) is not None else mb
+
+
+def _packed_attention(mb: Batch, thd: bool) -> Batch:
+    """Packed rows attend within their examples: on TE the microbatch's rows become one THD
+    sequence with ``cu_seqlens`` (flash attention, no mask), on the local spec a dense mask."""
+    from motif_megatron.posttrain import packing
+
+    if not thd:
+        return dataclasses.replace(mb, attention_mask=packing.attention_mask(mb.segments))
+    flat = {k: getattr(mb, k).reshape(1, -1) for k in ("tokens", "labels", "loss_mask")}
+    segments = packing.distinct_rows(mb.segments)
+    return dataclasses.replace(
+        mb,
+        **flat,
+        position_ids=mb.position_ids.reshape(1, -1),
+        segments=segments,
+        packed_seq_params=packing.packed_seq_params(segments),
+    )
 
 
 def run_schedule(
@@ -168,16 +201,21 @@ def run_schedule(
     from megatron.core import parallel_state
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
+    from motif_megatron.model.builder import uses_te
+
     def step(data_iterator, model):
         return objective(model, next(data_iterator))
 
+    # THD microbatches are one sequence of all their rows (the p2p shapes follow)
+    thd = getattr(batch, "segments", None) is not None and uses_te(model_chunks[0])
+    rows = 1 if thd else micro_batch_size
     reports = get_forward_backward_func()(
         forward_step_func=step,
-        data_iterator=_microbatches(batch, micro_batch_size),
+        data_iterator=_microbatches(batch, micro_batch_size, thd),
         model=model_chunks,
         num_microbatches=batch.tokens.shape[0] // micro_batch_size,
-        seq_length=batch.tokens.shape[1],
-        micro_batch_size=micro_batch_size,
+        seq_length=batch.tokens.shape[1] * micro_batch_size // rows,
+        micro_batch_size=rows,
         forward_only=forward_only,
     )
     return _from_last_stage(reports if parallel_state.is_pipeline_last_stage() else None)
@@ -197,7 +235,8 @@ def _from_last_stage(reports: list[dict] | None) -> list[dict[str, torch.Tensor]
     dist.broadcast_object_list(layout, src=src, group=group)
     if stacked is None:
         stacked = {
-            k: torch.empty(shape, dtype=dtype).cuda() for k, (shape, dtype) in layout[0].items()
+            k: device.to_device(torch.empty(shape, dtype=dtype))
+            for k, (shape, dtype) in layout[0].items()
         }
     for tensor in stacked.values():
         dist.broadcast(tensor, src=src, group=group)

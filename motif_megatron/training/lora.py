@@ -175,7 +175,7 @@ def attach(model: torch.nn.Module, config: LoRAConfig) -> int:
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 
-    from motif_megatron.growth.masked import MaskedRowParallelLinear
+    from motif_megatron.growth.masked import RowMask
 
     tp = parallel_state.get_tensor_model_parallel_world_size()
     rank = parallel_state.get_tensor_model_parallel_rank()
@@ -183,7 +183,7 @@ def attach(model: torch.nn.Module, config: LoRAConfig) -> int:
     for name, module in model.named_modules():
         if name.rsplit(".", 1)[-1] not in config.targets or isinstance(module, _LoRAMixin):
             continue
-        if isinstance(module, MaskedRowParallelLinear):
+        if isinstance(module, RowMask):
             raise UserError("LoRA on an MSG-masked model: finalize the width growth first")
         row = isinstance(module, RowParallelLinear) or "Row" in type(module).__name__
         if not (

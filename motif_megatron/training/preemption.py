@@ -15,6 +15,8 @@ import time
 import torch
 import torch.distributed as dist
 
+from motif_megatron import device
+
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
@@ -46,7 +48,9 @@ class ExitConditions:
             return None
         elapsed = (time.monotonic() - self.start) / 60
         out_of_time = self.duration_mins is not None and elapsed > self.duration_mins
-        flags = torch.tensor([self.signal or 0, int(out_of_time)], dtype=torch.int).cuda()
+        flags = device.to_device(
+            torch.tensor([self.signal or 0, int(out_of_time)], dtype=torch.int)
+        )
         dist.all_reduce(flags, op=dist.ReduceOp.MAX)
         if flags[0]:
             return f"received {signal.Signals(int(flags[0])).name}"
