@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test lint format clean slurm
+.PHONY: venv demo test lint format clean slurm gpu-check gpu-wheels
 
 $(STAMP): setup.py pyproject.toml
 	python3 -m venv $(VENV)
@@ -32,9 +32,20 @@ test: lint slurm
 	$(PY) -m pytest -q tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
 
+# the GPU path on one GPU (not part of `make test`): a table and outputs/gpu_check/gpu_check.json;
+# one line and exit 0 without CUDA. Uses .venv, or the machine's own CUDA torch plus bench/wheels.
+gpu-check:
+	PY=$$(bash bench/gpu_env.sh) && $$PY bench/gpu_check.py --out outputs/gpu_check
+
+# wheels for a GPU machine that has only Python and a CUDA torch (no network there): downloaded
+# here for its Python version, split into parts of at most 60 MB (one device transfer each)
+GPU_PYVER ?= 3.12
+gpu-wheels: venv
+	$(PY) bench/gpu_wheels.py --python-version $(GPU_PYVER) --out bench/wheels
+
 format: venv
 	$(PY) -m ruff format .
 	$(PY) -m ruff check --fix .
 
 clean:
-	rm -rf $(VENV) outputs build *.egg-info
+	rm -rf $(VENV) .venv-gpu outputs build *.egg-info

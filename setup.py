@@ -29,9 +29,9 @@ setup(
     cmdclass={"build_ext": build_ext},
     install_requires=[
         "torch>=2.6",
-        # megatron-core 0.17+ needs Python 3.12; 0.16.1 is verified on CPU with Python 3.11
-        "megatron-core>=0.16.1,<0.17; python_version < '3.12'",
-        "megatron-core>=0.16.1; python_version >= '3.12'",
+        # pinned on every Python: 0.16.1 is the release this project is tested with (and has
+        # wheels for 3.11 and 3.12); newer ones move the APIs the engine and compat layer use
+        "megatron-core==0.16.1",
         "psutil",  # megatron's checkpoint writer hangs without it
         "pybind11>=2.12",
         "transformers>=4.45",

@@ -127,11 +127,13 @@ def init_distributed(backend: str | None = None) -> None:
     )
 
 
-def initialize(config: ParallelConfig, seed: int = 1234) -> None:
-    """Distributed + Megatron model-parallel groups + seeded RNGs, idempotent per config."""
+def initialize(config: ParallelConfig, seed: int = 1234, backend: str | None = None) -> None:
+    """Distributed + Megatron model-parallel groups + seeded RNGs, idempotent per config.
+
+    ``backend="gloo"`` keeps a host-only job (conversion, growth) off the GPU of a GPU node."""
     from megatron.core import parallel_state, tensor_parallel
 
-    init_distributed()
+    init_distributed(backend)
     config.check(dist.get_world_size())
     if parallel_state.model_parallel_is_initialized():
         same = (

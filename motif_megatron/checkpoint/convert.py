@@ -125,7 +125,7 @@ def import_hf(
     # pad the vocabulary as Megatron-LM would at ``tp``; one process writes a TP=1 placeholder model
     padded = padded_vocab_size(args.vocab_size, make_vocab_size_divisible_by, tp)
     args = args.replace(padded_vocab_size=padded)
-    parallel.initialize(parallel.ParallelConfig(1, 1))
+    parallel.initialize(parallel.ParallelConfig(1, 1), backend="gloo")  # host memory only
     model = build_model(args, BuildOptions(initialize=False, host_only=True))
     out.mkdir(parents=True, exist_ok=True)
     params = dict(model.named_parameters())
@@ -145,7 +145,7 @@ def import_hf(
 
 def export_hf(load: str | Path, out: str | Path, max_shard_bytes: int = 5 * 1024**3) -> Path:
     """Convert a Megatron checkpoint into an HF ``LlamaForCausalLM`` directory at ``out``."""
-    parallel.init_distributed()
+    parallel.init_distributed("gloo")  # host memory only, even on a GPU node
     root, out = dist.root_of(load), Path(out)
     args = LlamaArgs.load(root)
     reader = dist.CheckpointReader(load)

@@ -126,7 +126,7 @@ def grow(load: str | Path, save: str | Path, request: GrowthRequest) -> dict:
     if request.tokenizer and request.init not in vocab.METHODS:
         raise UserError(f"--init {request.init!r}: choose one of {', '.join(vocab.METHODS)}")
 
-    parallel.initialize(parallel.ParallelConfig(1, 1))
+    parallel.initialize(parallel.ParallelConfig(1, 1), backend="gloo")  # host memory only
     model = build_model(new_args, BuildOptions(initialize=False, host_only=True))
     by_local = {p.local_name: p for p in layout.LAYER_PARAMS}
     old_v, new_v = args.vocab_size, new_args.vocab_size

@@ -15,6 +15,18 @@ import torch
 
 from motif_megatron.errors import UserError
 
+
+def _llama3_rope_scaling(original_max_position_embeddings: int) -> dict[str, Any]:
+    """Llama-3.1's RoPE scaling (factor 8 above the original context)."""
+    return {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": original_max_position_embeddings,
+    }
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     # a few layers, small hidden, GQA (8 query heads over 2 KV groups), Llama-3 RoPE scaling
     "tiny": dict(
@@ -25,13 +37,20 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_key_value_heads=2,
         max_position_embeddings=1024,
         rope_theta=500000.0,
-        rope_scaling={
-            "rope_type": "llama3",
-            "factor": 8.0,
-            "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 256,
-        },
+        rope_scaling=_llama3_rope_scaling(256),
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+    ),
+    # Llama-3.1-8B's published config (the GPU check trains a slice of it: fewer layers)
+    "llama3.1-8b": dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=131072,
+        rope_theta=500000.0,
+        rope_scaling=_llama3_rope_scaling(8192),
         rms_norm_eps=1e-5,
         tie_word_embeddings=False,
     ),

@@ -1,0 +1,64 @@
+"""bench/gpu_check.py (``make gpu-check``) stays runnable where no GPU is: without CUDA it says so
+in one line; ``--tiny`` runs its whole sequence of checks on the CPU; its FLOP count is
+Megatron-LM's formula."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from conftest import ROOT, ok, run
+
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+def test_without_cuda_it_says_so_in_one_line(tmp_path):
+    out = ok(run(["bench/gpu_check.py", "--out", str(tmp_path / "gc")]))
+    assert out.strip().count("\n") == 0 and out.startswith("gpu-check: no CUDA device here")
+    assert not (tmp_path / "gc").exists()
+
+
+def test_every_check_runs_on_the_tiny_preset(tmp_path):
+    out = ok(run(["bench/gpu_check.py", "--out", str(tmp_path), "--tiny"], timeout=900))
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    rows = {r["name"]: r for r in report["checks"]}
+    assert list(rows) == [
+        "setup",
+        "logits_vs_hf",
+        "logits_vs_hf_bf16",
+        "masked_m0_vs_base",
+        "pretrain_save_resume",
+        "kto_cached_reference",
+        "evaluate_perplexity",
+        "lm_eval_adapter",
+        "packed_sft_vs_alone",
+    ]
+    assert report["failed"] == [] and all(r["ok"] is not False for r in rows.values()), out
+    assert rows["logits_vs_hf"]["value"] < 1e-4 and rows["masked_m0_vs_base"]["value"] < 1e-4
+    train = rows["pretrain_save_resume"]
+    assert train["resumed_at"] == 9 and train["last_loss"] < train["first_loss"] - 0.5
+    assert train["tokens_per_s"] > 0 and train["tflops"] > 0
+    packed = rows["packed_sft_vs_alone"]
+    assert packed["value"] <= 1e-4 and packed["examples"] > packed["rows"] > 1
+    assert 5 < packed["mean_token_loss"] < 15  # ln(128256) = 11.8 for random weights
+    assert len(rows["kto_cached_reference"]["reference_cache"]) == 1
+    env = report["environment"]
+    assert env["megatron_core"] == "0.16.1" and env["spec"] == "local"
+    assert f"{len(rows)}/{len(rows)} passed" in out.strip().splitlines()[-1]
+
+
+def test_flops_are_megatron_lms():
+    """12 B s L h^2 (...) equals 6 B s (linear parameters) + 12 B s^2 L h (attention scores and
+    their product with values, fwd + bwd), derived independently for Llama-3.1-8B."""
+    from gpu_check import train_flops
+
+    from motif_megatron.model.llama import LlamaArgs
+    from motif_megatron.model.presets import hf_config
+
+    args = LlamaArgs.from_hf_config({"model_type": "llama", **hf_config("llama3.1-8b", 128256)})
+    h, f, L, V = 4096, 14336, 32, 128256
+    kv = 8 * 128
+    linear = L * (h * h + 2 * h * kv + h * h + 3 * h * f) + V * h
+    for batch, seq in ((1, 4096), (4, 8192)):
+        expected = 6 * batch * seq * linear + 12 * batch * seq * seq * L * h
+        assert abs(train_flops(args, batch, seq, V) - expected) <= 1e-9 * expected
