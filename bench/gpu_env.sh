@@ -6,14 +6,17 @@
 #   a virtualenv over that Python's packages (its torch) with everything else installed offline
 #   from the wheels under bench/wheels (`make gpu-wheels` fetches them, in parts that each fit
 #   one transfer; already-installed versions are kept), then this project without dependencies;
-# - else (no CUDA anywhere) .venv, where gpu_check.py says so in one line and exits 0.
+# - else (no CUDA anywhere) .venv or python3, where gpu_check.py says so in one line and exits 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cuda() { "$1" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; }
 
 if [ -x .venv/bin/python ] && cuda .venv/bin/python; then echo .venv/bin/python; exit 0; fi
 SYS=${GPU_PYTHON:-python3}
-if ! cuda "$SYS"; then echo .venv/bin/python; exit 0; fi
+if ! cuda "$SYS"; then  # no CUDA anywhere: gpu_check.py says so and exits 0
+  if [ -x .venv/bin/python ]; then echo .venv/bin/python; else echo "$SYS"; fi
+  exit 0
+fi
 if [ ! -x .venv-gpu/bin/python ]; then
   "$SYS" -m venv --system-site-packages .venv-gpu >&2
 fi

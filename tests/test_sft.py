@@ -151,7 +151,7 @@ def test_neftune_noise_only_in_training(tiny_ckpt):
             return model(tokens[:, :-1], pos[:, :-1], None, labels=tokens[:, 1:])
 
     clean_train, clean_eval = loss(True), loss(False)
-    handle = neftune.attach(model, 5.0)
+    handle = neftune.attach(model, 5.0, 15)
     noisy_train, noisy_eval = loss(True), loss(False)
     handle.remove()
     assert torch.equal(clean_eval, noisy_eval) and torch.equal(clean_train, clean_eval)
@@ -313,3 +313,24 @@ def test_thd_cu_seqlens_describe_the_dense_mask():
     starts = torch.zeros(b * s, dtype=torch.bool)
     starts[cu[:-1].long()] = True
     assert torch.equal(starts, rows.position_ids.reshape(-1) == 0)
+
+
+def test_neftune_scale_uses_the_row_length(tiny_ckpt):
+    """alpha / sqrt(L d) with L the configured row length, whatever the embedding's first
+    dimension (sequence parallelism divides it by TP, THD packing multiplies it by the rows)."""
+    from motif_megatron import parallel
+    from motif_megatron.model.builder import BuildOptions, build_from_checkpoint
+    from motif_megatron.posttrain import neftune
+
+    parallel.initialize(parallel.ParallelConfig(1, 1), seed=0)
+    model, args = build_from_checkpoint(str(tiny_ckpt), BuildOptions(params_dtype=torch.float32))
+    tokens = torch.randint(0, 128000, (2, 15), generator=torch.Generator().manual_seed(1))
+    pos = torch.arange(15).expand(2, -1)
+    model.train()
+    with torch.no_grad():
+        clean = model.embedding(tokens, pos)
+        handle = neftune.attach(model, 5.0, 64)
+        noise = model.embedding(tokens, pos) - clean
+        handle.remove()
+    bound = 5.0 / (64 * args.hidden_size) ** 0.5
+    assert clean.shape[0] == 15 and 0.95 * bound < float(noise.abs().max()) <= bound * (1 + 1e-6)

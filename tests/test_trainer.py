@@ -226,6 +226,10 @@ def test_msg_masks_ramp_to_one_and_finalize(tmp_path, tiny_ckpt, ko_data):
         ([], "--data-path is required"),
         (["--data-path", "x", "--qlora", "--lora-rank", "4"], "--qlora needs CUDA"),
         (["--data-path", "x", "--stage", "sideways"], "unknown stage 'sideways'"),
+        (
+            ["--data-path", "x", "--stage", "lora", "--sequence-parallel"],
+            "LoRA adapters do not follow --sequence-parallel",
+        ),
         (["--data-path", "x", "--use-distributed-optimizer"], "needs CUDA"),
         (["--data-path", "x", "--overlap-grad-reduce"], "need NCCL"),
         (["--data-path", "x", "--recompute-granularity", "full"], "--recompute-method"),

@@ -146,6 +146,6 @@ def run(train: TrainConfig, sft: SFTConfig) -> None:
         return Curriculum(sources, [s.iters for s in steps]), None
 
     def noise(model: torch.nn.Module) -> None:
-        neftune.attach(model, sft.neftune_alpha)
+        neftune.attach(model, sft.neftune_alpha, train.seq_length)
 
     Trainer(train, data=data, model_hooks=(noise,)).train()

@@ -185,7 +185,7 @@ class TrainConfig:
                 f"--global-batch-size {self.global_batch_size} is not a multiple of "
                 f"--micro-batch-size {self.micro_batch_size} x data-parallel size {dp}"
             )
-        from motif_megatron.training.stages import NAMES
+        from motif_megatron.training.stages import LORA_STAGES, NAMES
 
         for plan in self.plan:
             if plan.name not in NAMES and not plan.name.startswith("regex:"):
@@ -202,6 +202,12 @@ class TrainConfig:
             problems.append("--overlap-param-gather needs --use-distributed-optimizer")
         if self.lora_rank <= 0:
             problems.append(f"--lora-rank {self.lora_rank} must be positive")
+        lora_stages = [p.name for p in self.plan if p.name in LORA_STAGES]
+        if lora_stages and self.sequence_parallel:
+            problems.append(
+                f"stage {lora_stages[0]}: LoRA adapters do not follow --sequence-parallel's "
+                "gathers and scatters yet; train the LoRA stage without --sequence-parallel"
+            )
         if problems:
             raise UserError("; ".join(problems))
 
