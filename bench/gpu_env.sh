@@ -27,6 +27,11 @@ if [ -n "$wheels" ]; then
   $PY -m pip install --quiet --no-index --no-deps $wheels >&2
 fi
 if ! $PY -c 'import motif_megatron._helpers' 2>/dev/null; then
+  if ! $PY -c 'import pybind11, setuptools' 2>/dev/null; then
+    echo "gpu-env: pybind11/setuptools not installed yet (another part of bench/wheels)" >&2
+    echo "$PY"
+    exit 0
+  fi
   $PY -m pip install --quiet --no-index --no-deps --no-build-isolation -e . >&2
 fi
 echo "$PY"

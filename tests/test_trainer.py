@@ -304,6 +304,22 @@ def test_lora_stage_matches_across_tp_merges_and_resumes(tmp_path, tiny_ckpt, ko
     assert losses(resumed) == losses(tp1)
 
 
+def test_lora_checkpoint_resumes_at_another_tp(tmp_path, tiny_ckpt, ko_data):
+    """Adapters saved at TP=2 load at TP=1 in the same places (fc1's B rows as [gate; up], not
+    TP=2's [gate_0; up_0; gate_1; up_1]): the first resumed step's loss, measured before its
+    update, is the uninterrupted TP=2 run's (the optimizer restarts, as at any TP change)."""
+    flags = ["--train-iters", "4", "--lr", "1e-2", "--stage", "lora", "--lora-rank", "4"]
+    flags += ["--lr-decay-style", "constant", "--save-interval", "2"]
+    tp2 = ["--tensor-model-parallel-size", "2"]
+    whole = train(tiny_ckpt, tmp_path / "whole", ko_data, *flags, *tp2, nproc=2)
+    cut = ["--exit-interval", "2"]
+    train(tiny_ckpt, tmp_path / "cut", ko_data, *flags, *tp2, *cut, nproc=2)
+    resumed = train(tiny_ckpt, tmp_path / "cut", ko_data, *flags)
+    third = [r for r in resumed if r.get("iteration") == 3]
+    assert len(third) == 1 and whole[2]["iteration"] == 3
+    assert abs(third[0]["loss"] - whole[2]["loss"]) < 1e-5, (third, whole[2])
+
+
 def test_resume_at_another_layout_takes_the_weights(tmp_path, tiny_ckpt, ko_data):
     flags = ["--lr", "1e-2", "--save-interval", "2", "--lr-decay-style", "constant"]
     train(tiny_ckpt, tmp_path / "run", ko_data, "--train-iters", "2", *flags)

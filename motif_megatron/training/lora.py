@@ -45,6 +45,7 @@ class _LoRAMixin:
 
     lora_scale: float
     lora_row_parallel: bool
+    lora_gated: bool
 
     def _lora_delta(self, x: torch.Tensor) -> torch.Tensor:
         from megatron.core.tensor_parallel import (
@@ -112,6 +113,13 @@ class _LoRAMixin:
         )
         state[f"{prefix}lora_a"] = adapters[f"{base_key}lora_a"]
         state[f"{prefix}lora_b"] = adapters[f"{base_key}lora_b"]
+        if self.lora_gated:
+            # SwiGLU's fc1 holds [gate; up] of its shard on every TP rank: its base and B rows
+            # are saved as MLP saves the weight, gate and up apart, so any TP can load them
+            from megatron.core.transformer.mlp import apply_swiglu_sharded_factory
+
+            for key in (f"{prefix}lora_base", f"{prefix}lora_b"):
+                state[key] = apply_swiglu_sharded_factory(state[key], sharded_offsets)
         return state
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -210,6 +218,7 @@ def attach(model: torch.nn.Module, config: LoRAConfig) -> int:
             p.partition_dim = 1 if row else 0
         module.lora_scale = config.scale
         module.lora_row_parallel = row
+        module.lora_gated = name.endswith("linear_fc1") and module.config.gated_linear_unit
         module.__class__ = _adapted_class(type(module))
         count += 1
     if not count:
