@@ -14,12 +14,16 @@ def test_nf4_base_with_adapters(tiny_ckpt):
     import bitsandbytes.functional as bnbf
 
     from motif_megatron import parallel
-    from motif_megatron.model.builder import BuildOptions, build_from_checkpoint
+    from motif_megatron.model.builder import BuildOptions, build_from_checkpoint, build_model
     from motif_megatron.training import lora
 
     parallel.initialize(parallel.ParallelConfig(1, 1), seed=0)
-    model, _ = build_from_checkpoint(str(tiny_ckpt), BuildOptions(params_dtype=torch.float32))
-    lora.attach(model, lora.LoRAConfig(rank=4, alpha=8.0))
+    plain_model, args = build_from_checkpoint(
+        str(tiny_ckpt), BuildOptions(params_dtype=torch.float32)
+    )
+    options = BuildOptions(params_dtype=torch.float32, lora=lora.LoRAConfig(rank=4, alpha=8.0))
+    model = build_model(args, options)
+    lora.load_base(model, plain_model.state_dict())
     fc1 = model.decoder.layers[0].mlp.linear_fc1
     # what NF4 keeps of each base weight, put back in full precision
     expected = {
@@ -52,6 +56,7 @@ def test_nf4_base_with_adapters(tiny_ckpt):
             m.weight.data = expected[name].clone()
         plain = loss()
     assert torch.allclose(quantized, plain, atol=1e-6)
-    lora.merge(model)
+    plain_model.load_state_dict(lora.merged_state_dict(model))
+    model = plain_model
     with torch.no_grad():
         assert torch.allclose(loss(), plain, atol=1e-5)

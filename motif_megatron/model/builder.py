@@ -45,6 +45,8 @@ class BuildOptions:
     """Activation recomputation (Megatron-LM's ``--recompute-granularity``)."""
     recompute_method: Literal["uniform", "block"] | None = None
     recompute_num_layers: int | None = None
+    lora: object | None = None
+    """A ``training.lora.LoRAConfig``: its target linears are built as LoRA modules of the spec."""
 
 
 def te_available() -> bool:
@@ -165,9 +167,15 @@ def build_model(args: LlamaArgs, options: BuildOptions):
 
         from motif_megatron.growth.masked import masked_spec
 
+        if options.lora is not None:
+            raise UserError("LoRA on an MSG-masked model: finalize the width growth first")
         spec = masked_spec(layer_spec(impl), config, msg, get_num_layers_to_build(config))
     else:
         spec = layer_spec(impl)
+    if options.lora is not None:
+        from motif_megatron.training import lora
+
+        spec = lora.lora_spec(spec, options.lora)
     model = GPTModel(
         config=config,
         transformer_layer_spec=spec,
@@ -188,6 +196,8 @@ def build_model(args: LlamaArgs, options: BuildOptions):
 
         attach_embedding_mask(model, msg["old_hidden"])
         set_mask(model, msg.get("m", 0.0))
+    if options.lora is not None:
+        lora.init_adapters(model, options.lora)
     # like Megatron-LM's Float16Module: norms too live in the model dtype (a no-op for the
     # linear weights, which are created in it, so placeholders stay untouched); MSG masks
     # stay fp32

@@ -160,22 +160,23 @@ class Trainer:
         """Build the model chunk for the current stage from in-memory ``weights`` or a ``load``
         checkpoint (or neither, when a training checkpoint is loaded next)."""
         plan = self.plan[self.stage_index]
+        cfg = self.cfg
+        adapters = None
+        if plan.name in stages.LORA_STAGES:
+            adapters = lora.LoRAConfig(
+                cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_modules, cfg.seed
+            )
         self.model = None
-        self.model = build_model(self.args, self.options)
+        self.model = build_model(self.args, replace(self.options, lora=adapters))
         if weights is not None:
-            self.model.load_state_dict(weights)
+            lora.load_base(self.model, weights)
         elif load is not None:
-            ckpt.load_model(self.model, load)
+            with lora.base_checkpoint(self.model):
+                ckpt.load_model(self.model, load)
         for hook in self.model_hooks:
             hook(self.model)
-        if plan.name in stages.LORA_STAGES:
-            cfg = self.cfg
-            lora.attach(
-                self.model,
-                lora.LoRAConfig(cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_modules, cfg.seed),
-            )
-            if weights is not None or load is not None:
-                self._quantize()
+        if adapters is not None and (weights is not None or load is not None):
+            self._quantize()
         self.stage = stages.resolve(plan.name, self.model, self.args)
         self.stage.apply(self.model)
         self.ddp = engine.wrap_ddp(self.model, self.optim, self.overlap)
@@ -314,10 +315,9 @@ class Trainer:
             return False
         reason = "plateau" if self.plan[self.stage_index].plateau else "iterations"
         engine.sync_params([self.ddp])
-        lora.merge(self.model)
         weights = {
             k: v.detach().cpu() if isinstance(v, torch.Tensor) else v
-            for k, v in self.model.state_dict().items()
+            for k, v in lora.merged_state_dict(self.model).items()
         }
         self._release()
         self.stage_index += 1

@@ -1,6 +1,8 @@
 """LoRA on Megatron's tensor-parallel linear layers (RedWhale's last stage), merged on save.
 
-An adapted layer computes ``W x + (alpha / r) B A x`` with the base ``W`` frozen. Under tensor
+An adapted layer computes ``W x + (alpha / r) B A x`` with the base ``W`` frozen. The adapted
+layers are modules of the spec (:func:`lora_spec` rewrites the TE or local layer spec's target
+slots into LoRA subclasses of their classes), built with the model. Under tensor
 parallelism the adapter follows its layer: on a column-parallel layer (``linear_qkv``,
 ``linear_fc1``) ``A`` is replicated and ``B`` split by output rows, with the ``A x`` activations
 entering the TP region like the layer's input (all-reduced gradient); on a row-parallel layer
@@ -15,6 +17,8 @@ Checkpoints stay plain Llama checkpoints: the usual ``weight`` key holds the mer
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import math
 import zlib
@@ -41,11 +45,29 @@ class LoRAConfig:
 
 
 class _LoRAMixin:
-    """Adds the adapter to a ColumnParallelLinear / RowParallelLinear (local or TE) instance."""
+    """A ColumnParallelLinear / RowParallelLinear (local or TE) with an adapter, built from the
+    spec (:func:`lora_spec`): ``lora_a`` (replicated on a column layer, split by input columns
+    on a row layer) and ``lora_b`` (split by output rows on a column layer, replicated on a row
+    layer), ``B = 0`` at construction."""
 
-    lora_scale: float
-    lora_row_parallel: bool
-    lora_gated: bool
+    def __init__(self, *args, lora: LoRAConfig, lora_row: bool, lora_slot: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        out_local, in_local = self.weight.shape
+        dtype, device = self.weight.dtype, self.weight.device
+        self.lora_a = torch.nn.Parameter(
+            torch.zeros(lora.rank, in_local, dtype=dtype, device=device)
+        )
+        self.lora_b = torch.nn.Parameter(
+            torch.zeros(out_local, lora.rank, dtype=dtype, device=device)
+        )
+        for p in (self.lora_a, self.lora_b):
+            p.tensor_model_parallel = (p is self.lora_a) == lora_row
+            p.partition_dim = 1 if lora_row else 0
+        self.lora_scale = lora.scale
+        self.lora_row_parallel = lora_row
+        self.lora_gated = lora_slot == "linear_fc1" and self.config.gated_linear_unit
+        self.lora_base_only = False
+        self.lora_nf4 = None
 
     def _lora_delta(self, x: torch.Tensor) -> torch.Tensor:
         from megatron.core.tensor_parallel import (
@@ -63,7 +85,7 @@ class _LoRAMixin:
         return F.linear(h, self.lora_b.to(x.dtype)) * self.lora_scale
 
     def forward(self, input_, *args, **kwargs):
-        if getattr(self, "lora_nf4", None) is not None:
+        if self.lora_nf4 is not None:
             out, bias = self._quantized_base(input_), None
         else:
             out, bias = super().forward(input_, *args, **kwargs)
@@ -84,8 +106,9 @@ class _LoRAMixin:
         return _NF4Linear.apply(copy_to_tensor_model_parallel_region(x), self)
 
     def base_weight(self) -> torch.Tensor:
-        nf4 = getattr(self, "lora_nf4", None)
-        return self.weight if nf4 is None else _dequantize(nf4, self.weight.dtype)
+        return (
+            self.weight if self.lora_nf4 is None else _dequantize(self.lora_nf4, self.weight.dtype)
+        )
 
     def merged_weight(self) -> torch.Tensor:
         delta = (self.lora_b.float() @ self.lora_a.float()) * self.lora_scale
@@ -95,6 +118,9 @@ class _LoRAMixin:
         from megatron.core.dist_checkpointing.mapping import ShardedTensor
         from megatron.core.transformer.utils import make_sharded_tensors_for_checkpoint
 
+        if self.lora_base_only:
+            state = super().sharded_state_dict(prefix, sharded_offsets, metadata)
+            return {k: v for k, v in state.items() if not k.endswith((".lora_a", ".lora_b"))}
         placeholder = self.weight.data
         self.weight.data = self.base_weight().detach()  # a 4-bit base saves dequantized
         try:
@@ -152,14 +178,14 @@ class _NF4Linear(torch.autograd.Function):
 
 def quantize_base(model: torch.nn.Module, blocksize: int = 64) -> int:
     """QLoRA: store every adapted layer's frozen base weight in NF4 (bitsandbytes) and free the
-    full-precision copy; returns the number of layers quantized. Call after :func:`attach`."""
+    full-precision copy; returns the number of layers quantized. Call after the base loads."""
     try:
         import bitsandbytes.functional as bnbf
     except ImportError:
         raise UserError("--qlora needs bitsandbytes: pip install bitsandbytes") from None
     count = 0
     for module in model.modules():
-        if isinstance(module, _LoRAMixin) and getattr(module, "lora_nf4", None) is None:
+        if isinstance(module, _LoRAMixin) and module.lora_nf4 is None:
             weight = module.weight.detach()
             module.lora_nf4 = bnbf.quantize_4bit(
                 weight.float().contiguous(), quant_type="nf4", blocksize=blocksize
@@ -175,74 +201,97 @@ def _adapted_class(cls: type) -> type:
     return _CLASSES[cls]
 
 
-def attach(model: torch.nn.Module, config: LoRAConfig) -> int:
-    """Give every target layer of ``model`` an adapter (``B = 0``: the function is unchanged).
+def _is_row(cls: type) -> bool:
+    from megatron.core.tensor_parallel import RowParallelLinear
 
-    Returns the number of adapted layers. Call after the base weights are loaded.
-    """
+    return issubclass(cls, RowParallelLinear) or "Row" in cls.__name__
+
+
+def lora_spec(layer, config: LoRAConfig):
+    """The layer spec (TE or local) with its target linears as LoRA modules of the same class.
+
+    The adapters are built with the layer (``B = 0``: the function is unchanged) and drawn by
+    :func:`init_adapters` once the model exists."""
+    from megatron.core.transformer.spec_utils import ModuleSpec
+
+    layer = copy.deepcopy(layer)
+    slots = {
+        "linear_qkv": layer.submodules.self_attention.submodules,
+        "linear_proj": layer.submodules.self_attention.submodules,
+        "linear_fc1": layer.submodules.mlp.submodules,
+        "linear_fc2": layer.submodules.mlp.submodules,
+    }
+    unknown = sorted(set(config.targets) - set(slots))
+    if unknown:
+        raise UserError(f"LoRA targets {unknown}: choose from {', '.join(slots)}")
+    for name in config.targets:
+        cls = getattr(slots[name], name)
+        if not isinstance(cls, type):
+            raise UserError(f"LoRA on {name}: the layer spec already wraps it ({cls.module})")
+        params = {"lora": config, "lora_row": _is_row(cls), "lora_slot": name}
+        setattr(slots[name], name, ModuleSpec(module=_adapted_class(cls), params=params))
+    return layer
+
+
+def init_adapters(model: torch.nn.Module, config: LoRAConfig) -> int:
+    """Draw every adapter's ``A`` for the full matrix from the seed and the layer's global name
+    (then take this rank's slice), so TP and PP layouts start alike; returns the count."""
     from megatron.core import parallel_state
-    from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
-
-    from motif_megatron.growth.masked import RowMask
 
     tp = parallel_state.get_tensor_model_parallel_world_size()
     rank = parallel_state.get_tensor_model_parallel_rank()
     count = 0
     for name, module in model.named_modules():
-        if name.rsplit(".", 1)[-1] not in config.targets or isinstance(module, _LoRAMixin):
+        if not isinstance(module, _LoRAMixin):
             continue
-        if isinstance(module, RowMask):
-            raise UserError("LoRA on an MSG-masked model: finalize the width growth first")
-        row = isinstance(module, RowParallelLinear) or "Row" in type(module).__name__
-        if not (
-            row or isinstance(module, ColumnParallelLinear) or "Column" in type(module).__name__
-        ):
-            raise UserError(
-                f"LoRA target {name} is a {type(module).__name__}, not a parallel linear"
-            )
-        out_local, in_local = module.weight.shape
-        in_full = in_local * tp if row else in_local
-        global_name = _global_name(model, name)
-        generator = torch.Generator().manual_seed(config.seed + zlib.crc32(global_name.encode()))
+        in_local = module.lora_a.shape[1]
+        in_full = in_local * tp if module.lora_row_parallel else in_local
+        generator = torch.Generator().manual_seed(
+            config.seed + zlib.crc32(_global_name(model, name).encode())
+        )
         a = torch.empty(config.rank, in_full)
         bound = 1 / math.sqrt(in_full)  # kaiming_uniform(a=sqrt(5)), as nn.Linear and PEFT
         a.uniform_(-bound, bound, generator=generator)
-        if row:
+        if module.lora_row_parallel:
             a = a[:, rank * in_local : (rank + 1) * in_local]
-        b = torch.zeros(out_local, config.rank)
-        dtype, device = module.weight.dtype, module.weight.device
-        module.register_parameter("lora_a", torch.nn.Parameter(a.contiguous().to(device, dtype)))
-        module.register_parameter("lora_b", torch.nn.Parameter(b.to(device, dtype)))
-        for p in (module.lora_a, module.lora_b):
-            p.tensor_model_parallel = (p is module.lora_a) == row
-            p.partition_dim = 1 if row else 0
-        module.lora_scale = config.scale
-        module.lora_row_parallel = row
-        module.lora_gated = name.endswith("linear_fc1") and module.config.gated_linear_unit
-        module.__class__ = _adapted_class(type(module))
+        with torch.no_grad():
+            module.lora_a.copy_(a)
         count += 1
-    if not count:
-        raise UserError(f"no LoRA targets {list(config.targets)} found in the model")
     return count
 
 
-def merge(model: torch.nn.Module) -> None:
-    """Fold every adapter into its weight and turn the layers back into plain ones."""
-    for module in model.modules():
+@contextlib.contextmanager
+def base_checkpoint(model: torch.nn.Module):
+    """Within: the adapted layers read and write only their base weight (loading a checkpoint
+    saved before the LoRA stage)."""
+    adapted = [m for m in model.modules() if isinstance(m, _LoRAMixin)]
+    for m in adapted:
+        m.lora_base_only = True
+    try:
+        yield
+    finally:
+        for m in adapted:
+            m.lora_base_only = False
+
+
+def load_base(model: torch.nn.Module, weights: dict) -> None:
+    """Load a plain (pre-LoRA) state dict into an adapted model: every key but the adapters."""
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    bad = [k for k in missing if not k.endswith((".lora_a", ".lora_b"))] + list(unexpected)
+    if bad:
+        raise UserError(f"weights do not match the adapted model: {sorted(bad)[:5]}")
+
+
+def merged_state_dict(model: torch.nn.Module) -> dict:
+    """The model's state dict with every adapter folded into its weight and the adapter keys
+    dropped (a plain Llama's, for the next stage)."""
+    state = model.state_dict()
+    for name, module in model.named_modules():
         if isinstance(module, _LoRAMixin):
-            merged = module.merged_weight()
-            if getattr(module, "lora_nf4", None) is not None:
-                module.weight.data = torch.empty_like(merged)
-                module.lora_nf4 = None
-            base_cls = next(
-                c
-                for c in type(module).__mro__[1:]
-                if c is not _LoRAMixin and not issubclass(c, _LoRAMixin)
-            )
-            module.__class__ = base_cls
-            with torch.no_grad():
-                module.weight.copy_(merged)
-            del module._parameters["lora_a"], module._parameters["lora_b"]
+            state[f"{name}.weight"] = module.merged_weight().detach()
+            for key in ("lora_a", "lora_b"):
+                state.pop(f"{name}.{key}")
+    return state
 
 
 def _global_name(model: torch.nn.Module, name: str) -> str:
