@@ -277,6 +277,7 @@ def test_lora_stage_matches_across_tp_merges_and_resumes(tmp_path, tiny_ckpt, ko
     )
     assert differs.returncode == 1  # the adapters trained and the merge carried them
     assert max_abs_diff(out) < 0.01 * max_abs_diff(differs.stdout)
+    check_lora_checkpoint(tmp_path, tiny_ckpt)
     # merging at a stage change: iteration 4's loss (measured before its update) is unchanged
     config = tmp_path / "staged.yaml"
     config.write_text(
@@ -300,8 +301,43 @@ def test_lora_stage_matches_across_tp_merges_and_resumes(tmp_path, tiny_ckpt, ko
     train(
         tiny_ckpt, tmp_path / "cut", ko_data, *flags, "--save-interval", "2", "--exit-interval", "2"
     )
+    other_scale = [*SMALL, "--data-path", ko_data, *flags, "--lora-alpha", "16"]
+    refused = run(
+        [
+            "pretrain_motif.py",
+            "--load",
+            str(tiny_ckpt),
+            "--save",
+            str(tmp_path / "cut"),
+            *other_scale,
+        ]
+    )
+    assert refused.returncode == 2 and "trained at LoRA scale 8" in refused.stderr.splitlines()[-1]
     resumed = train(tiny_ckpt, tmp_path / "cut", ko_data, *flags, "--save-interval", "2")
     assert losses(resumed) == losses(tp1)
+
+
+def check_lora_checkpoint(tmp_path, tiny_ckpt) -> None:
+    """A LoRA save holds the base once (the plain checkpoint's tensors, nothing more) plus
+    the adapters; the merge tool and the HF export write the same adapted model the trainer's
+    loader folds."""
+    from motif_megatron.checkpoint import adapters, dist
+
+    stored = dist.CheckpointReader(tmp_path / "tp1", merge_adapters=False).shapes
+    base = {k: v for k, v in stored.items() if not k.endswith(adapters.SUFFIXES)}
+    assert base == dist.CheckpointReader(tiny_ckpt).shapes
+    assert {k.rsplit(".", 1)[1] for k in stored.keys() - base.keys()} == set(adapters.SUFFIXES)
+    merged = tmp_path / "merged"
+    ok(run(["tools/merge_lora.py", "--load", str(tmp_path / "tp1"), "--save", str(merged)]))
+    assert dist.CheckpointReader(merged).shapes == base
+    compare = ["tools/check_equivalence.py", "--load", str(tmp_path / "tp1")]
+    at_tp2 = run([*compare, "--load-b", str(merged), "--tp", "2"], nproc=2)  # folded by shards
+    assert max_abs_diff(ok(at_tp2)) < 1e-5
+    hf = tmp_path / "hf"
+    ok(run(["tools/convert_hf.py", "export", "--load", str(tmp_path / "tp1"), "--out", str(hf)]))
+    assert max_abs_diff(ok(run([*compare, "--hf-dir", str(hf)]))) < 1e-4
+    refused = run(["tools/merge_lora.py", "--load", str(tiny_ckpt), "--save", str(tmp_path / "x")])
+    assert refused.returncode == 2 and "holds no LoRA adapters" in refused.stderr
 
 
 def test_lora_checkpoint_resumes_at_another_tp(tmp_path, tiny_ckpt, ko_data):

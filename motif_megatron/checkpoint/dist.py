@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from motif_megatron.checkpoint import adapters
 from motif_megatron.errors import UserError
 
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
@@ -118,6 +119,8 @@ def load_model(model: torch.nn.Module, load: str | Path, strict: bool = True) ->
     state = dist_checkpointing.load(sharded, str(ckpt))
     state = {k: v for k, v in state.items() if k in sharded}  # not a training save's loop state
     model.load_state_dict(state, strict=strict and len(state) == len(model.state_dict()))
+    if any(k.endswith(".lora_a") for k in stored):  # a LoRA checkpoint: the adapted weights
+        adapters.fold(model, CheckpointReader(ckpt, merge_adapters=False))
     return ckpt
 
 
@@ -248,12 +251,16 @@ class CheckpointReader:
     and Megatron's per-rank writer with one item per file produce) is memory-mapped and copied
     once into the result; other layouts go through ``torch.distributed.checkpoint``, which
     holds the serialised bytes, a loaded copy and the result at once.
+
+    A LoRA checkpoint's adapted weights read merged (base + scale B A, see
+    :mod:`~motif_megatron.checkpoint.adapters`) unless ``merge_adapters`` is False.
     """
 
-    def __init__(self, load: str | Path) -> None:
+    def __init__(self, load: str | Path, merge_adapters: bool = True) -> None:
         from torch.distributed.checkpoint import FileSystemReader
 
         self.dir = resolve(load)
+        self.merge_adapters = merge_adapters
         metadata = FileSystemReader(str(self.dir)).read_metadata()
         tensors = {k: m for k, m in metadata.state_dict_metadata.items() if hasattr(m, "size")}
         self.shapes = {k: tuple(m.size) for k, m in tensors.items()}
@@ -294,7 +301,16 @@ class CheckpointReader:
                 _copy_stored_chunk(path, chunk_offsets, target, offsets)
         else:
             self._read_dcp(key, target, offsets)
-        return target[0] if layer is not None else target
+        target = target[0] if layer is not None else target
+        base = key.removesuffix("weight")
+        if self.merge_adapters and rows is None and base + "lora_a" in self.shapes:
+            target = adapters.merge(
+                target,
+                self.get(base + "lora_a", layer),
+                self.get(base + "lora_b", layer),
+                self.get(base + "lora_scale", layer),
+            )
+        return target
 
     def _read_dcp(self, key: str, target: torch.Tensor, offsets: tuple[int, ...]) -> None:
         from torch.distributed.checkpoint import FileSystemReader

@@ -208,3 +208,11 @@ def grow(load: str | Path, save: str | Path, request: GrowthRequest) -> dict:
         "growth": growth,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+
+
+def merge_adapters(load: str | Path, save: str | Path) -> dict:
+    """Write a LoRA checkpoint's adapted model as a plain checkpoint (the same streamed copy as
+    :func:`grow`, whose reader merges every adapted weight); returns :func:`grow`'s summary."""
+    if not any(k.endswith(".lora_a") for k in dist.checkpoint_keys(dist.resolve(load))):
+        raise UserError(f"{load} holds no LoRA adapters: nothing to merge")
+    return grow(load, save, GrowthRequest())

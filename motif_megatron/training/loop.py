@@ -164,19 +164,19 @@ class Trainer:
         adapters = None
         if plan.name in stages.LORA_STAGES:
             adapters = lora.LoRAConfig(
-                cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_modules, cfg.seed
+                cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_modules, cfg.seed, cfg.qlora
             )
         self.model = None
         self.model = build_model(self.args, replace(self.options, lora=adapters))
         if weights is not None:
             lora.load_base(self.model, weights)
+            lora.quantize_base(self.model, lora.base_from_state_dict(weights))
         elif load is not None:
             with lora.base_checkpoint(self.model):
                 ckpt.load_model(self.model, load)
+            lora.quantize_base(self.model, lora.base_from_checkpoint(self.model, load, True))
         for hook in self.model_hooks:
             hook(self.model)
-        if adapters is not None and (weights is not None or load is not None):
-            self._quantize()
         self.stage = stages.resolve(plan.name, self.model, self.args)
         self.stage.apply(self.model)
         self.ddp = engine.wrap_ddp(self.model, self.optim, self.overlap)
@@ -192,11 +192,6 @@ class Trainer:
             self.cfg.lr_decay_iters or stage_iters,
             self.cfg.lr_decay_style,
         )
-
-    def _quantize(self) -> None:
-        """QLoRA: the loaded base weights of the adapted layers go to NF4."""
-        if self.cfg.qlora and self.plan[self.stage_index].name in stages.LORA_STAGES:
-            lora.quantize_base(self.model)
 
     def _loop_state(self) -> dict:
         return {
@@ -242,7 +237,8 @@ class Trainer:
             self.optimizer if with_optim else None,
             with_rng=same_mp,
         )
-        self._quantize()
+        folder = ckpt.iteration_dir(cfg.save, self.iteration)
+        lora.quantize_base(self.model, lora.base_from_checkpoint(self.model, folder, False))
         loaded = ["weights", "stage", "data position"]
         missing = []
         if with_optim:

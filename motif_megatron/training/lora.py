@@ -1,4 +1,4 @@
-"""LoRA on Megatron's tensor-parallel linear layers (RedWhale's last stage), merged on save.
+"""LoRA on Megatron's tensor-parallel linear layers (RedWhale's last stage).
 
 An adapted layer computes ``W x + (alpha / r) B A x`` with the base ``W`` frozen. The adapted
 layers are modules of the spec (:func:`lora_spec` rewrites the TE or local layer spec's target
@@ -10,9 +10,11 @@ entering the TP region like the layer's input (all-reduced gradient); on a row-p
 all-reduced before the replicated ``B``. ``A`` is drawn for the full matrix from a seed and the
 layer name, then sliced, so TP=1 and TP=2 runs start from the same adapters.
 
-Checkpoints stay plain Llama checkpoints: the usual ``weight`` key holds the merged
-``W + (alpha / r) B A``, so every tool (export, evaluation, growth) reads the adapted model;
-``lora_base``, ``lora_a`` and ``lora_b`` beside it let a LoRA run resume exactly.
+A checkpoint holds each adapted layer's base once, under its usual ``weight`` key, with
+``lora_a``, ``lora_b`` and ``lora_scale`` beside it (:mod:`motif_megatron.checkpoint.adapters`):
+every reader (export, evaluation, growth, the next stage) gets the merged ``W + (alpha / r) B A``,
+and ``tools/merge_lora.py`` writes it as a plain checkpoint on request. QLoRA (``nf4``) builds
+the adapted layers without their base and quantizes it layer by layer as it is read.
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import math
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from motif_megatron.checkpoint.adapters import is_row_parallel, local_shard
 from motif_megatron.errors import UserError
 
 _CLASSES: dict[type, type] = {}
@@ -38,6 +43,9 @@ class LoRAConfig:
     alpha: float = 32.0
     targets: tuple[str, ...] = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
     seed: int = 1234
+    nf4: bool = False
+    """QLoRA: the adapted layers hold no full-precision base; :func:`quantize_base` reads each
+    layer's base and keeps it in NF4."""
 
     @property
     def scale(self) -> float:
@@ -68,6 +76,9 @@ class _LoRAMixin:
         self.lora_gated = lora_slot == "linear_fc1" and self.config.gated_linear_unit
         self.lora_base_only = False
         self.lora_nf4 = None
+        self.lora_shape = (out_local, in_local)
+        if lora.nf4:  # freed as each layer is built: the full-precision model is never resident
+            self.weight.data = torch.empty(0, dtype=dtype, device=device)
 
     def _lora_delta(self, x: torch.Tensor) -> torch.Tensor:
         from megatron.core.tensor_parallel import (
@@ -114,44 +125,69 @@ class _LoRAMixin:
         delta = (self.lora_b.float() @ self.lora_a.float()) * self.lora_scale
         return (self.base_weight().float() + delta).to(self.weight.dtype)
 
+    @property
+    def folds_stored_adapters(self) -> bool:
+        """Whether a stored LoRA checkpoint's adapters go into this layer's base on load
+        (:func:`~motif_megatron.checkpoint.adapters.fold`): only when loading the base alone,
+        into a resident weight (a QLoRA placeholder reads its base merged instead)."""
+        return self.lora_base_only and self.weight.numel() > 0
+
+    def _placeholder(self) -> bool:
+        return self.weight.numel() == 0 and self.lora_nf4 is None
+
     def sharded_state_dict(self, prefix="", sharded_offsets=(), metadata=None):
-        from megatron.core.dist_checkpointing.mapping import ShardedTensor
         from megatron.core.transformer.utils import make_sharded_tensors_for_checkpoint
 
-        if self.lora_base_only:
-            state = super().sharded_state_dict(prefix, sharded_offsets, metadata)
-            return {k: v for k, v in state.items() if not k.endswith((".lora_a", ".lora_b"))}
-        placeholder = self.weight.data
-        self.weight.data = self.base_weight().detach()  # a 4-bit base saves dequantized
+        resident, dtype = self.weight.data, self.weight.dtype
+        base = None if self.lora_nf4 is None else _dequantize(self.lora_nf4, dtype)
+        if base is not None:  # a 4-bit base saves dequantized
+            self.weight.data = base
+        elif self._placeholder():  # shaped for the key, never resident, dropped below
+            self.weight.data = torch.zeros((), dtype=dtype).expand(self.lora_shape)
         try:
             state = super().sharded_state_dict(prefix, sharded_offsets, metadata)
         finally:
-            self.weight.data = placeholder
-        weight: ShardedTensor = state[f"{prefix}weight"]
-        base_key = weight.key[: -len("weight")]
-        state[f"{prefix}weight"] = dataclasses.replace(weight, data=self.merged_weight().detach())
-        state[f"{prefix}lora_base"] = dataclasses.replace(weight, key=base_key + "lora_base")
+            self.weight.data = resident
+        state = {k: v for k, v in state.items() if not k.endswith((".lora_a", ".lora_b"))}
+        if base is not None:  # the entry holds the parameter, which is 4-bit again
+            state[f"{prefix}weight"] = dataclasses.replace(state[f"{prefix}weight"], data=base)
+        base_key = state[f"{prefix}weight"].key.removesuffix("weight")
+        if self._placeholder():  # a QLoRA base not read yet: quantize_base reads it
+            state.pop(f"{prefix}weight")
+        if self.lora_base_only:
+            return state
         # A (row-parallel) or B (column-parallel) is split over TP like the weight; the other
-        # factor is replicated
+        # factor and the scale are replicated
         axis = {"lora_a": 1} if self.lora_row_parallel else {"lora_b": 0}
-        adapters = make_sharded_tensors_for_checkpoint(
-            {"lora_a": self.lora_a, "lora_b": self.lora_b}, base_key, axis, sharded_offsets
-        )
-        state[f"{prefix}lora_a"] = adapters[f"{base_key}lora_a"]
-        state[f"{prefix}lora_b"] = adapters[f"{base_key}lora_b"]
+        tensors = {
+            "lora_a": self.lora_a,
+            "lora_b": self.lora_b,
+            "lora_scale": torch.tensor(self.lora_scale, device=self.lora_a.device),
+        }
+        adapters = make_sharded_tensors_for_checkpoint(tensors, base_key, axis, sharded_offsets)
+        for name in tensors:
+            state[f"{prefix}{name}"] = adapters[f"{base_key}{name}"]
         if self.lora_gated:
-            # SwiGLU's fc1 holds [gate; up] of its shard on every TP rank: its base and B rows
-            # are saved as MLP saves the weight, gate and up apart, so any TP can load them
+            # SwiGLU's fc1 holds [gate; up] of its shard on every TP rank: its B rows are saved
+            # as MLP saves the weight, gate and up apart, so any TP can load them
             from megatron.core.transformer.mlp import apply_swiglu_sharded_factory
 
-            for key in (f"{prefix}lora_base", f"{prefix}lora_b"):
-                state[key] = apply_swiglu_sharded_factory(state[key], sharded_offsets)
+            singleton = (metadata or {}).get("singleton_local_shards", False)
+            state[f"{prefix}lora_b"] = apply_swiglu_sharded_factory(
+                state[f"{prefix}lora_b"], sharded_offsets, singleton
+            )
         return state
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        base = state_dict.pop(f"{prefix}lora_base", None)
-        if base is not None:  # the merged weight is for other tools; resume from the base
-            state_dict[f"{prefix}weight"] = base
+        scale = state_dict.pop(f"{prefix}lora_scale", None)
+        if scale is not None and not math.isclose(float(scale), self.lora_scale, rel_tol=1e-6):
+            raise UserError(
+                f"{prefix}: the checkpoint's adapters were trained at LoRA scale "
+                f"{float(scale):g} (alpha / rank), this run's is {self.lora_scale:g}; resume "
+                "with the same --lora-alpha and --lora-rank"
+            )
+        if self._placeholder():  # a QLoRA base arrives through quantize_base
+            state_dict[f"{prefix}weight"] = self.weight
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
@@ -176,35 +212,65 @@ class _NF4Linear(torch.autograd.Function):
         return grad @ _dequantize(ctx.layer.lora_nf4, grad.dtype), None
 
 
-def quantize_base(model: torch.nn.Module, blocksize: int = 64) -> int:
-    """QLoRA: store every adapted layer's frozen base weight in NF4 (bitsandbytes) and free the
-    full-precision copy; returns the number of layers quantized. Call after the base loads."""
+def quantize_base(
+    model: torch.nn.Module,
+    read: Callable[[str, _LoRAMixin], torch.Tensor],
+    blocksize: int = 64,
+) -> int:
+    """QLoRA, layer by layer: every adapted layer still without a base gets ``read(name,
+    layer)`` (this rank's full-precision shard), stored in NF4 (bitsandbytes) before the next
+    is read, so at most one layer's base is resident beside the 4-bit model. Returns the count
+    (0, reading nothing, for a model without QLoRA layers)."""
+    pending = [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, _LoRAMixin) and m._placeholder()
+    ]
+    if not pending:
+        return 0
     try:
         import bitsandbytes.functional as bnbf
     except ImportError:
         raise UserError("--qlora needs bitsandbytes: pip install bitsandbytes") from None
-    count = 0
-    for module in model.modules():
-        if isinstance(module, _LoRAMixin) and module.lora_nf4 is None:
-            weight = module.weight.detach()
-            module.lora_nf4 = bnbf.quantize_4bit(
-                weight.float().contiguous(), quant_type="nf4", blocksize=blocksize
-            )
-            module.weight.data = torch.empty(0, dtype=weight.dtype, device=weight.device)
-            count += 1
-    return count
+    for name, module in pending:
+        weight = read(name, module).to(module.weight.device, torch.float32).contiguous()
+        if tuple(weight.shape) != module.lora_shape:
+            raise UserError(f"{name}: base shard {tuple(weight.shape)} != {module.lora_shape}")
+        module.lora_nf4 = bnbf.quantize_4bit(weight, quant_type="nf4", blocksize=blocksize)
+        del weight
+    return len(pending)
+
+
+def base_from_state_dict(weights: dict) -> Callable[[str, _LoRAMixin], torch.Tensor]:
+    """:func:`quantize_base`'s source for in-memory weights (the previous stage's)."""
+    return lambda name, module: weights[f"{name}.weight"]
+
+
+def base_from_checkpoint(
+    model: torch.nn.Module, load, merge_adapters: bool
+) -> Callable[[str, _LoRAMixin], torch.Tensor]:
+    """:func:`quantize_base`'s source reading one layer of a checkpoint at a time: merged with
+    its adapters when it is a LoRA checkpoint used as a base, the stored base on a resume."""
+    from motif_megatron.checkpoint.adapters import linears
+    from motif_megatron.checkpoint.dist import CheckpointReader
+
+    @functools.cache
+    def index() -> tuple[CheckpointReader, dict]:  # on first use: not for a model without QLoRA
+        where = {id(m): (key, layer, row, gated) for m, key, layer, row, gated in linears(model)}
+        return CheckpointReader(load, merge_adapters=merge_adapters), where
+
+    def read(name: str, module: _LoRAMixin) -> torch.Tensor:
+        reader, where = index()
+        key, layer, row, gated = where[id(module)]
+        return local_shard(reader.get(key + "weight", layer), module.lora_shape, row, gated)
+
+    return read
 
 
 def _adapted_class(cls: type) -> type:
     if cls not in _CLASSES:
         _CLASSES[cls] = type(f"LoRA{cls.__name__}", (_LoRAMixin, cls), {})
     return _CLASSES[cls]
-
-
-def _is_row(cls: type) -> bool:
-    from megatron.core.tensor_parallel import RowParallelLinear
-
-    return issubclass(cls, RowParallelLinear) or "Row" in cls.__name__
 
 
 def lora_spec(layer, config: LoRAConfig):
@@ -228,7 +294,7 @@ def lora_spec(layer, config: LoRAConfig):
         cls = getattr(slots[name], name)
         if not isinstance(cls, type):
             raise UserError(f"LoRA on {name}: the layer spec already wraps it ({cls.module})")
-        params = {"lora": config, "lora_row": _is_row(cls), "lora_slot": name}
+        params = {"lora": config, "lora_row": is_row_parallel(cls), "lora_slot": name}
         setattr(slots[name], name, ModuleSpec(module=_adapted_class(cls), params=params))
     return layer
 
