@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import lzma
 import random
+import sys
 
 import numpy as np
 import pytest
@@ -142,14 +143,38 @@ def test_minhash_finds_near_duplicates():
     sig_file.parent.mkdir(exist_ok=True)
     np.save(sig_file, sig)
     uf = mh.clusters([sig_file], len(docs), config)
+    # b=9, r=13 makes a pair of Jaccard 0.85 a candidate with probability 0.69; clustering through
+    # the other copies lifts that. Over 20 seeds on these pairs datasketch's LSH clusters 0.93 of
+    # them and ours 0.92 (seed 1: 0.90; the old signatures, which overestimated Jaccard, passed 0.95)
     recall = np.mean([uf.find(i) == uf.find(j) for i, j in true_pairs])
-    assert recall >= 0.95
+    assert recall >= 0.85
     verified = mh.clusters(
         [sig_file], len(docs), mh.MinHashConfig(threshold=0.8, verify=True), docs
     )
     merged = [(i, uf.find(i)) for i in range(len(docs)) if verified.find(i) != i]
     assert merged and all(jaccard(verified.find(i), i) >= 0.5 for i, _ in merged)
     sig_file.unlink()
+
+
+def test_minhash_estimates_jaccard_without_bias():
+    """Over every pair of the bundled corpus (planted near-duplicates included) with exact
+    Jaccard >= 0.5, the signatures' mean error stays near zero, as datasketch's does (about
+    +-0.002 over 8 seeds in bench/minhash.py). Without the mixing of each shingle hash before
+    the linear permutations the rolling n-gram hash correlates the minima: +0.012."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from minhash import exact_jaccard, load_docs
+
+    docs = load_docs(None)
+    exact = exact_jaccard(docs, 5)
+    i, j = np.triu_indices(len(docs), 1)
+    near = exact[i, j] >= 0.5
+    i, j = i[near], j[near]
+    assert len(i) > 100
+    errors = [
+        (sig[i] == sig[j]).mean(1) - exact[i, j]
+        for sig in (mh.signatures(docs, mh.MinHashConfig(seed=s)) for s in range(1, 9))
+    ]
+    assert abs(np.mean(errors)) < 0.006
 
 
 @pytest.fixture(scope="module")

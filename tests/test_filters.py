@@ -112,3 +112,37 @@ def test_trimmed_mean_thresholds_drop_both_tails():
     assert low == pytest.approx(np.percentile(scores, 5)) and high == pytest.approx(
         np.percentile(scores, 95)
     )
+
+
+def test_merged_score_summaries_give_the_bounds_of_all_scores(tmp_path):
+    """Per-task summaries, merged (one through a file), give the bounds all scores in memory
+    give, within the documented (1 + k) bin widths of log-perplexity (2^-10 each)."""
+    from functools import reduce
+
+    from motif_megatron.data.thresholds import WIDTH, ScoreSummary
+
+    rng = np.random.default_rng(1)
+    scores = np.concatenate(
+        [np.exp(rng.normal(5.5, 0.6, 200_000)), np.exp(rng.normal(9, 2, 3_000)), [np.inf, 1.0]]
+    )
+    rng.shuffle(scores)
+    summaries = []
+    for part in np.array_split(scores, [10, 5_000, 90_000, 150_000]):
+        summary = ScoreSummary()
+        summary.add(part)
+        summaries.append(summary)
+    summaries[0].save(tmp_path / "task0.npz")
+    summaries[0] = ScoreSummary.load(tmp_path / "task0.npz")
+    merged = reduce(ScoreSummary.merge, summaries)
+    assert merged.count.sum() == len(scores) - 1  # the infinite score is left out, as bounds does
+    for thresholds, slack in (
+        (PerplexityThresholds(trim=0.1, k=2.0), 3),
+        (PerplexityThresholds(trim=0.05, k=3.0), 4),
+        (PerplexityThresholds(trim=0.0, k=2.0), 3),
+        (PerplexityThresholds(method="percentile"), 1),
+    ):
+        exact = np.log(thresholds.bounds(scores))
+        approx = np.log(thresholds.bounds_from(merged))
+        assert np.abs(approx - exact).max() <= slack * WIDTH, (thresholds, exact, approx)
+    assert PerplexityThresholds(method="fixed", low=1, high=9).bounds_from(merged) == (1, 9)
+    assert PerplexityThresholds().bounds_from(ScoreSummary()) == (None, None)

@@ -3,8 +3,8 @@
 Pass 1 (parallel over partitions, resumable per partition): NFC normalisation, the per-document
 filters in order (language, length, numeric, repetition), KenLM perplexity scores, an exact-text
 hash and a MinHash signature for each survivor. Pass 2 (global, in input order): perplexity
-thresholds from the whole score distribution, exact dedup (first occurrence wins), MinHash
-near-dedup (one document per cluster). Pass 3 writes ``kept/``, ``removed.jsonl``, ``rejects.jsonl``
+thresholds from the whole score distribution (the merge of each partition's score summary),
+exact dedup (first occurrence wins), MinHash near-dedup (one document per cluster). Pass 3 writes ``kept/``, ``removed.jsonl``, ``rejects.jsonl``
 and the report. ``input == kept + filtered + rejected`` always holds.
 """
 
@@ -17,6 +17,7 @@ import shutil
 import unicodedata
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
+from functools import reduce
 from itertools import islice
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from motif_megatron.data.filters.text import (
     NumericSequenceFilter,
 )
 from motif_megatron.data.readers import Document, Reject, iter_documents
-from motif_megatron.data.thresholds import PerplexityThresholds
+from motif_megatron.data.thresholds import PerplexityThresholds, ScoreSummary
 from motif_megatron.errors import UserError
 
 
@@ -97,7 +98,15 @@ def _partition_paths(work: Path, index: int) -> dict[str, Path]:
     stem = work / f"part_{index:05d}"
     return {
         k: stem.with_suffix(f".{k}")
-        for k in ("docs.jsonl", "removed.jsonl", "rejects.jsonl", "sig.npy", "stats.json", "done")
+        for k in (
+            "docs.jsonl",
+            "removed.jsonl",
+            "rejects.jsonl",
+            "sig.npy",
+            "ppl.npz",
+            "stats.json",
+            "done",
+        )
     }
 
 
@@ -168,6 +177,10 @@ def _process_partition(args: tuple[int, list, CorpusConfig, Path]) -> int:
             out.write(json.dumps(entry, ensure_ascii=False) + "\n")
     if config.minhash:
         np.save(paths["sig.npy"], mh.signatures(texts, config.minhash_config))
+    if scorer is not None:  # pass 2 merges these, not every score, into the bounds
+        summary = ScoreSummary()
+        summary.add([entry["perplexity"] for entry in survivors])
+        summary.save(paths["ppl.npz"])
     paths["stats.json"].write_text(json.dumps(stats))
     paths["done"].write_text("")
     return index
@@ -227,7 +240,8 @@ def run(
     ppl_info = None
     if config.kenlm_model:
         ppl = np.array([d["perplexity"] for d in docs], dtype=np.float64)
-        low, high = config.thresholds.bounds(ppl)
+        summaries = (ScoreSummary.load(p["ppl.npz"]) for p in parts)
+        low, high = config.thresholds.bounds_from(reduce(ScoreSummary.merge, summaries))
         ppl_info = {"low": low, "high": high, "values": ppl.tolist()}
         for i, value in enumerate(ppl):
             if high is not None and value > high:
