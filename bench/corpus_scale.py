@@ -1,0 +1,99 @@
+#!/usr/bin/env python
+"""Corpus pipeline memory and throughput as the corpus grows: 1x against Nx, same run.
+
+The Korean corpus is replicated with per-copy edits (a copy number in every document and 2% of
+its characters changed: copies of one document are often near-duplicates of each other, as in a
+crawl, so the dedup stage has work that grows with the corpus) up to ``--base-mb`` for 1x and
+``--factor`` times that, and ``tools/preprocess_corpus.py`` runs on each. Peak RSS is the largest sum over the process tree (the tool and its workers), sampled
+every 50 ms. The target (issue 15) is a peak at Nx within 1.3x of the peak at 1x.
+
+  .venv/bin/python bench/corpus_scale.py [--base-mb 40] [--factor 8] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import lzma
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT / "examples/data/corpus/ko-libreoffice-help.jsonl.xz"
+
+
+def write_corpus(path: Path, megabytes: float, docs: list[str]) -> int:
+    """Copies of ``docs``, each edited, until ``megabytes`` are written; returns the bytes."""
+    rng, written, copy = random.Random(0), 0, 0
+    with open(path, "w") as out:
+        while written < megabytes * 1e6:
+            for i, text in enumerate(docs):
+                chars = list(text)
+                for k in rng.sample(range(len(chars)), len(chars) // 50):
+                    chars[k] = chr(0xAC00 + rng.randrange(11172))
+                line = json.dumps({"id": f"{copy}-{i}", "text": f"[{copy}] " + "".join(chars)})
+                written += out.write(line + "\n")
+            copy += 1
+    return written
+
+
+def run_measured(cmd: list[str]) -> tuple[float, float]:
+    """Wall seconds and the peak RSS (MB) summed over the process tree."""
+    start, peak = time.perf_counter(), 0
+    proc = psutil.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    while proc.poll() is None:
+        try:
+            tree = [proc, *proc.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    if proc.returncode:
+        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr.read().decode()[-2000:]}")
+    return time.perf_counter() - start, peak / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--corpus", default=str(CORPUS), help="JSONL (or .jsonl.xz) corpus to replicate"
+    )
+    parser.add_argument("--base-mb", type=float, default=40.0, help="size of the 1x input")
+    parser.add_argument("--factor", type=int, default=8, help="the large input is this x 1x")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    raw = Path(args.corpus).read_bytes()
+    lines = (lzma.decompress(raw) if args.corpus.endswith(".xz") else raw).decode().splitlines()
+    docs = [json.loads(line)["text"] for line in lines if line.strip()]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for factor in (1, args.factor):
+            data = Path(tmp) / f"ko_{factor}x.jsonl"
+            size = write_corpus(data, args.base_mb * factor, docs)
+            cmd = [sys.executable, "tools/preprocess_corpus.py", "--input", str(data)]
+            cmd += ["--output", str(Path(tmp) / f"out_{factor}x"), "--workers", str(args.workers)]
+            seconds, peak = run_measured(cmd)
+            report = json.loads((Path(tmp) / f"out_{factor}x" / "report.json").read_text())
+            rows.append((factor, size / 1e6, seconds, peak, report["input"], report["kept"]))
+            print(
+                f"{factor}x: {size / 1e6:.0f} MB, {report['input']} docs -> {report['kept']} "
+                f"kept in {seconds:.0f} s ({size / 1e6 / seconds:.1f} MB/s, "
+                f"{report['input'] / seconds:.0f} docs/s), peak RSS {peak:.0f} MB"
+            )
+    ratio = rows[1][3] / rows[0][3]
+    print(
+        f"peak RSS {args.factor}x / 1x = {ratio:.2f} (target <= 1.3: "
+        f"{'met' if ratio <= 1.3 else 'NOT met'})"
+    )
+
+
+if __name__ == "__main__":
+    main()
