@@ -74,15 +74,16 @@ def linears(model: torch.nn.Module):
             )
 
 
-def local_delta(reader, key: str, layer: int, local_shape, row: bool, gated: bool):
-    """``scale * B @ A`` of ``key``'s adapters at ``layer``, for this rank's shard of the weight."""
+def local_adapters(reader, key: str, layer: int, local_shape, row: bool, gated: bool):
+    """``(A, B, scale)`` of ``key``'s stored adapters at ``layer``, sliced as this rank's shard
+    of the weight needs them."""
     a = reader.get(key + "lora_a", layer)
     b = reader.get(key + "lora_b", layer)
     if row:
         a = local_shard(a, (a.shape[0], local_shape[1]), True, False)
     else:
         b = local_shard(b, (local_shape[0], b.shape[1]), False, gated)
-    return (b.float() @ a.float()) * reader.get(key + "lora_scale", layer).float()
+    return a, b, reader.get(key + "lora_scale", layer)
 
 
 def fold(model: torch.nn.Module, reader) -> int:
@@ -96,8 +97,8 @@ def fold(model: torch.nn.Module, reader) -> int:
         ):
             continue
         weight = module.weight
-        delta = local_delta(reader, key, layer, weight.shape, row, gated).to(weight.device)
+        a, b, scale = local_adapters(reader, key, layer, weight.shape, row, gated)
         with torch.no_grad():
-            weight.copy_((weight.float() + delta).to(weight.dtype))
+            weight.copy_(merge(weight, a.to(weight.device), b.to(weight.device), scale))
         count += 1
     return count

@@ -4,8 +4,8 @@ Pass 1 (parallel over partitions, resumable per partition): NFC normalisation, t
 filters in order (language, length, numeric, repetition), KenLM perplexity scores, an exact-text
 hash and a MinHash signature for each survivor. Pass 2 (global, in input order): perplexity
 thresholds from the whole score distribution (the merge of each partition's score summary),
-exact dedup (first occurrence wins), MinHash near-dedup (one document per cluster). Pass 3 writes ``kept/``, ``removed.jsonl``, ``rejects.jsonl``
-and the report. ``input == kept + filtered + rejected`` always holds.
+exact dedup (first occurrence wins), MinHash near-dedup (one document per cluster). Pass 3
+writes ``kept/``, ``removed.jsonl``, ``rejects.jsonl`` and the report. ``input == kept + filtered + rejected`` always holds.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from motif_megatron.checkpoint.adapters import is_row_parallel, local_shard
+from motif_megatron.checkpoint.adapters import is_row_parallel, local_shard, merge
 from motif_megatron.errors import UserError
 
 _CLASSES: dict[type, type] = {}
@@ -122,8 +122,7 @@ class _LoRAMixin:
         )
 
     def merged_weight(self) -> torch.Tensor:
-        delta = (self.lora_b.float() @ self.lora_a.float()) * self.lora_scale
-        return (self.base_weight().float() + delta).to(self.weight.dtype)
+        return merge(self.base_weight(), self.lora_a, self.lora_b, self.lora_scale)
 
     @property
     def folds_stored_adapters(self) -> bool:
