@@ -44,6 +44,10 @@ setup(
         "pyyaml",
         "gigatoken",  # Rust tokeniser, ids identical to HF tokenizers (checked in tests)
         "datasketch>=1.6",
+        # the corpus pipeline's stages and executors (local, Slurm; Ray with the ray extra);
+        # pinned: the dedup stages' on-disk formats are read by our blocks
+        "datatrove==0.10.1",
+        "orjson",  # datatrove's JSONL writer
         "matplotlib",
         "zstandard",
         "pyarrow",
@@ -58,6 +62,7 @@ setup(
             "pytest>=8",
             "ruff==0.17.6",  # pinned: the format check must not move under CI
             "kenlm",
+            "ray",  # the corpus pipeline's Ray executor, tested on a local Ray
             "bitsandbytes",
             *EVAL,
         ],
@@ -68,5 +73,6 @@ setup(
         "gpu": ["transformer-engine[pytorch]", "bitsandbytes"],
         # KenLM perplexity scoring (the lmplz trainer is built from source by tools/train_kenlm.py)
         "kenlm": ["kenlm"],
+        "ray": ["ray"],
     },
 )

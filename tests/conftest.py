@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -190,3 +191,13 @@ def shard(tmp: Path, tokenizer: Path, name: str, corpus: Path | None = None) -> 
 def ko_data(tmp_path_factory, tiny_hf) -> str:
     """Korean shards of the Llama-3 tokenizer (the tiny model's own)."""
     return shard(tmp_path_factory.mktemp("ko"), tiny_hf, "ko")
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """The one-node Slurm cluster of examples/slurm/local_cluster.sh (started if needed)."""
+    script = ROOT / "examples/slurm/local_cluster.sh"
+    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=600)
+    if result.returncode != 0:
+        pytest.skip(f"Slurm could not start: {(result.stderr or result.stdout).strip()[-300:]}")
+    return shutil.which("srun")

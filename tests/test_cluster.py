@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -81,16 +80,6 @@ def test_world_size_without_a_launcher_is_one_line(tmp_path, tiny_ckpt):
 
 
 # ----------------------------------------------------------------------------- Slurm
-
-
-@pytest.fixture(scope="session")
-def slurm():
-    """The one-node Slurm cluster of examples/slurm/local_cluster.sh (started if needed)."""
-    script = ROOT / "examples/slurm/local_cluster.sh"
-    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=600)
-    if result.returncode != 0:
-        pytest.skip(f"Slurm could not start: {(result.stderr or result.stdout).strip()[-300:]}")
-    return shutil.which("srun")
 
 
 def srun(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:

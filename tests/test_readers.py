@@ -55,3 +55,36 @@ def test_unsupported_input(tmp_path):
     (tmp_path / "x.csv").write_text("a,b")
     with pytest.raises(UserError, match="unsupported input"):
         iter_documents(tmp_path / "x.csv")
+
+
+def test_units_split_a_file_into_whole_lines_with_the_same_ids(tmp_path):
+    from motif_megatron.data.readers import input_files, input_units, task_units
+
+    lines = [json.dumps({"text": f"문서 {i} " + "x" * (i % 7)}) for i in range(50)] + ["{bad"]
+    (tmp_path / "a.jsonl").write_text("\n".join(lines) + "\n")
+    whole = [(r.line, getattr(r, "id", None)) for r in iter_documents(tmp_path / "a.jsonl")]
+    for tasks in (1, 2, 3, 7, 50, 200):
+        units = input_units(input_files(tmp_path / "a.jsonl"), tasks)
+        shares = [task_units(units, rank, tasks) for rank in range(tasks)]
+        got = [
+            (r.line, getattr(r, "id", None))
+            for s in shares
+            for u in s
+            for r in u.documents("text", "id")
+        ]
+        assert got == whole, tasks
+        assert sum(map(len, shares)) == len(units) >= min(tasks, 2)
+
+
+def test_input_is_a_file_a_folder_or_a_glob(tmp_path):
+    from motif_megatron.data.readers import input_files
+
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    for name in ("d/b.jsonl", "d/sub/a.jsonl.gz", "d/c.parquet", "d/notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    assert [p.name for p in input_files(tmp_path / "d")] == ["b.jsonl", "c.parquet", "a.jsonl.gz"]
+    assert [p.name for p in input_files(f"{tmp_path}/d/**/*.jsonl*")] == ["b.jsonl", "a.jsonl.gz"]
+    with pytest.raises(UserError, match="no file matches"):
+        input_files(f"{tmp_path}/d/*.zst")
+    (tmp_path / "t").mkdir()
+    assert input_files(tmp_path / "t") == [tmp_path / "t"]  # a folder of text files is one unit

@@ -1,18 +1,21 @@
 #!/usr/bin/env python
 """Filter and deduplicate a corpus: NFC, language, length, numeric runs, repetition, KenLM, dedup.
 
-  python tools/preprocess_corpus.py --input ko.jsonl --output out/ko --kenlm-model lm/ko.arpa --workers 2
+  python tools/preprocess_corpus.py --input 'ko/*.jsonl.gz' --output out/ko --kenlm-model lm/ko.bin \
+      --tasks 64 --workers 16 [--executor local|slurm|ray]
 
-Writes ``OUT/kept/*.jsonl``, ``OUT/removed.jsonl`` (``id``, ``filter``, ``reason``),
-``OUT/rejects.jsonl`` (``line``, ``reason``: malformed input) and ``OUT/report.{json,md,png}``, where
+Datatrove stages (see motif_megatron/data/pipeline.py) on its local, Slurm or Ray executor. Writes
+``OUT/kept/*.jsonl``, ``OUT/removed.jsonl`` (``id``, ``filter``, ``reason``), ``OUT/rejects.jsonl``
+(``source``, ``line``, ``reason``: malformed input) and ``OUT/report.{json,md,png}``, where
 ``input = kept + filtered + rejected``. Every stage has a ``--no-...`` switch; a killed run resumes
-from its finished partitions (``OUT/work``).
+from its finished tasks (``--logging-dir``, default ``OUT/logs``); a changed configuration in the
+same output folder is refused.
 """
 
 import argparse
 import sys
 
-from motif_megatron.errors import run_cli
+from motif_megatron.errors import UserError, run_cli
 
 
 def parse_args() -> argparse.Namespace:
@@ -20,17 +23,33 @@ def parse_args() -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument(
-        "--input", required=True, help="JSONL (.gz/.zst), Parquet, or a folder of text files"
+        "--input",
+        required=True,
+        help="a JSONL (.gz/.zst) or Parquet file, a glob of them (quoted), a folder of them, or a "
+        "folder of text files",
     )
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--text-key", default="text", help="JSON/Parquet field holding the text")
     p.add_argument(
         "--id-key", default="id", help="field holding the document id (else source:line)"
     )
-    p.add_argument("--workers", type=int, default=1, help="processes for the per-document pass")
-    p.add_argument(
-        "--partition-docs", type=int, default=500, help="documents per partition (unit of resume)"
+    x = p.add_argument_group("execution (does not change the result)")
+    x.add_argument("--executor", default="local", choices=["local", "slurm", "ray"])
+    x.add_argument(
+        "--tasks",
+        type=int,
+        default=1,
+        help="input-ordered shares of the corpus: the unit of parallelism and resume (part of "
+        "the configuration: keep it when resuming)",
     )
+    x.add_argument("--workers", type=int, default=1, help="tasks run at once (local, Ray, Slurm)")
+    x.add_argument("--logging-dir", help="task logs, stats and completion markers (OUT/logs)")
+    x.add_argument(
+        "--ray-address", help="a running Ray cluster (default: RAY_ADDRESS or a new one)"
+    )
+    x.add_argument("--slurm-partition", help="Slurm partition (default: the cluster's default)")
+    x.add_argument("--slurm-time", default="24:00:00", help="time limit of each Slurm task")
+    x.add_argument("--slurm-mem-per-cpu-gb", type=int, default=2)
     p.add_argument("--seed", type=int, default=1, help="MinHash permutation seed")
     g = p.add_argument_group("stages (each can be switched off)")
     g.add_argument("--no-normalize", action="store_true", help="skip Unicode NFC normalisation")
@@ -61,11 +80,6 @@ def parse_args() -> argparse.Namespace:
     )
     g.add_argument("--minhash-perm", type=int, default=128, help="MinHash permutations")
     g.add_argument("--minhash-ngram", type=int, default=5, help="character n-gram shingle size")
-    g.add_argument(
-        "--minhash-verify",
-        action="store_true",
-        help="merge candidates only when their exact shingle Jaccard reaches the threshold",
-    )
     k = p.add_argument_group("KenLM perplexity (skipped without --kenlm-model)")
     k.add_argument("--kenlm-model", help="model from tools/train_kenlm.py (.arpa or .bin)")
     k.add_argument("--no-perplexity", action="store_true", help="skip the perplexity stage")
@@ -87,6 +101,7 @@ def parse_args() -> argparse.Namespace:
 @run_cli
 def main() -> None:
     args = parse_args()
+    from motif_megatron.data.executors import SlurmOptions
     from motif_megatron.data.minhash import MinHashConfig
     from motif_megatron.data.pipeline import CorpusConfig, run
     from motif_megatron.data.thresholds import PerplexityThresholds
@@ -112,7 +127,6 @@ def main() -> None:
             ngram=args.minhash_ngram,
             threshold=args.minhash_threshold,
             seed=args.seed,
-            verify=args.minhash_verify,
         ),
         kenlm_model=kenlm_model,
         thresholds=PerplexityThresholds(
@@ -124,10 +138,21 @@ def main() -> None:
             low=args.ppl_min,
             high=args.ppl_max,
         ),
-        partition_docs=args.partition_docs,
-        workers=args.workers,
+        tasks=args.tasks,
     )
-    report = run(args.input, args.output, config)
+    if args.tasks < 1 or args.workers < 1:
+        raise UserError("--tasks and --workers must be at least 1")
+    slurm = SlurmOptions(args.slurm_partition, args.slurm_time, 1, args.slurm_mem_per_cpu_gb)
+    report = run(
+        args.input,
+        args.output,
+        config,
+        executor=args.executor,
+        workers=args.workers,
+        logging_dir=args.logging_dir,
+        ray_address=args.ray_address,
+        slurm=slurm,
+    )
     print(
         f"input {report['input']} = kept {report['kept']} + filtered {report['filtered']} "
         f"+ rejected {report['rejected']}; characters kept "

@@ -6,17 +6,15 @@ polynomial over code points. The C++ kernel (``csrc/minhash.cpp``) mixes each sh
 64-bit finalizer (the rolling hash and the permutations are both linear: unmixed, similar texts get
 correlated minima and Jaccard is overestimated), then applies each of ``num_perm`` multiply-shift
 permutations in one pass with the minima in cache, instead of one Python call per shingle;
-``bench/minhash.py`` measures bias, LSH precision and recall and speed against datasketch. Signatures are written to ``.npy`` files per partition (the unit of resume and of
-the worker pool); banding follows datasketch's optimal ``(b, r)`` for the threshold, and buckets are
-found band by band by sorting, so memory holds one band of keys, not an index of every document.
-Candidate pairs are joined with union-find; optionally each pair is verified by the exact Jaccard
-similarity of its shingle sets. One document per cluster is kept: the first in input order.
+``bench/minhash.py`` measures bias, LSH precision and recall and speed against datasketch.
+Banding follows datasketch's optimal ``(b, r)`` for the threshold; the pipeline writes the
+signatures in datatrove's bucket format (``blocks.MinhashSignatures``) and its out-of-core stages
+find the buckets, the clusters and the documents to drop.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -31,8 +29,6 @@ class MinHashConfig:
     ngram: int = 5
     threshold: float = 0.8
     seed: int = 1
-    verify: bool = False
-    """Merge a candidate pair only if its exact shingle-set Jaccard reaches ``threshold``."""
 
     def bands(self) -> tuple[int, int]:
         """datasketch's optimal (bands, rows) for this threshold and permutation count."""
@@ -88,67 +84,3 @@ def signatures(texts: list[str], config: MinHashConfig, threads: int = 1) -> np.
     a, b = config.permutations()
     flat, offsets = shingles(texts, config.ngram)
     return kernel(flat, offsets, a, b, threads)
-
-
-def jaccard(x: str, y: str, ngram: int) -> float:
-    """Exact Jaccard similarity of two documents' shingle sets."""
-    sx, sy = set(shingle_hashes(x, ngram).tolist()), set(shingle_hashes(y, ngram).tolist())
-    return len(sx & sy) / len(sx | sy) if sx | sy else 1.0
-
-
-class UnionFind:
-    def __init__(self, n: int) -> None:
-        self.parent = np.arange(n)
-
-    def find(self, x: int) -> int:
-        root = x
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[x] != root:
-            self.parent[x], x = root, self.parent[x]
-        return int(root)
-
-    def union(self, x: int, y: int) -> None:
-        rx, ry = self.find(x), self.find(y)
-        if rx != ry:  # the smaller index (earlier document) becomes the root
-            self.parent[max(rx, ry)] = min(rx, ry)
-
-
-def candidate_pairs(signature_files: list[Path], config: MinHashConfig):
-    """Yield (i, j) pairs sharing a band bucket; i, j index documents across all files in order."""
-    bands, rows = config.bands()
-    mats = [np.load(f, mmap_mode="r") for f in signature_files]
-    for band in range(bands):
-        cols = slice(band * rows, (band + 1) * rows)
-        keys = (
-            np.concatenate(
-                [np.ascontiguousarray(m[:, cols]).view(f"V{4 * rows}").ravel() for m in mats]
-            )
-            if mats
-            else np.zeros(0, f"V{4 * rows}")
-        )
-        order = np.argsort(keys, kind="stable")
-        sorted_keys = keys[order]
-        same = np.flatnonzero(sorted_keys[1:] == sorted_keys[:-1])
-        # each document joins the first member of its bucket (a star: enough for union-find)
-        starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
-        bucket_first = order[starts[np.searchsorted(starts, same + 1, side="right") - 1]]
-        yield from zip(bucket_first.tolist(), order[same + 1].tolist(), strict=True)
-
-
-def clusters(
-    signature_files: list[Path], total: int, config: MinHashConfig, texts: list[str] | None = None
-) -> UnionFind:
-    """Union-find over all candidate pairs (verified against ``texts`` when ``config.verify``)."""
-    uf = UnionFind(total)
-    checked: set[tuple[int, int]] = set()
-    for i, j in candidate_pairs(signature_files, config):
-        if config.verify:
-            pair = (min(i, j), max(i, j))
-            if pair in checked or uf.find(i) == uf.find(j):
-                continue
-            checked.add(pair)
-            if texts is None or jaccard(texts[i], texts[j], config.ngram) < config.threshold:
-                continue
-        uf.union(i, j)
-    return uf

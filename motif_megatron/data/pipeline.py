@@ -1,30 +1,59 @@
-"""The corpus pipeline: normalise, filter, score, deduplicate; every document accounted for.
+"""The corpus pipeline as datatrove stages: normalise, filter, score, deduplicate; every document
+accounted for, on any executor (local processes, Slurm, Ray).
 
-Pass 1 (parallel over partitions, resumable per partition): NFC normalisation, the per-document
-filters in order (language, length, numeric, repetition), KenLM perplexity scores, an exact-text
-hash and a MinHash signature for each survivor. Pass 2 (global, in input order): perplexity
-thresholds from the whole score distribution (the merge of each partition's score summary),
-exact dedup (first occurrence wins), MinHash near-dedup (one document per cluster). Pass 3
-writes ``kept/``, ``removed.jsonl``, ``rejects.jsonl`` and the report. ``input == kept + filtered + rejected`` always holds.
+The corpus is cut into ``tasks`` input-ordered shares. Document stages run one task per share,
+each reading the previous stage's survivors of the same task from ``work/``; global stages sit
+between them and hold no documents:
+
+1. ``filter``: read (bad lines to rejects), NFC, language, length, numeric, repetition, KenLM
+   scores with one mergeable score summary per task;
+2. ``perplexity``: both tails dropped at the bounds of the merged summaries of all tasks;
+3. ``exact-find`` then ``exact-dedup``: datatrove's exact dedup on the normalised text (the
+   earliest task, then the earliest document, wins);
+4. ``minhash-buckets``, ``minhash-cluster``, then ``minhash``: datatrove's MinHash stages on our
+   character-n-gram signatures (one document per cluster is kept), writing ``kept/``;
+5. ``report``: ``removed.jsonl``, ``rejects.jsonl`` and ``report.{json,md,png}`` from the blocks'
+   stats and records, where ``input == kept + filtered + rejected`` always holds.
+
+Each stage logs to ``<logging-dir>/<stage>`` and resumes by datatrove's completion markers; the
+configuration is saved with the output, and a different one in the same folder is refused.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import multiprocessing
-import shutil
-import unicodedata
-from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
-from functools import reduce
 from itertools import islice
 from pathlib import Path
 
-import numpy as np
-from tqdm import tqdm
+from datatrove.data import Document as DtDocument
+from datatrove.pipeline.dedup.exact_dedup import (
+    ExactDedupConfig,
+    ExactDedupFilter,
+    ExactDedupSignature,
+    ExactFindDedups,
+)
+from datatrove.pipeline.dedup.minhash import (
+    MinhashConfig,
+    MinhashDedupBuckets,
+    MinhashDedupCluster,
+    MinhashDedupFilter,
+)
+from datatrove.utils.hashing import HashConfig
 
 from motif_megatron.data import minhash as mh
+from motif_megatron.data.blocks import (
+    CorpusReader,
+    MinhashSignatures,
+    Normalize,
+    PerplexityFilter,
+    PerplexityScorer,
+    RemovedWriter,
+    TaskMeter,
+    TaskReader,
+    kept_writer,
+    work_writer,
+)
 from motif_megatron.data.filters.base import Filter
 from motif_megatron.data.filters.repetition import RepetitionFilter
 from motif_megatron.data.filters.text import (
@@ -33,14 +62,15 @@ from motif_megatron.data.filters.text import (
     LengthFilter,
     NumericSequenceFilter,
 )
-from motif_megatron.data.readers import Document, Reject, iter_documents
-from motif_megatron.data.thresholds import PerplexityThresholds, ScoreSummary
+from motif_megatron.data.readers import Document, Unit, input_files, input_units
+from motif_megatron.data.thresholds import PerplexityThresholds
 from motif_megatron.errors import UserError
 
 
 @dataclass
 class CorpusConfig:
-    """What the pipeline runs; every stage can be switched off."""
+    """What the pipeline computes (every stage can be switched off); how it is executed is not
+    part of it, so the same output can be resumed on another executor."""
 
     text_key: str = "text"
     id_key: str = "id"
@@ -61,9 +91,15 @@ class CorpusConfig:
     thresholds: PerplexityThresholds = field(default_factory=PerplexityThresholds)
     max_doc_chars: int = 5_000_000
     """Larger documents are rejected (``huge_document``) rather than risk a worker's memory."""
-    partition_docs: int = 500
-    workers: int = 1
-    shard_docs: int = 100_000
+    tasks: int = 1
+    """Input-ordered shares of the corpus: the unit of parallelism and of resume."""
+
+
+@dataclass
+class Stage:
+    name: str
+    pipeline: list
+    tasks: int
 
 
 def build_filters(config: CorpusConfig) -> list[Filter]:
@@ -83,270 +119,145 @@ def build_filters(config: CorpusConfig) -> list[Filter]:
     return filters
 
 
-def detect_language(input_path: str | Path, config: CorpusConfig, sample: int = 1000) -> str:
+def detect_language(units: list[Unit], config: CorpusConfig, sample: int = 1000) -> str:
     """``ko`` when most of the first ``sample`` documents are Korean by script, else ``en``."""
-    docs = [
-        d
-        for d in islice(iter_documents(input_path, config.text_key, config.id_key), sample)
-        if isinstance(d, Document)
-    ]
+    records = (r for u in units for r in u.documents(config.text_key, config.id_key))
+    docs = [r for r in islice(records, sample) if isinstance(r, Document)]
     korean = sum(HangulRatioFilter.ratio(d.text) >= config.min_script_ratio for d in docs)
     return "ko" if docs and korean * 2 >= len(docs) else "en"
 
 
-def _partition_paths(work: Path, index: int) -> dict[str, Path]:
-    stem = work / f"part_{index:05d}"
-    return {
-        k: stem.with_suffix(f".{k}")
-        for k in (
-            "docs.jsonl",
-            "removed.jsonl",
-            "rejects.jsonl",
-            "sig.npy",
-            "ppl.npz",
-            "stats.json",
-            "done",
-        )
-    }
+def normalised_text(doc: DtDocument) -> str:
+    """What exact dedup compares: the text as MinHash shingles it (case and spacing folded)."""
+    return mh.normalise(doc.text)
 
 
-def _process_partition(args: tuple[int, list, CorpusConfig, Path]) -> int:
-    """Pass 1 for one partition; writes its files and a completion marker last."""
-    index, records, config, work = args
-    paths = _partition_paths(work, index)
-    if paths["done"].is_file():
-        return index
+def input_order(doc: DtDocument) -> int:
+    """Exact dedup keeps the highest priority: earlier tasks first (the earliest document of a
+    task wins by datatrove's own order)."""
+    return max(65535 - doc.metadata["task"], 1)
+
+
+def datatrove_minhash(config: mh.MinHashConfig) -> MinhashConfig:
+    """Our banding in datatrove's terms: one bucket per band of ``rows`` 32-bit hashes."""
+    bands, rows = config.bands()
+    return MinhashConfig(
+        n_grams=config.ngram,
+        num_buckets=bands,
+        hashes_per_bucket=rows,
+        seed=config.seed,
+        hash_config=HashConfig(precision=32, hash_fc="sha1"),
+    )
+
+
+def stages(config: CorpusConfig, units: list[Unit], out: Path, logs: Path) -> list[Stage]:
+    """The stages for ``config`` in order (document stages of ``config.tasks`` tasks between
+    global ones)."""
+    from motif_megatron.data.report import Report
+
+    work, n = out / "work", config.tasks
+    removed = str(work / "removed")
     filters = build_filters(config)
-    scorer = None
+    for f in filters:
+        f.exclusion_writer = RemovedWriter(removed, f.name)
+    head = [CorpusReader(units, config.text_key, config.id_key, config.max_doc_chars, str(work))]
+    head += [Normalize()] if config.normalize else []
+    head += filters
     if config.kenlm_model:
-        from motif_megatron.data.kenlm import KenLMScorer
-
-        scorer = KenLMScorer(config.kenlm_model)
-    survivors, texts = [], []
-    stats = Counter()
-    with open(paths["removed.jsonl"], "w") as removed, open(paths["rejects.jsonl"], "w") as rejects:
-        for record in records:
-            stats["input"] += 1
-            if isinstance(record, Reject):
-                rejects.write(json.dumps({"line": record.line, "reason": record.reason}) + "\n")
-                stats["rejected"] += 1
-                continue
-            text = record.text
-            stats["input_chars"] += len(text)
-            if len(text) > config.max_doc_chars:
-                rejects.write(json.dumps({"line": record.line, "reason": "huge_document"}) + "\n")
-                stats["rejected"] += 1
-                continue
-            if config.normalize:
-                text = unicodedata.normalize("NFC", text)
-            reason = None
-            for f in filters:
-                reason = f.check(text)
-                if reason:
-                    removed.write(
-                        json.dumps(
-                            {
-                                "id": record.id,
-                                "line": record.line,
-                                "filter": f.name,
-                                "reason": reason,
-                                "chars": len(text),
-                                "text": text[:300],
-                            },
-                            ensure_ascii=False,
-                        )
-                        + "\n"
-                    )
-                    stats[f"{f.name}/{reason}"] += 1
-                    stats[f"{f.name}_chars"] += len(text)
-                    break
-            if reason:
-                continue
-            entry = {
-                "id": record.id,
-                "line": record.line,
-                "text": text,
-                "sha1": hashlib.sha1(mh.normalise(text).encode()).hexdigest(),
-            }
-            if scorer is not None:
-                entry["perplexity"] = scorer.perplexity(text)
-            survivors.append(entry)
-            texts.append(text)
-    with open(paths["docs.jsonl"], "w") as out:
-        for entry in survivors:
-            out.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        head.append(PerplexityScorer(config.kenlm_model, str(work / "ppl")))
+    segments: list[tuple[str, list]] = [("filter", head)]
+    between: list[list[Stage]] = []
+    if config.kenlm_model:
+        folder = str(work / "ppl")
+        segments.append(("perplexity", [PerplexityFilter(folder, config.thresholds, removed)]))
+        between.append([])
+    if config.exact_dedup:
+        exact = ExactDedupConfig(normalised_text, input_order, HashConfig(64, "sha1"))
+        sigs, dups = str(work / "exact/sigs"), str(work / "exact/dups")
+        segments[-1][1].append(ExactDedupSignature(sigs, exact))
+        between.append([Stage("exact-find", [ExactFindDedups(sigs, dups, exact)], 1)])
+        drop = RemovedWriter(removed, "exact_dedup", "duplicate_text")
+        segments.append(("exact-dedup", [ExactDedupFilter(dups, exact, drop)]))
     if config.minhash:
-        np.save(paths["sig.npy"], mh.signatures(texts, config.minhash_config))
-    if scorer is not None:  # pass 2 merges these, not every score, into the bounds
-        summary = ScoreSummary()
-        summary.add([entry["perplexity"] for entry in survivors])
-        summary.save(paths["ppl.npz"])
-    paths["stats.json"].write_text(json.dumps(stats))
-    paths["done"].write_text("")
-    return index
+        dt = datatrove_minhash(config.minhash_config)
+        sigs, buckets, clusters = (str(work / f"minhash/{k}") for k in ("sigs", "buckets", "ids"))
+        segments[-1][1].append(MinhashSignatures(sigs, config.minhash_config))
+        between.append(
+            [
+                Stage(
+                    "minhash-buckets",
+                    [MinhashDedupBuckets(sigs, buckets, config=dt)],
+                    dt.num_buckets,
+                ),
+                Stage("minhash-cluster", [MinhashDedupCluster(buckets, clusters, config=dt)], 1),
+            ]
+        )
+        drop = RemovedWriter(removed, "minhash", "near_duplicate")
+        segments.append(("minhash", [MinhashDedupFilter(clusters, exclusion_writer=drop)]))
+    result: list[Stage] = []
+    for k, (name, steps) in enumerate(segments):
+        source = [] if k == 0 else [TaskReader(str(work / segments[k - 1][0]))]
+        last = k == len(segments) - 1
+        sink = kept_writer(str(out / "kept")) if last else work_writer(str(work / name))
+        # a signature step is terminal: the survivors are written and metered before it
+        body, tail = (
+            (steps, []) if last else (steps[:-1], steps[-1:]) if between[k] else (steps, [])
+        )
+        result.append(Stage(name, [*source, *body, sink, TaskMeter(), *tail], n))
+        result += [] if last else between[k]
+    names = [s.name for s in result]
+    result.append(Stage("report", [Report(out, logs, names, config)], 1))
+    return result
 
 
-def _partitions(records, size: int):
-    it = iter(records)
-    while chunk := list(islice(it, size)):
-        yield chunk
+def _check_config(out: Path, saved: dict) -> None:
+    """Refuse to mix results of two configurations in one output folder."""
+    path = out / "config.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        changed = sorted(k for k in old.keys() | saved.keys() if old.get(k) != saved.get(k))
+        if changed:
+            raise UserError(
+                f"{out} holds a run with a different configuration ({', '.join(changed)} "
+                "changed): use a new --output, or delete it to start over"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(saved, indent=2, default=str) + "\n")
 
 
-def run(
-    input_path: str | Path, output_dir: str | Path, config: CorpusConfig, progress: bool = True
-) -> dict:
-    """Run the whole pipeline; returns the report (also written to ``report.json``)."""
-    from motif_megatron.data import report as report_mod
-
+def plan(
+    input_spec: str | Path, output_dir: str | Path, config: CorpusConfig, logging_dir=None
+) -> list[Stage]:
+    """Check the inputs and the settings, save the configuration and build the stages."""
     out = Path(output_dir)
-    work = out / "work"
-    work.mkdir(parents=True, exist_ok=True)
+    logs = Path(logging_dir) if logging_dir else out / "logs"
+    files = input_files(input_spec)
+    units = input_units(files, config.tasks)
     if config.language == "auto":
-        config = replace(config, language=detect_language(input_path, config))
-    (work / "config.json").write_text(json.dumps(asdict(config), default=str))
+        config = replace(config, language=detect_language(units, config))
     build_filters(config)  # fail on bad settings before any work
     if config.kenlm_model:
         from motif_megatron.data.kenlm import KenLMScorer
 
         KenLMScorer(config.kenlm_model)
+    saved = asdict(config) | {"input": [str(f.resolve()) for f in files]}
+    _check_config(out, json.loads(json.dumps(saved, default=str)))
+    return stages(config, units, out, logs)
 
-    # pass 1
-    records = iter_documents(input_path, config.text_key, config.id_key)
-    jobs = (
-        (i, chunk, config, work)
-        for i, chunk in enumerate(_partitions(records, config.partition_docs))
-    )
-    count = 0
-    bar = tqdm(desc="filter", unit="part", disable=not progress)
-    if config.workers > 1:
-        with multiprocessing.get_context("fork").Pool(config.workers) as pool:
-            for _ in pool.imap(_process_partition, jobs):
-                count += 1
-                bar.update(1)
-    else:
-        for job in jobs:
-            _process_partition(job)
-            count += 1
-            bar.update(1)
-    bar.close()
 
-    # pass 2: global decisions over survivors, in input order
-    parts = [_partition_paths(work, i) for i in range(count)]
-    docs = []
-    for p in parts:
-        with open(p["docs.jsonl"]) as f:
-            docs.extend(json.loads(line) for line in f)
-    global_removed: dict[int, tuple[str, str]] = {}
-    ppl_info = None
-    if config.kenlm_model:
-        ppl = np.array([d["perplexity"] for d in docs], dtype=np.float64)
-        summaries = (ScoreSummary.load(p["ppl.npz"]) for p in parts)
-        low, high = config.thresholds.bounds_from(reduce(ScoreSummary.merge, summaries))
-        ppl_info = {"low": low, "high": high, "values": ppl.tolist()}
-        for i, value in enumerate(ppl):
-            if high is not None and value > high:
-                global_removed[i] = ("perplexity", "ppl_high")
-            elif low is not None and value < low:
-                global_removed[i] = ("perplexity", "ppl_low")
-    if config.exact_dedup:
-        seen: set[str] = set()
-        for i, d in enumerate(docs):
-            if i in global_removed:
-                continue
-            if d["sha1"] in seen:
-                global_removed[i] = ("exact_dedup", "duplicate_text")
-            seen.add(d["sha1"])
-    cluster_sizes: list[int] = []
-    if config.minhash and docs:
-        alive = [i for i in range(len(docs)) if i not in global_removed]
-        sig = np.concatenate([np.load(p["sig.npy"]) for p in parts])[alive]
-        np.save(work / "alive_sig.npy", sig)
-        texts = [docs[i]["text"] for i in alive] if config.minhash_config.verify else None
-        uf = mh.clusters([work / "alive_sig.npy"], len(alive), config.minhash_config, texts)
-        roots = Counter(uf.find(k) for k in range(len(alive)))
-        cluster_sizes = sorted((n for n in roots.values() if n > 1), reverse=True)
-        for k, i in enumerate(alive):
-            if uf.find(k) != k:
-                global_removed[i] = ("minhash", "near_duplicate")
+def run(
+    input_spec: str | Path,
+    output_dir: str | Path,
+    config: CorpusConfig,
+    executor: str = "local",
+    workers: int = 1,
+    logging_dir: str | Path | None = None,
+    **executor_options,
+) -> dict:
+    """Run every stage on ``executor``; returns the report (also in ``report.json``)."""
+    from motif_megatron.data.executors import execute
 
-    # pass 3: outputs
-    kept_dir = out / "kept"
-    if kept_dir.exists():
-        shutil.rmtree(kept_dir)
-    kept_dir.mkdir()
-    stats: Counter = Counter()
-    for p in parts:
-        stats.update(json.loads(p["stats.json"].read_text()))
-    kept = kept_chars = 0
-    shard, shard_file = -1, None
-    global_examples: dict[str, list[str]] = {}
-    with open(out / "removed.jsonl", "w") as removed:
-        for p in parts:
-            with open(p["removed.jsonl"]) as f:
-                for line in f:
-                    entry = json.loads(line)
-                    removed.write(
-                        json.dumps(
-                            {k: entry[k] for k in ("id", "filter", "reason")}, ensure_ascii=False
-                        )
-                        + "\n"
-                    )
-        for i, d in enumerate(docs):
-            if i in global_removed:
-                name, reason = global_removed[i]
-                removed.write(
-                    json.dumps(
-                        {"id": d["id"], "filter": name, "reason": reason}, ensure_ascii=False
-                    )
-                    + "\n"
-                )
-                stats[f"{name}/{reason}"] += 1
-                stats[f"{name}_chars"] += len(d["text"])
-                samples = global_examples.setdefault(f"{name}/{reason}", [])
-                if len(samples) < 2:
-                    samples.append(d["text"][:200].replace("\n", " "))
-                continue
-            if kept % config.shard_docs == 0:
-                if shard_file:
-                    shard_file.close()
-                shard += 1
-                shard_file = open(kept_dir / f"kept_{shard:05d}.jsonl", "w")  # noqa: SIM115
-            shard_file.write(
-                json.dumps({"id": d["id"], "text": d["text"]}, ensure_ascii=False) + "\n"
-            )
-            kept += 1
-            kept_chars += len(d["text"])
-    if shard_file:
-        shard_file.close()
-    with open(out / "rejects.jsonl", "w") as rejects:
-        for p in parts:
-            rejects.write(p["rejects.jsonl"].read_text())
-    filtered = sum(v for k, v in stats.items() if "/" in k)
-    rejected = stats["rejected"]
-    if stats["input"] != kept + filtered + rejected:
-        raise RuntimeError(f"accounting bug: {stats['input']} in, {kept}+{filtered}+{rejected} out")
-    report = {
-        "input": stats["input"],
-        "kept": kept,
-        "filtered": filtered,
-        "rejected": rejected,
-        "language": config.language,
-        "input_chars": stats["input_chars"],
-        "kept_chars": kept_chars,
-        "by_filter": {k: v for k, v in sorted(stats.items()) if "/" in k},
-        "chars_by_filter": {
-            k.removesuffix("_chars"): v
-            for k, v in sorted(stats.items())
-            if k.endswith("_chars") and k != "input_chars"
-        },
-        "minhash": {
-            "clusters": len(cluster_sizes),
-            "cluster_sizes": cluster_sizes[:100],
-            "bands_rows": list(config.minhash_config.bands()),
-        }
-        if config.minhash
-        else None,
-        "perplexity": {"low": ppl_info["low"], "high": ppl_info["high"]} if ppl_info else None,
-    }
-    report_mod.write(out, report, parts, ppl_info, cluster_sizes, global_examples)
-    return report
+    out = Path(output_dir)
+    logs = Path(logging_dir) if logging_dir else out / "logs"
+    execute(plan(input_spec, out, config, logs), executor, workers, logs, **executor_options)
+    return json.loads((out / "report.json").read_text())

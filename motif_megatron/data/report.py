@@ -1,26 +1,147 @@
-"""The corpus report: JSON for machines, Markdown and a PNG for people."""
+"""The corpus report: JSON for machines, Markdown and a PNG for people.
+
+It is the merge of the blocks' datatrove stats (every task of every stage) and of the removed and
+rejected records the blocks wrote, which must agree: a count the stats and the records disagree
+on, or ``input != kept + filtered + rejected``, is a bug and fails the run.
+"""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from datatrove.pipeline.base import PipelineStep
+from datatrove.utils.stats import MetricStats
 
 
-def _examples(parts: list[dict], per_reason: int = 2) -> dict[str, list[str]]:
-    found: dict[str, list[str]] = {}
-    for p in parts:
-        with open(p["removed.jsonl"]) as f:
-            for line in f:
-                entry = json.loads(line)
-                key = f"{entry['filter']}/{entry['reason']}"
-                if len(found.setdefault(key, [])) < per_reason:
-                    found[key].append(entry["text"][:200].replace("\n", " "))
-    return found
+def stage_stats(logs: Path, stage: str) -> dict[str, dict[str, MetricStats]]:
+    """The stats of every task of ``stage`` added up: block name (datatrove saves
+    ``"<type>: <name>"``) -> metric -> :class:`MetricStats` (``total``, ``n``, ``mean``, ``max``)."""
+    merged: dict[str, dict[str, MetricStats]] = {}
+    for path in sorted((logs / stage / "stats").glob("*.json")):
+        for block in json.loads(path.read_text()):
+            metrics = merged.setdefault(block["name"].split(": ", 1)[-1], {})
+            for key, value in block["stats"].items():
+                stat = MetricStats.from_dict(value)
+                metrics[key] = metrics[key] + stat if key in metrics else stat
+    return merged
 
 
-def _plot(out: Path, report: dict, ppl: dict | None, cluster_sizes: list[int]) -> None:
+def _total(stats: dict[str, dict[str, MetricStats]], block: str, metric: str) -> float:
+    found = stats.get(block, {}).get(metric)
+    return found.total if found else 0
+
+
+def _concatenate(files: list[Path], out: Path, keys: tuple[str, ...]) -> list[dict]:
+    """Write ``files``' records (only ``keys``) to ``out`` in order; returns the full records."""
+    records = []
+    with open(out, "w") as sink:
+        for path in files:
+            with open(path) as f:
+                for line in f:
+                    record = json.loads(line)
+                    records.append(record)
+                    sink.write(json.dumps({k: record[k] for k in keys}, ensure_ascii=False) + "\n")
+    return records
+
+
+def _removed_files(work: Path, blocks: list[str]) -> list[Path]:
+    """Block by block in pipeline order, task by task."""
+    files = (work / "removed").glob("removed_*.jsonl")
+    found = [(p.stem.removeprefix("removed_").rsplit("_", 1), p) for p in files]
+    return [p for (block, rank), p in sorted(found, key=lambda x: (blocks.index(x[0][0]), x[0][1]))]
+
+
+def _throughput(stats: dict[str, dict], input_docs: float, input_bytes: float) -> dict:
+    meter = stats["meter"]
+    seconds, peak = meter["seconds"], meter["peak_rss_mb"]
+    return {
+        "tasks": seconds.n,
+        "task_seconds_max": seconds.max,
+        "docs_per_s_per_task": input_docs / max(seconds.total, 1e-9),
+        "mb_per_s_per_task": input_bytes / 1e6 / max(seconds.total, 1e-9),
+        "peak_rss_mb_max": peak.max,
+    }
+
+
+class Report(PipelineStep):
+    """The last stage (one task): the report of the whole run, from the files the stages left."""
+
+    type = "📋 - REPORT"
+    name = "report"
+
+    def __init__(self, out: Path, logs: Path, stages: list[str], config) -> None:
+        super().__init__()
+        self.out, self.logs, self.stages, self.config = Path(out), Path(logs), stages, config
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1) -> None:
+        from motif_megatron.data.blocks import perplexity_bounds
+        from motif_megatron.data.pipeline import build_filters
+
+        out, work, config = self.out, self.out / "work", self.config
+        stats = {stage: stage_stats(self.logs, stage) for stage in self.stages}
+        first, last = stats[self.stages[0]], stats[self.stages[-1]]
+        blocks = [f.name for f in build_filters(config)] + ["perplexity", "exact_dedup", "minhash"]
+        keys = ("id", "filter", "reason")
+        removed = _concatenate(_removed_files(work, blocks), out / "removed.jsonl", keys)
+        rejects = sorted(work.glob("rejects_*.jsonl"))
+        _concatenate(rejects, out / "rejects.jsonl", ("source", "line", "reason"))
+        by_reason = Counter(f"{r['filter']}/{r['reason']}" for r in removed)
+        chars = Counter()
+        examples: dict[str, list[str]] = {}
+        for r in removed:
+            chars[r["filter"]] += r["chars"]
+            key = f"{r['filter']}/{r['reason']}"
+            if len(examples.setdefault(key, [])) < 2:
+                examples[key].append(r["text"].replace("\n", " "))
+        dropped = sum(_total(s, b, "dropped") for s in stats.values() for b in s if b != "report")
+        input_docs = _total(first, "corpus", "input")
+        rejected = _total(first, "corpus", "rejected")
+        kept = _total(last, "🐿 Jsonl", "total")
+        if dropped != len(removed) or input_docs != kept + len(removed) + rejected:
+            raise RuntimeError(
+                f"accounting bug: {input_docs} in, {kept} kept + {len(removed)} removed "
+                f"({dropped} by the stats) + {rejected} rejected"
+            )
+        ppl = None
+        if config.kenlm_model:
+            low, high = perplexity_bounds(str(work / "ppl"), config.thresholds)
+            ppl = {"low": low, "high": high}
+        report = {
+            "input": int(input_docs),
+            "kept": int(kept),
+            "filtered": len(removed),
+            "rejected": int(rejected),
+            "language": config.language,
+            "input_chars": int(_total(first, "corpus", "input_chars")),
+            "kept_chars": int(_total(last, "🐿 Jsonl", "doc_len")),
+            "by_filter": dict(sorted(by_reason.items())),
+            "chars_by_filter": dict(sorted(chars.items())),
+            "perplexity": ppl,
+            "minhash": _minhash(stats, config) if config.minhash else None,
+            "throughput": {
+                stage: _throughput(s, input_docs, _total(first, "corpus", "input_bytes"))
+                for stage, s in stats.items()
+                if "meter" in s
+            },
+            "examples": examples,
+        }
+        write(out, report, work / "ppl" if ppl else None, blocks)
+
+
+def _minhash(stats: dict[str, dict[str, dict]], config) -> dict:
+    sizes = stats["minhash-cluster"].get("🎯 MinHash stage 3", {}).get("cluster_size")
+    return {
+        "clusters": sizes.n if sizes else 0,
+        "mean_cluster_size": sizes.mean if sizes else 0.0,
+        "max_cluster_size": sizes.max if sizes else 0,
+        "bands_rows": list(config.minhash_config.bands()),
+    }
+
+
+def _plot(out: Path, report: dict, ppl_folder: Path | None, blocks: list[str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -33,40 +154,49 @@ def _plot(out: Path, report: dict, ppl: dict | None, cluster_sizes: list[int]) -
     ax.set_title(f"removed documents by filter (kept {report['kept']} of {report['input']})")
     ax.invert_yaxis()
     ax = axes[1]
-    if ppl and ppl["values"]:
-        values = np.asarray(ppl["values"])
-        ax.hist(np.log10(values), bins=50, color="tab:blue")
-        for bound, name in ((ppl["low"], "low"), (ppl["high"], "high")):
+    if ppl_folder is not None:
+        from functools import reduce
+
+        from motif_megatron.data.thresholds import WIDTH, ScoreSummary
+
+        paths = sorted(ppl_folder.glob("*.ppl.npz"))
+        merged = reduce(ScoreSummary.merge, map(ScoreSummary.load, paths), ScoreSummary())
+        used = np.flatnonzero(merged.count)
+        edges = np.arange(used.min(), used.max() + 2) * WIDTH / np.log(10) if used.size else [0, 1]
+        counts = merged.count[used.min() : used.max() + 1] if used.size else [0]
+        ax.stairs(counts, edges, fill=True, color="tab:blue")
+        for bound, name in (
+            (report["perplexity"]["low"], "low"),
+            (report["perplexity"]["high"], "high"),
+        ):
             if bound:
                 ax.axvline(
                     np.log10(bound), color="tab:red", linestyle="--", label=f"{name} {bound:.0f}"
                 )
-        ax.set_xlabel("log10 perplexity")
+        ax.set_xlabel("log10 perplexity (merged task summaries)")
         ax.legend()
     else:
         ax.text(0.5, 0.5, "perplexity stage skipped\n(no --kenlm-model)", ha="center", va="center")
     ax.set_title("KenLM perplexity of filtered survivors")
     ax = axes[2]
-    if cluster_sizes:
-        ax.hist(cluster_sizes, bins=range(2, max(cluster_sizes) + 2), color="tab:green")
-        ax.set_xlabel("documents per near-duplicate cluster")
-    ax.set_title(f"MinHash clusters: {len(cluster_sizes)}")
+    left, names, remaining = report["input_chars"], ["input"], [report["input_chars"]]
+    for block in blocks:
+        if block in report["chars_by_filter"]:
+            left -= report["chars_by_filter"][block]
+            names.append(f"after {block}")
+            remaining.append(left)
+    ax.bar(names, np.asarray(remaining) / 1e6, color="tab:green")
+    ax.set_ylabel("million characters")
+    ax.tick_params(axis="x", rotation=30)
+    ax.set_title("characters kept after each block")
     fig.tight_layout()
     fig.savefig(out / "report.png", dpi=100)
     plt.close(fig)
 
 
-def write(
-    out: Path,
-    report: dict,
-    parts: list[dict],
-    ppl: dict | None,
-    cluster_sizes: list[int],
-    global_examples: dict[str, list[str]],
-) -> None:
-    report["examples"] = _examples(parts) | global_examples
+def write(out: Path, report: dict, ppl_folder: Path | None, blocks: list[str]) -> None:
     (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    _plot(out, report, ppl, cluster_sizes)
+    _plot(out, report, ppl_folder, blocks)
     lines = [
         "# Corpus report",
         "",
@@ -86,5 +216,12 @@ def write(
     if report.get("perplexity"):
         p = report["perplexity"]
         lines += ["", f"perplexity bounds: low {p['low']}, high {p['high']}"]
+    lines += ["", "| stage | tasks | docs/s per task | MB/s per task | peak RSS per task (MB) |"]
+    lines += ["|---|---|---|---|---|"]
+    for stage, t in report["throughput"].items():
+        lines.append(
+            f"| {stage} | {t['tasks']} | {t['docs_per_s_per_task']:.0f} | "
+            f"{t['mb_per_s_per_task']:.2f} | {t['peak_rss_mb_max']:.0f} |"
+        )
     lines += ["", "![report](report.png)", ""]
     (out / "report.md").write_text("\n".join(lines))

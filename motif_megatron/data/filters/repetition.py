@@ -83,6 +83,7 @@ class RepetitionFilter(Filter):
         top_ngram: dict[int, float] | None = None,
         dup_ngram: dict[int, float] | None = None,
     ) -> None:
+        super().__init__()
         self.dup_line_frac, self.dup_para_frac = dup_line_frac, dup_para_frac
         self.dup_line_char_frac, self.dup_para_char_frac = dup_line_char_frac, dup_para_char_frac
         self.top_ngram = TOP_NGRAM if top_ngram is None else top_ngram

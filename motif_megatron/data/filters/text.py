@@ -18,6 +18,7 @@ class LengthFilter(Filter):
         max_chars: int | None = 1_000_000,
         min_words: int | None = 5,
     ) -> None:
+        super().__init__()
         self.min_chars, self.max_chars, self.min_words = min_chars, max_chars, min_words
 
     def check(self, text: str) -> str | None:
@@ -46,6 +47,7 @@ class HangulRatioFilter(Filter):
     name = "language"
 
     def __init__(self, min_ratio: float | None = 0.3) -> None:
+        super().__init__()
         self.min_ratio = min_ratio
 
     @staticmethod
@@ -84,6 +86,7 @@ class NumericSequenceFilter(Filter):
     name = "numeric"
 
     def __init__(self, max_numeric_frac: float | None = 0.5, max_run: int | None = 10) -> None:
+        super().__init__()
         self.max_numeric_frac, self.max_run = max_numeric_frac, max_run
 
     def check(self, text: str) -> str | None:

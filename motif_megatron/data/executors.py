@@ -1,0 +1,137 @@
+"""Run the corpus stages on datatrove's executors: local processes, a Slurm cluster or Ray.
+
+Every stage logs to ``<logs>/<stage>`` (task logs, stats, completion markers), so a rerun skips
+finished tasks whatever executor ran them. Locally and on Ray the stages run one after another
+from this process; on Slurm they are submitted at once as job arrays chained by ``afterok``
+dependencies, and this process waits for the last one.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from motif_megatron.errors import UserError
+
+EXECUTORS = ("local", "slurm", "ray")
+
+
+@dataclass
+class SlurmOptions:
+    partition: str | None = None
+    time: str = "24:00:00"
+    cpus_per_task: int = 1
+    mem_per_cpu_gb: int = 2
+    poll_seconds: float = 2.0
+
+
+def execute(stages, executor: str, workers: int, logs: Path, **options) -> None:
+    """Run ``stages`` (see :func:`motif_megatron.data.pipeline.stages`) on ``executor``."""
+    if executor == "local":
+        _local(stages, workers, logs)
+    elif executor == "ray":
+        _ray(stages, workers, logs, options.get("ray_address"))
+    elif executor == "slurm":
+        _slurm(stages, workers, logs, options.get("slurm") or SlurmOptions())
+    else:
+        raise UserError(f"--executor {executor!r}: use one of {', '.join(EXECUTORS)}")
+
+
+def _local(stages, workers: int, logs: Path) -> None:
+    from datatrove.executor import LocalPipelineExecutor
+
+    for stage in stages:
+        LocalPipelineExecutor(
+            stage.pipeline,
+            tasks=stage.tasks,
+            workers=min(workers, stage.tasks),
+            logging_dir=str(logs / stage.name),
+        ).run()
+
+
+def _ray(stages, workers: int, logs: Path, address: str | None) -> None:
+    try:
+        import ray
+        from datatrove.executor.ray import RayPipelineExecutor
+    except ImportError:
+        raise UserError("--executor ray needs Ray: pip install ray") from None
+    # RAY_ADDRESS or a given address joins a running cluster; else a local one is started
+    ray.init(address=address, ignore_reinit_error=True, include_dashboard=False)
+    for stage in stages:
+        RayPipelineExecutor(
+            stage.pipeline,
+            tasks=stage.tasks,
+            workers=min(workers, stage.tasks),
+            logging_dir=str(logs / stage.name),
+            cpus_per_task=1,
+            mem_per_cpu_gb=1,
+        ).run()
+
+
+def _default_partition() -> str:
+    try:
+        found = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True)
+    except FileNotFoundError:
+        raise UserError("--executor slurm: no Slurm here (sinfo not found)") from None
+    partitions = found.stdout.split()
+    default = [p for p in partitions if p.endswith("*")] or partitions
+    if found.returncode or not default:
+        raise UserError(f"--executor slurm: no partition found ({found.stderr.strip()})")
+    return default[0].rstrip("*")
+
+
+def _slurm(stages, workers: int, logs: Path, options: SlurmOptions) -> None:
+    from datatrove.executor.slurm import SlurmPipelineExecutor
+
+    partition = options.partition or _default_partition()
+    previous, jobs = None, []
+    for stage in stages:
+        previous = SlurmPipelineExecutor(
+            stage.pipeline,
+            tasks=stage.tasks,
+            workers=workers if workers > 1 else -1,
+            time=options.time,
+            partition=partition,
+            cpus_per_task=options.cpus_per_task,
+            mem_per_cpu_gb=options.mem_per_cpu_gb,
+            job_name=f"corpus-{stage.name}",
+            venv_path=str(Path(sys.prefix) / "bin" / "activate"),
+            logging_dir=str(logs / stage.name),
+            slurm_logs_folder=str(logs / stage.name / "slurm"),
+            depends=previous,
+            mail_type="NONE",
+        )
+        jobs.append(previous)
+    previous.run()  # submits the chain of dependencies
+    _wait(jobs, logs / stages[-1].name, options.poll_seconds)
+
+
+def _wait(jobs, last_logs: Path, poll: float) -> None:
+    """Until the last stage is complete; a job that failed (its dependents never start) stops
+    the wait with the stage to look at."""
+    ids = {str(j.job_id): j.job_name for j in jobs if j.job_id not in (None, -1)}
+    while not (last_logs / "completions" / "00000").is_file():
+        queue = (
+            subprocess.run(
+                ["squeue", "-h", "-o", "%A %r", "-j", ",".join(ids)], capture_output=True, text=True
+            ).stdout.split("\n")
+            if ids
+            else []
+        )
+        states = dict(line.split(" ", 1) for line in queue if " " in line)
+        stuck = [
+            ids.get(job.split("_")[0]) for job, why in states.items() if "DependencyNever" in why
+        ]
+        if stuck or not states:
+            time.sleep(poll)  # the last marker may land just after the job leaves the queue
+            if (last_logs / "completions" / "00000").is_file():
+                return
+            subprocess.run(["scancel", *ids])
+            raise UserError(
+                f"a Slurm stage failed before {stuck[0] if stuck else 'the end'}: see the task "
+                f"logs under {last_logs.parent}/<stage>/logs"
+            )
+        time.sleep(poll)
