@@ -130,27 +130,35 @@ def test_resume_skips_finished_tasks_and_refuses_a_changed_config(tmp_path, ko_i
     )
 
 
+def _same_as_local(tmp_path, ko_input, name, *flags):
+    """The run on another executor keeps, removes and rejects what the local one does."""
+    local = _run(ko_input, tmp_path / "local", "--tasks", "3")
+    report, removed, kept = _run(ko_input, tmp_path / name, "--tasks", "3", *flags)
+    assert [d["id"] for d in kept] == [d["id"] for d in local[2]] and removed == local[1]
+    assert {k: report[k] for k in ("input", "kept", "filtered", "rejected")} == {
+        k: local[0][k] for k in ("input", "kept", "filtered", "rejected")
+    }
+    rejects = (tmp_path / name / "rejects.jsonl").read_text()
+    assert rejects == (tmp_path / "local/rejects.jsonl").read_text() and rejects
+
+
 def test_slurm_executor_keeps_the_documents_local_keeps(tmp_path, ko_input, slurm):
     """datatrove's Slurm executor on the real one-node cluster: job arrays chained by
-    dependencies, the same kept ids as the local executor with the same tasks."""
-    local = _run(ko_input, tmp_path / "local", "--tasks", "3")
-    flags = ["--executor", "slurm", "--tasks", "3", "--workers", "2", "--slurm-time", "0:10:00"]
-    report, removed, kept = _run(
-        ko_input, tmp_path / "slurm", *flags, "--slurm-mem-per-cpu-gb", "1"
-    )
-    assert [d["id"] for d in kept] == [d["id"] for d in local[2]] and removed == local[1]
-    assert report["input"] == local[0]["input"]
+    dependencies, waited for; a partition the cluster lacks is one line."""
+    flags = ["--executor", "slurm", "--workers", "2", "--slurm-time", "0:10:00"]
+    _same_as_local(tmp_path, ko_input, "slurm", *flags, "--slurm-mem-per-cpu-gb", "1")
     assert list((tmp_path / "slurm/logs/filter/slurm").glob("*.out"))  # ran as Slurm jobs
+    path, *_ = ko_input
+    args = ["tools/preprocess_corpus.py", "--input", str(path), "--output", str(tmp_path / "x")]
+    result = run([*args, "--executor", "slurm", "--slurm-partition", "nope"])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --slurm-partition nope:")
 
 
 def test_ray_executor_keeps_the_documents_local_keeps(tmp_path, ko_input):
+    """datatrove's Ray executor on a local Ray cluster (ray.init in the tool)."""
     pytest.importorskip("ray", reason="pip install ray (part of the dev extra)")
-    local = _run(ko_input, tmp_path / "local", "--tasks", "3")
-    report, removed, kept = _run(
-        ko_input, tmp_path / "ray", "--executor", "ray", "--tasks", "3", "--workers", "2"
-    )
-    assert [d["id"] for d in kept] == [d["id"] for d in local[2]] and removed == local[1]
-    assert report["input"] == local[0]["input"]
+    _same_as_local(tmp_path, ko_input, "ray", "--executor", "ray", "--workers", "2")
 
 
 def _datatrove_clusters(docs: list[str], config, folder) -> np.ndarray:

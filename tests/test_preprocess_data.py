@@ -138,3 +138,54 @@ def test_sentencepiece_tokenizer(tmp_path, byte_fallback):
     assert dataset.index.dtype == np.uint16  # small vocabularies fit Megatron's uint16 shards
     for i in (0, 57, 199):
         assert dataset[i].tolist() == [*sp.encode(texts[i]), sp.eos_id()]
+
+
+def test_a_glob_gives_a_shard_per_file_a_blend_and_a_byte_identical_merge(
+    tmp_path, llama3_tokenizer
+):
+    """Three files: one shard each (byte-identical to tokenising that file alone) and a blend
+    weighting them by tokens; --merge, and --tasks 4 over the concatenation, equal the shard of
+    the concatenated corpus byte for byte."""
+    from motif_megatron.data.blend import blend, data_path
+
+    corpus, _ = bundled_corpus(tmp_path, n=90)
+    lines = corpus.read_text().splitlines(keepends=True)
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    for k in range(3):
+        (parts / f"p{k}.jsonl").write_text("".join(lines[k * 30 : (k + 1) * 30]))
+    common = ["--tokenizer-model", str(llama3_tokenizer), "--append-eod", "--partition-docs", "7"]
+
+    def tokenize(source, prefix, *flags):
+        ok(
+            run(
+                [
+                    "tools/preprocess_data.py",
+                    "--input",
+                    str(source),
+                    "--output-prefix",
+                    str(prefix),
+                    *common,
+                    *flags,
+                ]
+            )
+        )
+
+    tokenize(f"{parts}/*.jsonl", tmp_path / "glob")
+    shards = [str(tmp_path / f"glob_{k:05d}_text_document") for k in range(3)]
+    for k, prefix in enumerate(shards):
+        tokenize(parts / f"p{k}.jsonl", tmp_path / f"alone{k}")
+        for suffix in (".bin", ".idx"):
+            alone = tmp_path / f"alone{k}_text_document{suffix}"
+            assert Path(prefix + suffix).read_bytes() == alone.read_bytes()
+    written = (tmp_path / "glob_text_document.blend").read_text().split()
+    assert written == data_path(blend({"corpus": (1.0, shards)}))
+    tokenize(corpus, tmp_path / "whole")
+    tokenize(f"{parts}/*.jsonl", tmp_path / "merged", "--merge")
+    tokenize(corpus, tmp_path / "split", "--tasks", "4", "--merge")
+    for name in ("merged", "split"):
+        for suffix in (".bin", ".idx"):
+            assert (tmp_path / f"{name}_text_document{suffix}").read_bytes() == (
+                tmp_path / f"whole_text_document{suffix}"
+            ).read_bytes(), (name, suffix)
+    assert not list(tmp_path.glob("merged_0*")) and not list(tmp_path.glob("split_0*"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 from conftest import bundled_corpus, ok, run
 
 
@@ -147,3 +148,25 @@ def test_sentencepiece_base_expansion(tmp_path, expanded):
     assert sum(new.encode(t["text"]) == [t["id"]] for t in selected) / len(selected) > 0.95
     ratio = sum(len(new.encode(t)) for t in held_out) / sum(len(base.encode(t)) for t in held_out)
     assert ratio < 0.8
+
+
+def test_sample_is_seeded_bounded_and_uniform():
+    """One pass, the sample only in memory: bounds hold, a seed gives the same sample, and over
+    seeds every document is drawn about equally often (the bottom-k keys are uniform)."""
+    from collections import Counter
+
+    from motif_megatron.tokenizer.train import sample_texts
+
+    docs = [f"{i:04d}" + "가" * (i % 13) for i in range(400)]
+    sample = sample_texts(iter(docs), sample_docs=40, seed=3)
+    assert len(sample) == 40 and sample == sample_texts(iter(docs), sample_docs=40, seed=3)
+    assert sample != sample_texts(iter(docs), sample_docs=40, seed=4)
+    by_chars = sample_texts(iter(docs), sample_chars=500, seed=3)
+    total = sum(map(len, by_chars))
+    assert total >= 500 and total - len(by_chars[-1]) < 500
+    assert sample_texts(iter(docs)) == docs  # no bound: every document, in order
+    drawn = Counter(
+        t for seed in range(300) for t in sample_texts(iter(docs), sample_docs=40, seed=seed)
+    )
+    rates = np.array([drawn[t] for t in docs]) / 300
+    assert abs(rates.mean() - 0.1) < 1e-9 and rates.std() < 0.03  # binomial std: 0.017

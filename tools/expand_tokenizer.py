@@ -27,8 +27,17 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--new", required=True, help="tokenizer trained by tools/train_tokenizer.py")
     p.add_argument(
-        "--corpus", required=True, help="corpus for the frequency count (JSONL/Parquet/folder)"
+        "--corpus",
+        required=True,
+        help="corpus for the frequency count (JSONL/Parquet file, quoted glob or folder; streamed)",
     )
+    p.add_argument(
+        "--sample-docs", type=int, help="count on a seeded sample of at most this many documents"
+    )
+    p.add_argument(
+        "--sample-chars", type=int, help="count on a seeded sample of about this many characters"
+    )
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument(
         "--min-count", type=int, default=25000, help="keep tokens produced at least this often"
     )
@@ -50,11 +59,14 @@ def parse_args() -> argparse.Namespace:
 @run_cli
 def main() -> None:
     args = parse_args()
-    from motif_megatron.data.readers import Document, iter_documents
+    from motif_megatron.data.readers import corpus_texts
     from motif_megatron.tokenizer.expand import ExpansionConfig, expand, expand_sentencepiece
+    from motif_megatron.tokenizer.train import sample_texts
 
     start = time.time()
-    texts = [d.text for d in iter_documents(args.corpus, args.text_key) if isinstance(d, Document)]
+    texts = corpus_texts(args.corpus, args.text_key)
+    if args.sample_docs is not None or args.sample_chars is not None:
+        texts = sample_texts(texts, args.sample_docs, args.sample_chars, args.seed)
     stop = (
         set(Path(args.stop_list).read_text(encoding="utf-8").split()) if args.stop_list else set()
     )

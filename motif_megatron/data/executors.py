@@ -71,7 +71,8 @@ def _ray(stages, workers: int, logs: Path, address: str | None) -> None:
         ).run()
 
 
-def _default_partition() -> str:
+def _partition(asked: str | None) -> str:
+    """``asked`` if the cluster has it, else the cluster's default partition."""
     try:
         found = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True)
     except FileNotFoundError:
@@ -80,13 +81,16 @@ def _default_partition() -> str:
     default = [p for p in partitions if p.endswith("*")] or partitions
     if found.returncode or not default:
         raise UserError(f"--executor slurm: no partition found ({found.stderr.strip()})")
-    return default[0].rstrip("*")
+    names = [p.rstrip("*") for p in partitions]
+    if asked is not None and asked not in names:
+        raise UserError(f"--slurm-partition {asked}: the cluster has {', '.join(names)}")
+    return asked or default[0].rstrip("*")
 
 
 def _slurm(stages, workers: int, logs: Path, options: SlurmOptions) -> None:
     from datatrove.executor.slurm import SlurmPipelineExecutor
 
-    partition = options.partition or _default_partition()
+    partition = _partition(options.partition)
     previous, jobs = None, []
     for stage in stages:
         previous = SlurmPipelineExecutor(
@@ -105,7 +109,10 @@ def _slurm(stages, workers: int, logs: Path, options: SlurmOptions) -> None:
             mail_type="NONE",
         )
         jobs.append(previous)
-    previous.run()  # submits the chain of dependencies
+    try:
+        previous.run()  # submits the chain of dependencies
+    except subprocess.CalledProcessError as exc:
+        raise UserError(f"--executor slurm: sbatch refused a stage ({exc.output or exc})") from None
     _wait(jobs, logs / stages[-1].name, options.poll_seconds)
 
 

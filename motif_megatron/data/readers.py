@@ -206,3 +206,15 @@ def task_units(units: list[Unit], rank: int, world_size: int) -> list[Unit]:
     """Task ``rank``'s contiguous share (tasks in rank order read the corpus in input order)."""
     n = len(units)
     return units[rank * n // world_size : (rank + 1) * n // world_size]
+
+
+def corpus_texts(spec: str | Path, text_key: str = "text") -> Iterator[str]:
+    """The texts of every document of a corpus (file, folder or glob), streamed in input order;
+    bad lines are skipped (the corpus pipeline accounts for them)."""
+    files = input_files(spec)  # checked now, not at the first next()
+    return (
+        r.text
+        for f in files
+        for r in iter_documents(f, text_key=text_key)
+        if isinstance(r, Document)
+    )

@@ -5,7 +5,8 @@ byte-level BPE and SentencePiece-BPE tokenizers, which the tests check on the re
 HF ``tokenizers``/``sentencepiece`` as the fallback. Documents hold exactly the tokenizer's ids for
 their text (no BOS is added), followed by EOD when asked. Input is cut into partitions of
 ``partition_docs`` documents, each written as its own shard with a completion marker, then merged in
-order, so a killed run resumes from the last finished partition.
+order, so a killed run resumes from the last finished partition. A corpus of many files (or
+``tasks`` shares of one) becomes one shard per task and a blend file, or one merged shard.
 """
 
 from __future__ import annotations
@@ -19,8 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from motif_megatron.data.indexed import IndexedWriter, optimal_dtype
-from motif_megatron.data.readers import Document, Reject, iter_documents
+from motif_megatron.data.blend import blend, data_path
+from motif_megatron.data.indexed import IndexedWriter, optimal_dtype, token_count
+from motif_megatron.data.readers import (
+    Document,
+    Reject,
+    input_files,
+    input_units,
+    iter_documents,
+    task_units,
+)
 from motif_megatron.errors import UserError
 
 
@@ -127,32 +136,27 @@ def _partitions(records: Iterator[Document | Reject], size: int):
         yield chunk
 
 
-def tokenize_file(
-    input_path: str | Path,
-    output_prefix: str | Path,
-    tokenizer: str | Path,
-    json_key: str = "text",
-    append_eod: bool = True,
-    partition_docs: int = 20000,
-    max_docs: int | None = None,
-    backend: str = "auto",
-    progress: bool = True,
+def _tokenize(
+    records: Iterator[Document | Reject],
+    final: str,
+    encoder: Encoder,
+    append_eod: bool,
+    partition_docs: int,
+    progress: bool,
 ) -> TokenizeStats:
-    """Write ``{output_prefix}_{json_key}_document.{bin,idx}``; returns what was written."""
+    """Write ``final.{bin,idx}`` (and ``final.json`` last) from ``records``, partition by
+    partition; a partition finished by an interrupted run is reused."""
     from tqdm import tqdm
 
     start = time.time()
-    encoder = Encoder(tokenizer, backend)
     dtype = optimal_dtype(encoder.vocab_size)
-    final = f"{output_prefix}_{json_key}_document"
     Path(final).parent.mkdir(parents=True, exist_ok=True)
-    records = islice(iter_documents(input_path, text_key=json_key), max_docs)
     stats = TokenizeStats()
     parts = []
     rejects_path = Path(final + ".rejects.jsonl")
     with (
         open(rejects_path, "w") as rejects,
-        tqdm(desc="tokenize", unit="doc", disable=not progress) as bar,
+        tqdm(desc=f"tokenize {Path(final).name}", unit="doc", disable=not progress) as bar,
     ):
         for index, chunk in enumerate(_partitions(records, partition_docs)):
             part = f"{final}.part{index:05d}"
@@ -160,7 +164,8 @@ def tokenize_file(
             docs = [r for r in chunk if isinstance(r, Document)]
             for r in chunk:
                 if isinstance(r, Reject):
-                    rejects.write(json.dumps({"line": r.line, "reason": r.reason}) + "\n")
+                    record = {"source": r.source, "line": r.line, "reason": r.reason}
+                    rejects.write(json.dumps(record) + "\n")
             stats.rejected += len(chunk) - len(docs)
             marker = Path(part + ".done")
             if marker.is_file():  # finished by an earlier, interrupted run
@@ -179,24 +184,87 @@ def tokenize_file(
             stats.documents += len(docs)
             stats.tokens += int(lengths.sum())
             bar.update(len(chunk))
-    writer = IndexedWriter(final, dtype)
-    for part in parts:
-        writer.add_shard(part)
-    writer.close()
-    for part in parts:
-        for suffix in (".bin", ".idx", ".done"):
-            Path(part + suffix).unlink()
+    _merge(parts, final, dtype)
     if not stats.rejected:
         rejects_path.unlink()
     stats.seconds = time.time() - start
-    Path(final + ".json").write_text(
-        json.dumps(
-            stats.__dict__
-            | {"dtype": np.dtype(dtype).name, "eod": encoder.eod, "backend": encoder.backend}
-        )
-        + "\n"
-    )
+    _summary(final, stats, encoder)
     return stats
+
+
+def _merge(shards: list[str], final: str, dtype) -> None:
+    """Megatron's shard merge: ``shards`` one after another into ``final``, then removed."""
+    writer = IndexedWriter(final, dtype)
+    for shard in shards:
+        writer.add_shard(shard)
+    writer.close()
+    for shard in shards:
+        for suffix in (".bin", ".idx", ".done", ".json", ".rejects.jsonl"):
+            Path(shard + suffix).unlink(missing_ok=True)
+
+
+def _summary(final: str, stats: TokenizeStats, encoder: Encoder) -> None:
+    dtype = np.dtype(optimal_dtype(encoder.vocab_size)).name
+    meta = {"dtype": dtype, "eod": encoder.eod, "backend": encoder.backend}
+    Path(final + ".json").write_text(json.dumps(stats.__dict__ | meta) + "\n")
+
+
+def tokenize_corpus(
+    input_path: str | Path,
+    output_prefix: str | Path,
+    tokenizer: str | Path,
+    json_key: str = "text",
+    append_eod: bool = True,
+    partition_docs: int = 20000,
+    max_docs: int | None = None,
+    backend: str = "auto",
+    progress: bool = True,
+    tasks: int | None = None,
+    merge: bool = False,
+) -> TokenizeStats:
+    """Tokenise a corpus (a file, a folder or a glob). One task (one file, by default) writes
+    ``{output_prefix}_{json_key}_document.{bin,idx}``; ``tasks`` shares (one per file by default)
+    write ``{output_prefix}_{rank:05d}_{json_key}_document`` each, listed with token-count weights
+    in ``..._document.blend`` (Megatron's ``--data-path`` syntax), or merged into one shard
+    (``merge``). Finished tasks are kept on a rerun."""
+    encoder = Encoder(tokenizer, backend)
+    files = input_files(input_path)
+    tasks = tasks or len(files)
+    final = f"{output_prefix}_{json_key}_document"
+    if tasks == 1:
+        records = (r for f in files for r in iter_documents(f, text_key=json_key))
+        return _tokenize(
+            islice(records, max_docs), final, encoder, append_eod, partition_docs, progress
+        )
+    if max_docs is not None:
+        raise UserError("--max-docs needs a single task (one input file, no --tasks)")
+    units, total, shards = input_units(files, tasks), TokenizeStats(), []
+    for rank in range(tasks):
+        shard = f"{output_prefix}_{rank:05d}_{json_key}_document"
+        done = Path(shard + ".json")
+        if done.is_file():
+            stats = TokenizeStats(
+                **{
+                    k: v
+                    for k, v in json.loads(done.read_text()).items()
+                    if k in TokenizeStats.__dataclass_fields__
+                }
+            )
+        else:
+            records = (
+                r for u in task_units(units, rank, tasks) for r in u.documents(json_key, "id")
+            )
+            stats = _tokenize(records, shard, encoder, append_eod, partition_docs, progress)
+        for k in ("documents", "tokens", "rejected", "seconds"):
+            setattr(total, k, getattr(total, k) + getattr(stats, k))
+        shards.append(shard)
+    if merge:
+        _merge(shards, final, optimal_dtype(encoder.vocab_size))
+        _summary(final, total, encoder)
+        return total
+    entries = blend({"corpus": (1.0, [s for s in shards if token_count(s)])})
+    Path(final + ".blend").write_text(" ".join(data_path(entries)) + "\n")
+    return total
 
 
 def _append(tokens: np.ndarray, lengths: np.ndarray, eod: int) -> tuple[np.ndarray, np.ndarray]:

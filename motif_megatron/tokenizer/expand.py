@@ -17,7 +17,9 @@ import json
 import shutil
 import unicodedata
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 
 from motif_megatron.errors import UserError
@@ -124,11 +126,13 @@ def _select(
     return kept, excluded
 
 
-def count_tokens(new_tokenizer, texts: list[str]) -> tuple[Counter, Counter]:
-    """(occurrences, documents containing) per token id under the new tokenizer."""
+def count_tokens(new_tokenizer, texts: Iterable[str]) -> tuple[Counter, Counter]:
+    """(occurrences, documents containing) per token id under the new tokenizer; ``texts`` is
+    streamed 1,000 documents at a time."""
     counts, docs = Counter(), Counter()
-    for i in range(0, len(texts), 1000):
-        for enc in new_tokenizer.encode_batch(texts[i : i + 1000], add_special_tokens=False):
+    it = iter(texts)
+    while batch := list(islice(it, 1000)):
+        for enc in new_tokenizer.encode_batch(batch, add_special_tokens=False):
             counts.update(enc.ids)
             docs.update(set(enc.ids))
     return counts, docs
@@ -137,7 +141,7 @@ def count_tokens(new_tokenizer, texts: list[str]) -> tuple[Counter, Counter]:
 def expand(
     base_dir: str | Path,
     new_dir: str | Path,
-    texts: list[str],
+    texts: Iterable[str],
     out_dir: str | Path,
     config: ExpansionConfig,
 ) -> dict:
@@ -228,7 +232,7 @@ def expand(
 def expand_sentencepiece(
     base_model: str | Path,
     new_dir: str | Path,
-    texts: list[str],
+    texts: Iterable[str],
     out_dir: str | Path,
     config: ExpansionConfig,
 ) -> dict:

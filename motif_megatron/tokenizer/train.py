@@ -7,6 +7,7 @@ tokenizer could also produce from the same pre-tokenized word, which is what let
 
 from __future__ import annotations
 
+import heapq
 import json
 import random
 from collections.abc import Iterable
@@ -21,23 +22,35 @@ LLAMA3_PATTERN = (
 )
 
 
-def sample_texts(texts: Iterable[str], sample_chars: int | None, seed: int) -> list[str]:
-    """A seeded random sample of whole documents totalling about ``sample_chars`` characters."""
-    docs = list(texts)
-    random.Random(seed).shuffle(docs)
-    if sample_chars is None:
-        return docs
-    out, total = [], 0
-    for doc in docs:
-        if total >= sample_chars:
-            break
-        out.append(doc)
-        total += len(doc)
-    return out
+def sample_texts(
+    texts: Iterable[str],
+    sample_docs: int | None = None,
+    sample_chars: int | None = None,
+    seed: int = 0,
+) -> list[str]:
+    """A seeded uniform sample of whole documents, in one pass and in memory bounded by the
+    sample: each document draws a random key and the smallest keys are kept (a bottom-k sample),
+    up to ``sample_docs`` documents and about ``sample_chars`` characters (EEVE counts on 1 B of
+    50 B tokens). Without a bound every document is returned, in input order."""
+    if sample_docs is None and sample_chars is None:
+        return list(texts)
+    rng, heap, chars = random.Random(seed), [], 0  # max-heap on the key: (-key, text)
+    for text in texts:
+        key = rng.random()
+        if heap and sample_docs is not None and len(heap) >= sample_docs and key > -heap[0][0]:
+            continue
+        heapq.heappush(heap, (-key, text))
+        chars += len(text)
+        while (sample_docs is not None and len(heap) > sample_docs) or (
+            sample_chars is not None and len(heap) > 1 and chars - len(heap[0][1]) >= sample_chars
+        ):
+            chars -= len(heapq.heappop(heap)[1])
+    return [text for _, text in sorted(heap, reverse=True)]
 
 
-def train_bpe(texts: list[str], vocab_size: int, base_dir: str | Path | None = None):
-    """An HF ``tokenizers.Tokenizer`` (byte-level BPE) trained on ``texts``."""
+def train_bpe(texts: Iterable[str], vocab_size: int, base_dir: str | Path | None = None):
+    """An HF ``tokenizers.Tokenizer`` (byte-level BPE) trained on ``texts``, streamed (the
+    trainer keeps word counts, not documents)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
@@ -61,7 +74,8 @@ def train_bpe(texts: list[str], vocab_size: int, base_dir: str | Path | None = N
         show_progress=True,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tokenizer.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    length = len(texts) if isinstance(texts, list) else None
+    tokenizer.train_from_iterator(texts, trainer=trainer, length=length)
     return tokenizer
 
 
