@@ -81,7 +81,7 @@ def main() -> None:
         raise UserError(
             "nothing to grow: give --depth-add/--depth-positions, width sizes and/or --tokenizer"
         )
-    from motif_megatron.growth.transform import GrowthRequest, grow
+    from motif_megatron.growth.transform import GrowthRequest, describe, grow
 
     request = GrowthRequest(
         depth_add=args.depth_add,
@@ -100,7 +100,8 @@ def main() -> None:
     summary = grow(args.load, args.save, request)
     print(
         f"wrote {args.save}: {summary['layers']} layers, vocab {summary['vocab_size']}, "
-        f"growth {summary['growth']}; peak RSS {summary['peak_rss_mb']:.0f} MB"
+        f"growth: {describe(summary['growth'])}; peak RSS {summary['peak_rss_mb']:.0f} MB "
+        f"(the full record is in {args.save}/motif_model.json)"
     )
 
 

@@ -30,6 +30,7 @@ TOKENIZER_FILES = (
     "special_tokens_map.json",
     "tokenizer.model",
     "chat_template.jinja",
+    "new_tokens.json",  # an expanded tokenizer's record (the vocabulary growth reads it)
 )
 _LAYER_NAME = re.compile(r"decoder\.layers\.(\d+)\.(.+)")
 

@@ -113,9 +113,13 @@ def _place(
     shape,
     rows: torch.Tensor | None,
     cols: torch.Tensor | None,
-    generator: torch.Generator,
+    generator: torch.Generator | None,
 ) -> torch.Tensor:
-    out = _fresh(shape, old, generator)
+    """``old`` at its mapped positions of a new tensor of ``shape``; new entries are fresh, or
+    zeros without a ``generator`` (a chat-vector delta reaches the old slice only)."""
+    out = (
+        torch.zeros(shape, dtype=old.dtype) if generator is None else _fresh(shape, old, generator)
+    )
     rows = torch.arange(old.shape[0]) if rows is None else rows
     if old.dim() == 1:
         out[rows] = old
@@ -126,15 +130,19 @@ def _place(
 
 
 def grow_layer_tensor(
-    param: layout.LayerParam, old: torch.Tensor, plan: WidthPlan, generator: torch.Generator
+    param: layout.LayerParam,
+    old: torch.Tensor,
+    plan: WidthPlan,
+    generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """The grown value of one layer parameter."""
+    """The grown value of one layer parameter (new entries zero without a ``generator``)."""
     o, n, d = plan.old, plan.new_args, plan.old.head_dim
     heads = plan.head_map()
     head_rows = (heads[:, None] * d + torch.arange(d)[None, :]).reshape(-1)
     ffn = plan.ffn_map()
     if param.ckpt_key.endswith("layer_norm_weight"):
-        out = torch.full((n.hidden_size,), float(old.float().mean()), dtype=old.dtype)
+        fill = 0.0 if generator is None else float(old.float().mean())
+        out = torch.full((n.hidden_size,), fill, dtype=old.dtype)
         out[: o.hidden_size] = old
         return out
     if param.ckpt_key == "self_attention.linear_qkv.weight":

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import resource
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +59,7 @@ def _new_vocab(tokenizer: Path, old_vocab: int) -> tuple[int, dict[int, list[int
     return size, {t["id"]: t["pieces"] for t in info["tokens"] if t.get("text") is not None}
 
 
-def _mask_key(reader: dist.CheckpointReader) -> str:
+def mask_key(reader: dist.CheckpointReader) -> str:
     key = next((k for k in sorted(reader.shapes) if k.endswith("msg_m")), None)
     if key is None:
         raise UserError(f"{reader.dir} holds no MSG mask values")
@@ -84,10 +83,11 @@ def grow(load: str | Path, save: str | Path, request: GrowthRequest) -> dict:
     if request.finalize:
         if "msg" not in growth:
             raise UserError("--finalize: this checkpoint has no MSG masks")
-        values = reader.get(_mask_key(reader)).flatten().unique().tolist()
+        values = reader.get(mask_key(reader)).flatten().unique().tolist()
         if values != [1.0]:
             raise UserError(f"--finalize needs the MSG masks at 1, this checkpoint has m={values}")
-        growth.pop("msg")
+        # the masks go; the layout stays (a chat vector maps onto the old slices through it)
+        growth["msg_layout"] = {k: v for k, v in growth.pop("msg").items() if k != "m"}
     plan = None
     width = (
         request.hidden_size,
@@ -196,11 +196,6 @@ def grow(load: str | Path, save: str | Path, request: GrowthRequest) -> dict:
     tokenizer_src = Path(request.tokenizer) if request.tokenizer else root / TOKENIZER_DIR
     if tokenizer_src.is_dir():
         copy_tokenizer(tokenizer_src, save / TOKENIZER_DIR)
-        if (tokenizer_src / "new_tokens.json").is_file():
-            (save / TOKENIZER_DIR).mkdir(exist_ok=True)
-            shutil.copy2(
-                tokenizer_src / "new_tokens.json", save / TOKENIZER_DIR / "new_tokens.json"
-            )
     return {
         "layers": len(layers),
         "hidden_size": new_args.hidden_size,
@@ -208,6 +203,35 @@ def grow(load: str | Path, save: str | Path, request: GrowthRequest) -> dict:
         "growth": growth,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+
+
+def describe(growth: dict) -> str:
+    """One short line for a growth record (counts and ranges; the full lists stay in the JSON)."""
+    parts = []
+    if blocks := growth.get("llama_pro_layers"):
+        parts.append(f"{len(blocks)} LlamaPro blocks at {_ranges(blocks)}")
+    if width := growth.get("msg") or growth.get("msg_layout"):
+        parts.append(
+            f"MSG width from hidden {width['old_hidden']}: {len(width['new_heads'])} new heads, "
+            f"{len(width['new_ffn'])} new FFN channels"
+            + ("" if "msg" in growth else " (finalized)")
+        )
+    if vocab_record := growth.get("vocab"):
+        parts.append(
+            f"vocabulary {vocab_record['old']} -> {vocab_record['new']} ({vocab_record['init']})"
+        )
+    return "; ".join(parts) or "none"
+
+
+def _ranges(values: list[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``"1-3, 7"``."""
+    out, start = [], None
+    for k, v in enumerate(values):
+        start = v if start is None else start
+        if k + 1 == len(values) or values[k + 1] != v + 1:
+            out.append(str(v) if v == start else f"{start}-{v}")
+            start = None
+    return ", ".join(out)
 
 
 def merge_adapters(load: str | Path, save: str | Path) -> dict:
