@@ -1,0 +1,181 @@
+"""A recipe file: settings, steps (the project's commands with ``{placeholders}``), arms, targets.
+
+  name: demo
+  settings: {base: hf/tiny, lr: 3.0e-4, train_from: "{grow}"}
+  steps:
+    - {name: import, run: "tools/convert_hf.py import --hf-dir {base} --out {out}", inputs: ["{base}"]}
+    - {name: grow, run: "tools/expand_checkpoint.py --load {import} --save {out} --depth-add 2"}
+    - {name: train, run: "pretrain_motif.py --load {train_from} --save {out} --lr {lr}", torchrun: 2}
+  targets: [train]
+  arms: {baseline: {train_from: "{import}"}, low_lr: {lr: 1.0e-4}}
+
+In a command, ``{out}`` is the step's own folder, ``{NAME}`` of a step is that step's folder (a
+dependency), and any other name is a setting; settings are templates too, so an arm can reroute
+a step's input. Each arm runs the steps its targets reach. A step is identified by a hash of its
+command with every dependency replaced by that dependency's hash, its launcher and the contents of
+its ``inputs``: arms that agree on a step share it, and a step whose hash has a finished folder is
+not run again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from motif_megatron.errors import UserError
+
+_FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+MAIN_ARM = "main"
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    run: str
+    torchrun: int = 0
+    """Processes per node under torchrun (0: a plain process)."""
+    inputs: tuple[str, ...] = ()
+    """Files or folders whose contents are part of the step's identity."""
+
+
+@dataclass(frozen=True)
+class Planned:
+    step: Step
+    command: str
+    """The command template with settings substituted (``{out}`` and step names remain)."""
+    inputs: list[str]
+    deps: list[str]
+
+
+@dataclass
+class Recipe:
+    name: str
+    steps: dict[str, Step]
+    settings: dict[str, object] = field(default_factory=dict)
+    arms: dict[str, dict[str, object]] = field(default_factory=dict)
+    targets: list[str] = field(default_factory=list)
+    slurm: dict[str, object] = field(default_factory=dict)
+    """``#SBATCH`` options of every step script (``partition``, ``time``, ...)."""
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recipe:
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"recipe {path} not found")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(raw, dict) or not isinstance(raw.get("steps"), list):
+            raise UserError(f"{path}: a recipe needs a 'steps' list")
+        steps = {}
+        for entry in raw["steps"]:
+            unknown = set(entry) - {"name", "run", "torchrun", "inputs"}
+            if unknown or "name" not in entry or "run" not in entry:
+                raise UserError(
+                    f"{path}: step {entry.get('name', '?')}: needs name and run, got {sorted(unknown)}"
+                )
+            if entry["name"] in steps:
+                raise UserError(f"{path}: two steps are named {entry['name']!r}")
+            steps[entry["name"]] = Step(
+                entry["name"],
+                entry["run"],
+                int(entry.get("torchrun", 0)),
+                tuple(entry.get("inputs", ())),
+            )
+        recipe = cls(
+            raw.get("name", path.stem),
+            steps,
+            dict(raw.get("settings") or {}),
+            {k: dict(v or {}) for k, v in (raw.get("arms") or {}).items()},
+            list(raw.get("targets") or ([next(reversed(steps))] if steps else [])),
+            dict(raw.get("slurm") or {}),
+        )
+        recipe.check()
+        return recipe
+
+    def check(self) -> None:
+        for target in self.targets:
+            if target not in self.steps:
+                raise UserError(f"target {target!r} is not a step")
+        for arm, overrides in self.arms.items():
+            unknown = set(overrides) - set(self.settings)
+            if unknown:
+                raise UserError(f"arm {arm!r} sets {sorted(unknown)}, which are not settings")
+        for arm in self.arm_names():
+            self.plan(arm)  # unknown names and cycles fail here, before anything runs
+
+    def arm_names(self) -> list[str]:
+        return list(self.arms) or [MAIN_ARM]
+
+    def settings_of(self, arm: str) -> dict[str, object]:
+        return {**self.settings, **self.arms.get(arm, {})}
+
+    def expand(self, template: str, settings: dict, seen: tuple[str, ...] = ()) -> str:
+        """``template`` with settings substituted (recursively); step names and ``out`` stay."""
+
+        def one(match: re.Match) -> str:
+            name = match.group(1)
+            if name == "out" or name in self.steps:
+                return match.group(0)
+            if name not in settings:
+                raise UserError(f"{{{name}}} is neither a setting nor a step (in {template!r})")
+            if name in seen:
+                raise UserError(f"setting {name!r} refers to itself")
+            return self.expand(str(settings[name]), settings, (*seen, name))
+
+        return _FIELD.sub(one, template)
+
+    def plan(self, arm: str) -> list[Planned]:
+        """The arm's steps in run order, settings substituted."""
+        settings, order, state = self.settings_of(arm), [], {}
+        expanded = {
+            name: self.expand(s.run + " " + " ".join(s.inputs), settings)
+            for name, s in self.steps.items()
+        }
+
+        def visit(name: str, path: tuple[str, ...]) -> None:
+            if state.get(name) == "done":
+                return
+            if name in path:
+                raise UserError(
+                    f"steps depend on each other in a cycle: {' -> '.join((*path, name))}"
+                )
+            deps = [d for d in dict.fromkeys(_FIELD.findall(expanded[name])) if d in self.steps]
+            for dep in deps:
+                visit(dep, (*path, name))
+            state[name] = "done"
+            step = self.steps[name]
+            inputs = [self.expand(i, settings) for i in step.inputs]
+            if any(d in self.steps for i in inputs for d in _FIELD.findall(i)):
+                raise UserError(f"step {name}: inputs are files; a step's folder is a dependency")
+            order.append(Planned(step, self.expand(step.run, settings), inputs, deps))
+
+        for target in self.targets:
+            visit(target, ())
+        return order
+
+
+def fingerprint(path: Path) -> str:
+    """Contents of a file, or of every file under a folder (names and bytes)."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    if not path.exists():
+        raise UserError(f"input {path} does not exist")
+    for f in files:
+        digest.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        with open(f, "rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def render(template: str, folders: dict[str, str], out: str) -> list[str]:
+    """The command: step names to their folders, ``{out}`` to this step's folder, split."""
+    text = _FIELD.sub(lambda m: out if m.group(1) == "out" else folders[m.group(1)], template)
+    return shlex.split(text)

@@ -1,0 +1,147 @@
+"""The recipe runner: skip on unchanged, resume after a failed step, dry run, arms sharing their
+common steps, and Slurm scripts chained by dependencies (run on the real one-node Slurm)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import ROOT, ok, run
+
+STEP = """
+import argparse, pathlib
+p = argparse.ArgumentParser()
+p.add_argument("--out"); p.add_argument("--src"); p.add_argument("--text")
+p.add_argument("--fail-if", default="")
+a = p.parse_args()
+if a.fail_if and pathlib.Path(a.fail_if).exists():
+    raise SystemExit(f"failing on purpose: {a.fail_if} exists")
+before = (pathlib.Path(a.src) / "value.txt").read_text() if a.src else ""
+(pathlib.Path(a.out) / "value.txt").write_text(before + a.text)
+with open(pathlib.Path(a.out).parent.parent / "runs.log", "a") as log:
+    log.write(pathlib.Path(a.out).name.split("-")[0] + "\\n")
+"""
+
+
+def _recipe(tmp: Path, arms: str = "") -> Path:
+    (tmp / "step.py").write_text(STEP)
+    recipe = tmp / "recipe.yaml"
+    recipe.write_text(
+        f"""name: toy
+settings: {{script: {tmp / "step.py"}, flag: {tmp / "flag"}, lr: "1", source: "{{first}}"}}
+steps:
+  - {{name: first, run: "{{script}} --out {{out}} --text a", inputs: ["{{script}}"]}}
+  - {{name: second, run: "{{script}} --out {{out}} --src {{source}} --text b --fail-if {{flag}}"}}
+  - {{name: third, run: "{{script}} --out {{out}} --src {{second}} --text {{lr}}"}}
+{arms}"""
+    )
+    return recipe
+
+
+def _runs(out: Path) -> list[str]:
+    return (out / "runs.log").read_text().split()
+
+
+def _value(out: Path, arm: str, step: str) -> str:
+    folders = json.loads((out / "arms" / f"{arm}.json").read_text())
+    return (Path(folders[step]) / "value.txt").read_text()
+
+
+def test_a_failed_step_resumes_and_unchanged_steps_are_skipped(tmp_path):
+    recipe, out = _recipe(tmp_path), tmp_path / "out"
+    (tmp_path / "flag").write_text("")
+    failed = run(["tools/run_recipe.py", str(recipe), "--out", str(out)])
+    assert failed.returncode == 2
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: step second failed (exit 1): see ") and "resume" in last
+    (tmp_path / "flag").unlink()
+    ok(run(["tools/run_recipe.py", str(recipe), "--out", str(out)]))
+    assert _runs(out) == ["first", "second", "third"]  # first ran once, second resumed
+    assert _value(out, "main", "third") == "ab1"
+    again = ok(run(["tools/run_recipe.py", str(recipe), "--out", str(out)]))
+    assert _runs(out) == ["first", "second", "third"] and again.count(": done (") == 3
+    (tmp_path / "step.py").write_text(STEP + "\n# changed\n")  # an input of the first step
+    ok(run(["tools/run_recipe.py", str(recipe), "--out", str(out)]))
+    assert _runs(out)[3:] == ["first", "second", "third"]  # everything downstream reruns
+
+
+def test_dry_run_prints_the_commands_and_runs_nothing(tmp_path):
+    recipe, out = _recipe(tmp_path), tmp_path / "out"
+    printed = ok(run(["tools/run_recipe.py", str(recipe), "--out", str(out), "--dry-run"]))
+    lines = [line for line in printed.splitlines() if line.startswith("[main]")]
+    assert [line.split(":")[0] for line in lines] == [
+        "[main] first",
+        "[main] second",
+        "[main] third",
+    ]
+    first = lines[0].split(": ", 1)[1].split()
+    assert first[1] == str(tmp_path / "step.py") and first[2:4] == ["--out", first[3]]
+    assert first[3].startswith(str(out / "steps" / "first-"))
+    assert first[3] in lines[1]  # the second step reads the first one's folder
+    assert not out.exists()
+
+
+def test_arms_share_the_steps_they_agree_on(tmp_path):
+    arms = 'arms: {x: {}, y: {lr: "2"}, z: {source: "{third}"}}\n'
+    # z reroutes the second step's source: a cycle (third needs second), refused before running
+    result = run(
+        ["tools/run_recipe.py", str(_recipe(tmp_path, arms)), "--out", str(tmp_path / "o")]
+    )
+    assert result.returncode == 2 and "cycle" in result.stderr.strip().splitlines()[-1]
+    out = tmp_path / "out"
+    recipe = _recipe(tmp_path, 'arms: {x: {}, y: {lr: "2"}}\n')
+    ok(run(["tools/run_recipe.py", str(recipe), "--out", str(out)]))
+    x, y = (json.loads((out / "arms" / f"{a}.json").read_text()) for a in "xy")
+    assert x["first"] == y["first"] and x["second"] == y["second"] and x["third"] != y["third"]
+    assert _runs(out) == ["first", "second", "third", "third"]
+    assert _value(out, "x", "third") == "ab1" and _value(out, "y", "third") == "ab2"
+
+
+def test_slurm_scripts_run_in_dependency_order(tmp_path, slurm):
+    recipe, out = (
+        _recipe(tmp_path, 'arms: {x: {}, y: {lr: "2"}}\nslurm: {time: "0:05:00"}\n'),
+        tmp_path / "out",
+    )
+    ok(run(["tools/run_recipe.py", str(recipe), "--out", str(out), "--slurm"]))
+    submit = (out / "slurm" / "submit.sh").read_text().splitlines()
+    sbatch = [line for line in submit if "sbatch" in line]
+    assert len(sbatch) == 4  # first, second, third for x; only third for y
+    assert "--dependency" not in sbatch[0] and "--dependency=afterok:$job_0 " in sbatch[1]
+    assert (
+        "--dependency=afterok:$job_1 " in sbatch[2] and "--dependency=afterok:$job_1 " in sbatch[3]
+    )
+    assert all("#SBATCH --time=0:05:00" in p.read_text() for p in (out / "slurm").glob("*.sbatch"))
+    subprocess.run(["bash", str(out / "slurm" / "submit.sh")], cwd=ROOT, check=True, timeout=120)
+    deadline = time.time() + 300
+    while len(list((out / "steps").glob("*/step.json"))) < 4 and time.time() < deadline:
+        time.sleep(1)
+    subprocess.run(["scancel", "--name", "toy-first,toy-second,toy-third"], check=False)
+    assert sorted(_runs(out)) == ["first", "second", "third", "third"]
+    assert _runs(out)[:2] == ["first", "second"]
+    again = ok(run(["tools/run_recipe.py", str(recipe), "--out", str(out), "--dry-run"]))
+    assert again.count(": done (") + again.count("shared with") == 6  # Slurm's markers count
+
+
+def test_the_motif_recipe_dry_runs_with_shared_data_steps(tmp_path):
+    """examples/recipes/motif-102b.yaml at its published sizes: every arm's commands, the data
+    and import steps shared by all arms, the depth-only arm's growth flags its own."""
+    recipe = ROOT / "examples/recipes/motif-102b.yaml"
+    printed = ok(run(["tools/run_recipe.py", str(recipe), "--out", str(tmp_path), "--dry-run"]))
+    shared = [line for line in printed.splitlines() if "shared with an earlier arm" in line]
+    assert {line.split()[1].rstrip(":") for line in shared if line.startswith("[depth_only]")} >= {
+        "import",
+        "corpus_ko",
+        "corpus_en",
+        "shards_ko",
+        "shards_en",
+        "blend",
+    }
+    grow = next(line for line in printed.splitlines() if line.startswith("[motif] grow:"))
+    assert "--hidden-size 9216 --ffn-hidden-size 30720 --num-attention-heads 72" in grow
+    depth = next(line for line in printed.splitlines() if line.startswith("[depth_only] grow:"))
+    assert "--hidden-size" not in depth and "--depth-add 16" in depth
+    assert "[depth_only] finalize" not in printed  # no MSG masks: SFT starts from the trained model
+    ratio = next(line for line in printed.splitlines() if line.startswith("[ratio_8_2] train:"))
+    assert "--data-path 8 " in ratio and "torchrun --nproc_per_node=8 pretrain_motif.py" in ratio
