@@ -145,3 +145,45 @@ def test_the_motif_recipe_dry_runs_with_shared_data_steps(tmp_path):
     assert "[depth_only] finalize" not in printed  # no MSG masks: SFT starts from the trained model
     ratio = next(line for line in printed.splitlines() if line.startswith("[ratio_8_2] train:"))
     assert "--data-path 8 " in ratio and "torchrun --nproc_per_node=8 pretrain_motif.py" in ratio
+
+
+EVALUATE = """
+import argparse, json, pathlib
+p = argparse.ArgumentParser()
+p.add_argument("--out"); p.add_argument("--ko", type=float); p.add_argument("--en", type=float)
+a = p.parse_args()
+row = {"ko": {"ppl": a.ko}, "en": {"ppl": a.en}, "token_ratio": {"ko": 0.6}}
+(pathlib.Path(a.out) / "evaluation.json").write_text(json.dumps({"checkpoints": {"final": row}}))
+"""
+
+
+def test_ablation_report_marks_the_arms_that_dominate_the_baseline(tmp_path):
+    (tmp_path / "evaluate.py").write_text(EVALUATE)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"""name: ablation
+settings: {{script: {tmp_path / "evaluate.py"}, ko: "100", en: "50"}}
+steps:
+  - {{name: evaluate, run: "{{script}} --out {{out}} --ko {{ko}} --en {{en}}"}}
+arms:
+  baseline: {{}}
+  better: {{ko: "40", en: "45"}}
+  tradeoff: {{ko: "30", en: "80"}}
+  worse: {{ko: "120", en: "60"}}
+report: {{step: evaluate, checkpoint: final, korean: ko, english: en, baseline: baseline}}
+"""
+    )
+    out = tmp_path / "out"
+    ok(run(["tools/run_recipe.py", str(recipe), "--out", str(out)]))
+    arms = {r["name"]: r for r in json.loads((out / "ablation.json").read_text())["arms"]}
+    assert [arms[a]["dominates_baseline"] for a in ("baseline", "better", "tradeoff", "worse")] == [
+        False,
+        True,
+        False,
+        False,
+    ]
+    assert {a for a, r in arms.items() if r["non_dominated"]} == {"better", "tradeoff"}
+    assert arms["better"]["korean_ppl"] == 40 and arms["better"]["token_ratio"] == 0.6
+    table = (out / "ablation.md").read_text()
+    assert "| better | 40.00 | 45.00 | 0.600 |" in table
+    assert (out / "ablation.png").stat().st_size > 0

@@ -108,6 +108,10 @@ def run(recipe: Recipe, out: Path, dry_run: bool = False) -> dict[str, list[Job]
         if not dry_run:
             (out / "arms").mkdir(parents=True, exist_ok=True)
             (out / "arms" / f"{arm}.json").write_text(json.dumps(folders, indent=2) + "\n")
+    if recipe.report and not dry_run:
+        from motif_megatron.recipe import ablation
+
+        ablation.write(out, plans, recipe.report)
     return plans
 
 

@@ -61,6 +61,9 @@ class Recipe:
     targets: list[str] = field(default_factory=list)
     slurm: dict[str, object] = field(default_factory=dict)
     """``#SBATCH`` options of every step script (``partition``, ``time``, ...)."""
+    report: dict[str, str] = field(default_factory=dict)
+    """The ablation report's source: ``step`` (an evaluation step), ``checkpoint`` (its label),
+    ``korean`` / ``english`` (its languages) and ``baseline`` (an arm)."""
 
     @classmethod
     def load(cls, path: str | Path) -> Recipe:
@@ -95,7 +98,11 @@ class Recipe:
             {k: dict(v or {}) for k, v in (raw.get("arms") or {}).items()},
             list(raw.get("targets") or ([next(reversed(steps))] if steps else [])),
             dict(raw.get("slurm") or {}),
+            dict(raw.get("report") or {}),
         )
+        step = recipe.report.get("step")
+        if step and step not in recipe.targets:
+            recipe.targets.append(step)  # every arm evaluates
         recipe.check()
         return recipe
 
@@ -107,6 +114,14 @@ class Recipe:
             unknown = set(overrides) - set(self.settings)
             if unknown:
                 raise UserError(f"arm {arm!r} sets {sorted(unknown)}, which are not settings")
+        from motif_megatron.recipe.ablation import REPORT_KEYS
+
+        if self.report and (
+            set(self.report) - REPORT_KEYS or self.report.get("step") not in self.steps
+        ):
+            raise UserError(f"report: needs step (a step) and only {sorted(REPORT_KEYS)}")
+        if self.report.get("baseline") not in (None, *self.arms):
+            raise UserError(f"report: baseline {self.report['baseline']!r} is not an arm")
         for arm in self.arm_names():
             self.plan(arm)  # unknown names and cycles fail here, before anything runs
 
