@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from conftest import ROOT, ok, run
 
 STEP = """
@@ -187,3 +188,15 @@ report: {{step: evaluate, checkpoint: final, korean: ko, english: en, baseline: 
     table = (out / "ablation.md").read_text()
     assert "| better | 40.00 | 45.00 | 0.600 |" in table
     assert (out / "ablation.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("name", ["eeve", "redwhale"])
+def test_the_eeve_and_redwhale_recipes_dry_run(tmp_path, name):
+    """Their tokenizer steps are shared by every arm; the arms differ from the growth on."""
+    recipe = ROOT / f"examples/recipes/{name}.yaml"
+    printed = ok(run(["tools/run_recipe.py", str(recipe), "--out", str(tmp_path), "--dry-run"]))
+    lines = printed.splitlines()
+    shared = {line.split()[1].rstrip(":") for line in lines if "shared with an earlier arm" in line}
+    assert {"corpus_ko", "tokenizer_ko", "tokenizer", "import"} <= shared and "grow" not in shared
+    grows = [line for line in lines if " grow: " in line and "--init" in line]
+    assert len({line.split("--init ")[1].split()[0] for line in grows}) == len(grows) > 1
