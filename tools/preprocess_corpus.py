@@ -42,7 +42,12 @@ def parse_args() -> argparse.Namespace:
         help="input-ordered shares of the corpus: the unit of parallelism and resume (part of "
         "the configuration: keep it when resuming)",
     )
-    x.add_argument("--workers", type=int, default=1, help="tasks run at once (local, Ray, Slurm)")
+    x.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="tasks run at once (local processes, Ray tasks; on Slurm the array's limit, none at 1)",
+    )
     x.add_argument("--logging-dir", help="task logs, stats and completion markers (OUT/logs)")
     x.add_argument(
         "--ray-address", help="a running Ray cluster (default: RAY_ADDRESS or a new one)"

@@ -40,16 +40,22 @@ def execute(stages, executor: str, workers: int, logs: Path, **options) -> None:
         raise UserError(f"--executor {executor!r}: use one of {', '.join(EXECUTORS)}")
 
 
-def _local(stages, workers: int, logs: Path) -> None:
-    from datatrove.executor import LocalPipelineExecutor
-
+def _in_order(executor_class, stages, workers: int, logs: Path, **options) -> None:
+    """Each stage on ``executor_class`` after the one before it has finished."""
     for stage in stages:
-        LocalPipelineExecutor(
+        executor_class(
             stage.pipeline,
             tasks=stage.tasks,
             workers=min(workers, stage.tasks),
             logging_dir=str(logs / stage.name),
+            **options,
         ).run()
+
+
+def _local(stages, workers: int, logs: Path) -> None:
+    from datatrove.executor import LocalPipelineExecutor
+
+    _in_order(LocalPipelineExecutor, stages, workers, logs)
 
 
 def _ray(stages, workers: int, logs: Path, address: str | None) -> None:
@@ -60,15 +66,7 @@ def _ray(stages, workers: int, logs: Path, address: str | None) -> None:
         raise UserError("--executor ray needs Ray: pip install ray") from None
     # RAY_ADDRESS or a given address joins a running cluster; else a local one is started
     ray.init(address=address, ignore_reinit_error=True, include_dashboard=False)
-    for stage in stages:
-        RayPipelineExecutor(
-            stage.pipeline,
-            tasks=stage.tasks,
-            workers=min(workers, stage.tasks),
-            logging_dir=str(logs / stage.name),
-            cpus_per_task=1,
-            mem_per_cpu_gb=1,
-        ).run()
+    _in_order(RayPipelineExecutor, stages, workers, logs, cpus_per_task=1, mem_per_cpu_gb=1)
 
 
 def _partition(asked: str | None) -> str:
@@ -121,14 +119,13 @@ def _wait(jobs, last_logs: Path, poll: float) -> None:
     the wait with the stage to look at."""
     ids = {str(j.job_id): j.job_name for j in jobs if j.job_id not in (None, -1)}
     while not (last_logs / "completions" / "00000").is_file():
-        queue = (
-            subprocess.run(
-                ["squeue", "-h", "-o", "%A %r", "-j", ",".join(ids)], capture_output=True, text=True
-            ).stdout.split("\n")
-            if ids
-            else []
+        queue = subprocess.run(
+            ["squeue", "-h", "-o", "%A %r", "-j", ",".join(ids)], capture_output=True, text=True
         )
-        states = dict(line.split(" ", 1) for line in queue if " " in line)
+        if queue.returncode:  # a busy controller: ask again, a failed job shows as gone
+            time.sleep(poll)
+            continue
+        states = dict(line.split(" ", 1) for line in queue.stdout.splitlines() if " " in line)
         stuck = [
             ids.get(job.split("_")[0]) for job, why in states.items() if "DependencyNever" in why
         ]

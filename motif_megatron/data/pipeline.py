@@ -165,23 +165,26 @@ def stages(config: CorpusConfig, units: list[Unit], out: Path, logs: Path) -> li
     head += filters
     if config.kenlm_model:
         head.append(PerplexityScorer(config.kenlm_model, str(work / "ppl")))
-    segments: list[tuple[str, list]] = [("filter", head)]
+    # (name, document steps, terminal signature step or None); between[k] runs after segment k
+    segments: list[list] = [["filter", head, None]]
     between: list[list[Stage]] = []
     if config.kenlm_model:
         folder = str(work / "ppl")
-        segments.append(("perplexity", [PerplexityFilter(folder, config.thresholds, removed)]))
+        segments.append(
+            ["perplexity", [PerplexityFilter(folder, config.thresholds, removed)], None]
+        )
         between.append([])
     if config.exact_dedup:
         exact = ExactDedupConfig(normalised_text, input_order, HashConfig(64, "sha1"))
         sigs, dups = str(work / "exact/sigs"), str(work / "exact/dups")
-        segments[-1][1].append(ExactDedupSignature(sigs, exact))
+        segments[-1][2] = ExactDedupSignature(sigs, exact)
         between.append([Stage("exact-find", [ExactFindDedups(sigs, dups, exact)], 1)])
         drop = RemovedWriter(removed, "exact_dedup", "duplicate_text")
-        segments.append(("exact-dedup", [ExactDedupFilter(dups, exact, drop)]))
+        segments.append(["exact-dedup", [ExactDedupFilter(dups, exact, drop)], None])
     if config.minhash:
         dt = datatrove_minhash(config.minhash_config)
         sigs, buckets, clusters = (str(work / f"minhash/{k}") for k in ("sigs", "buckets", "ids"))
-        segments[-1][1].append(MinhashSignatures(sigs, config.minhash_config))
+        segments[-1][2] = MinhashSignatures(sigs, config.minhash_config)
         between.append(
             [
                 Stage(
@@ -193,17 +196,15 @@ def stages(config: CorpusConfig, units: list[Unit], out: Path, logs: Path) -> li
             ]
         )
         drop = RemovedWriter(removed, "minhash", "near_duplicate")
-        segments.append(("minhash", [MinhashDedupFilter(clusters, exclusion_writer=drop)]))
+        segments.append(["minhash", [MinhashDedupFilter(clusters, exclusion_writer=drop)], None])
     result: list[Stage] = []
-    for k, (name, steps) in enumerate(segments):
+    for k, (name, steps, signatures) in enumerate(segments):
         source = [] if k == 0 else [TaskReader(str(work / segments[k - 1][0]))]
         last = k == len(segments) - 1
         sink = kept_writer(str(out / "kept")) if last else work_writer(str(work / name))
         # a signature step is terminal: the survivors are written and metered before it
-        body, tail = (
-            (steps, []) if last else (steps[:-1], steps[-1:]) if between[k] else (steps, [])
-        )
-        result.append(Stage(name, [*source, *body, sink, TaskMeter(), *tail], n))
+        tail = [signatures] if signatures else []
+        result.append(Stage(name, [*source, *steps, sink, TaskMeter(), *tail], n))
         result += [] if last else between[k]
     names = [s.name for s in result]
     result.append(Stage("report", [Report(out, logs, names, config)], 1))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.writers.jsonl import JsonlWriter
 from datatrove.utils.stats import MetricStats
 
 
@@ -99,7 +100,7 @@ class Report(PipelineStep):
         dropped = sum(_total(s, b, "dropped") for s in stats.values() for b in s if b != "report")
         input_docs = _total(first, "corpus", "input")
         rejected = _total(first, "corpus", "rejected")
-        kept = _total(last, "🐿 Jsonl", "total")
+        kept = _total(last, JsonlWriter.name, "total")
         if dropped != len(removed) or input_docs != kept + len(removed) + rejected:
             raise RuntimeError(
                 f"accounting bug: {input_docs} in, {kept} kept + {len(removed)} removed "
@@ -116,7 +117,7 @@ class Report(PipelineStep):
             "rejected": int(rejected),
             "language": config.language,
             "input_chars": int(_total(first, "corpus", "input_chars")),
-            "kept_chars": int(_total(last, "🐿 Jsonl", "doc_len")),
+            "kept_chars": int(_total(last, JsonlWriter.name, "doc_len")),
             "by_filter": dict(sorted(by_reason.items())),
             "chars_by_filter": dict(sorted(chars.items())),
             "perplexity": ppl,

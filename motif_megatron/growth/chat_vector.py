@@ -128,7 +128,6 @@ def apply(
         match = _LAYER.fullmatch(name)
         if not (match and match.group(2) in by_local) and name not in others:
             raise UserError(f"no chat-vector mapping for the target's parameter {name}")
-    touched = {"layers": 0, "skipped_llama_pro": sources.count(None)}
 
     def diff(names: list[str]) -> list[torch.Tensor]:
         return [chat.get(n).float() - base.get(n).float() for n in names]
@@ -141,7 +140,6 @@ def apply(
                 return None
             param = by_local[match.group(2)]
             d = layout.to_megatron(param, diff(layout.hf_layer_names(param, source)), base_args)
-            touched["layers"] += param.ckpt_key.endswith("fc2.weight")
             return d if plan is None else msg.grow_layer_tensor(param, d, plan, None)
         hf_name = others[name]
         if hf_name == layout.OUTPUT[1] and hf_name not in base.names():
@@ -168,4 +166,9 @@ def apply(
     args.replace(growth={**args.growth, "chat_vector": record}).save(out)
     if (root / TOKENIZER_DIR).is_dir():
         copy_tokenizer(root / TOKENIZER_DIR, out / TOKENIZER_DIR)
-    return touched | {"scale": scale, "width_grown": plan is not None}
+    return {
+        "layers": len(sources) - sources.count(None),
+        "skipped_llama_pro": sources.count(None),
+        "scale": scale,
+        "width_grown": plan is not None,
+    }

@@ -178,10 +178,10 @@ class Recipe:
 
 def fingerprint(path: Path) -> str:
     """Contents of a file, or of every file under a folder (names and bytes)."""
-    digest = hashlib.sha256()
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     if not path.exists():
         raise UserError(f"input {path} does not exist")
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
     for f in files:
         digest.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
         with open(f, "rb") as handle:

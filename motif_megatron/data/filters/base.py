@@ -19,9 +19,6 @@ class Filter(BaseFilter):
 
     name: str = "filter"
 
-    def __init__(self) -> None:
-        super().__init__()
-
     @abstractmethod
     def check(self, text: str) -> str | None:
         """``None`` keeps the document; a string is the reason it is dropped."""
