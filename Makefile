@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv demo test lint format clean slurm gpu-check gpu-wheels
+.PHONY: venv kenlm demo test lint format clean slurm gpu-check gpu-wheels
 
 $(STAMP): setup.py pyproject.toml
 	python3 -m venv $(VENV)
@@ -16,8 +16,13 @@ $(STAMP): setup.py pyproject.toml
 
 venv: $(STAMP)
 
-demo: venv
-	$(PY) examples/demo.py --out outputs/demo
+# KenLM's lmplz and build_binary, built once from the PyPI source tarball (the demo's data step)
+kenlm: venv
+	$(PY) -c "from motif_megatron.data.kenlm import ensure_binaries; ensure_binaries()"
+
+# the recipe with its arms (examples/recipes/demo.yaml); a rerun resumes and skips finished steps
+demo: kenlm
+	$(PY) tools/run_recipe.py examples/recipes/demo.yaml --out outputs/demo
 
 lint: venv
 	$(PY) -m ruff check .

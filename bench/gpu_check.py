@@ -36,8 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# dense bf16 tensor-core peaks from the data sheets (SXM parts), FLOP/s
-PEAK_BF16 = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12, "B200": 2250e12, "L40S": 362e12}
+from motif_megatron.plan.model import PEAK_BF16, train_flops  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -181,18 +180,6 @@ def masked_at_zero(c: Checks, paths: dict):
     args = ("--load", paths["base"], "--load-b", grown, "--atol", c.plan.logits_atol)
     diff = _max_abs_diff(c.run("tools/check_equivalence.py", *args, "--dtype", "float32"))
     return diff <= c.plan.logits_atol, diff, {"atol": c.plan.logits_atol, "grown": c.plan.widen}
-
-
-def train_flops(args, batch: int, seq: int, vocab: int) -> float:
-    """Megatron-LM's ``num_floating_point_operations`` (megatron/training/training.py, dense
-    GQA + SwiGLU branch): 12 B s L h^2 ((1 + g/n + s/h) q/h + 1.5 f/h + V / (2 L h))."""
-    h, n, g = args.hidden_size, args.num_attention_heads, args.num_key_value_heads
-    layers = args.num_hidden_layers
-    q_ratio = args.head_dim * n / h
-    attention = (1 + g / n + seq / h) * q_ratio
-    mlp = 1.5 * args.intermediate_size / h
-    logits = vocab / (2 * layers * h)
-    return 12 * batch * seq * layers * h * h * (attention + mlp + logits)
 
 
 def measured_bf16_peak(n: int = 8192, reps: int = 20) -> float | None:

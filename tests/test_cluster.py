@@ -118,10 +118,21 @@ def sbatch(*args: str, timeout: int = 900) -> str:
     return out.stdout.strip().split(";")[0]
 
 
-def test_sbatch_pretrain_runs_the_demo_config(slurm, tmp_path, tiny_ckpt, ko_data):
-    """examples/slurm/pretrain.sbatch with examples/configs/demo.yaml (LlamaPro stage, then MSG
-    ramp, TP=2) on a grown tiny model: runs to its last iteration and saves it."""
-    grown = expand(tiny_ckpt, tmp_path / "grown", "--depth-add", "2", "--hidden-size", "80")
+def test_sbatch_pretrain_runs_the_demo_config(slurm, tmp_path, tiny_ckpt, ko_data, expanded):
+    """examples/slurm/pretrain.sbatch with examples/configs/demo.yaml (LlamaPro blocks and new
+    vocabulary rows, then the MSG ramp, TP=2) on a grown tiny model: runs to its last iteration
+    and saves it."""
+    tokenizer = expanded[0] / "expanded"
+    grown = expand(
+        tiny_ckpt,
+        tmp_path / "grown",
+        "--depth-add",
+        "2",
+        "--hidden-size",
+        "80",
+        "--tokenizer",
+        str(tokenizer),
+    )
     log = tmp_path / "job.out"
     env_args = [f"--export=ALL,LOAD={grown},SAVE={tmp_path / 'cpt'},DATA={ko_data}"]
     env_args[0] += ",CONFIG=examples/configs/demo.yaml"
@@ -137,10 +148,11 @@ def test_sbatch_pretrain_runs_the_demo_config(slurm, tmp_path, tiny_ckpt, ko_dat
     )
     text = log.read_text()
     assert "srun" in text.splitlines()[0], text[-2000:]
-    assert (tmp_path / "cpt/latest_checkpointed_iteration.txt").read_text().strip() == "40", text
+    assert (tmp_path / "cpt/latest_checkpointed_iteration.txt").read_text().strip() == "24", text
     got = steps(tmp_path / "cpt/metrics.jsonl")
-    assert [r["iteration"] for r in got] == list(range(1, 41))
-    assert got[-1]["msg_mask"] == 1.0 and got[-1]["stage"] == "full"
+    assert [r["iteration"] for r in got] == list(range(1, 25))
+    assert [got[0]["stage"], got[-1]["stage"]] == ["llama-pro+eeve-3", "full"]
+    assert got[-1]["msg_mask"] == 1.0
 
 
 def test_recipe_chains_dependent_jobs(slurm, tmp_path, tiny_hf, ko_data):

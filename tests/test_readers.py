@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import lzma
 
 import pytest
 
@@ -17,7 +18,7 @@ def _docs(path, **kw):
     return [(r.id, r.text) for r in iter_documents(path, **kw) if isinstance(r, Document)]
 
 
-def test_jsonl_gz_zst_and_parquet_agree(tmp_path):
+def test_jsonl_gz_zst_xz_and_parquet_agree(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
     import zstandard
@@ -26,9 +27,10 @@ def test_jsonl_gz_zst_and_parquet_agree(tmp_path):
     (tmp_path / "c.jsonl").write_bytes(raw)
     (tmp_path / "c.jsonl.gz").write_bytes(gzip.compress(raw))
     (tmp_path / "c.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(raw))
+    (tmp_path / "c.jsonl.xz").write_bytes(lzma.compress(raw))
     pq.write_table(pa.Table.from_pylist(RECORDS), tmp_path / "c.parquet")
     expected = [("a", "첫 번째 문서"), ("b", "second document")]
-    for name in ("c.jsonl", "c.jsonl.gz", "c.jsonl.zst", "c.parquet"):
+    for name in ("c.jsonl", "c.jsonl.gz", "c.jsonl.zst", "c.jsonl.xz", "c.parquet"):
         assert _docs(tmp_path / name) == expected, name
 
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import ROOT, ok, run
 
 STEP = """
@@ -45,9 +46,9 @@ def _runs(out: Path) -> list[str]:
     return (out / "runs.log").read_text().split()
 
 
-def _value(out: Path, arm: str, step: str) -> str:
+def _value(out: Path, arm: str, step: str, name: str = "value.txt") -> str:
     folders = json.loads((out / "arms" / f"{arm}.json").read_text())
-    return (Path(folders[step]) / "value.txt").read_text()
+    return (Path(folders[step]) / name).read_text()
 
 
 def test_a_failed_step_resumes_and_unchanged_steps_are_skipped(tmp_path):
@@ -82,6 +83,15 @@ def test_dry_run_prints_the_commands_and_runs_nothing(tmp_path):
     assert first[3].startswith(str(out / "steps" / "first-"))
     assert first[3] in lines[1]  # the second step reads the first one's folder
     assert not out.exists()
+    dry = ["tools/run_recipe.py", str(recipe), "--out", str(out), "--dry-run"]
+    printed = ok(run([*dry, "--set", "lr=7"]))
+    assert "--text 7" in next(line for line in printed.splitlines() if "[main] third" in line)
+    unknown = run([*dry, "--set", "lrate=7"])
+    assert unknown.returncode == 2
+    assert (
+        unknown.stderr.strip().splitlines()[-1]
+        == "error: --set lrate: not a setting of recipe.yaml"
+    )
 
 
 def test_arms_share_the_steps_they_agree_on(tmp_path):
@@ -146,6 +156,27 @@ def test_the_motif_recipe_dry_runs_with_shared_data_steps(tmp_path):
     assert "[depth_only] finalize" not in printed  # no MSG masks: SFT starts from the trained model
     ratio = next(line for line in printed.splitlines() if line.startswith("[ratio_8_2] train:"))
     assert "--data-path 8 " in ratio and "torchrun --nproc_per_node=8 pretrain_motif.py" in ratio
+    assert "[motif] plan: preview failed, going on: " in printed  # no base model here
+
+
+def test_the_motif_recipe_plans_in_its_dry_run(tmp_path):
+    """The plan step runs in --dry-run: tools/plan.py on the base's config.json with the
+    arm's growth, written in the step's folder before anything is launched."""
+    from test_plan import LLAMA3_70B
+
+    (tmp_path / "llama70b").mkdir()
+    (tmp_path / "llama70b" / "config.json").write_text(json.dumps(LLAMA3_70B))
+    recipe, out = ROOT / "examples/recipes/motif-102b.yaml", tmp_path / "out"
+    flags = ["--out", str(out), "--dry-run", "--set", f"base={tmp_path / 'llama70b'}"]
+    printed = ok(run(["tools/run_recipe.py", str(recipe), *flags]))
+    assert "recommended: TP=" in printed and "preview failed" not in printed
+    plans = {}
+    for path in (out / "steps").glob("plan-*/plan.json"):
+        plan = json.loads(path.read_text())
+        plans[plan["params_grown"]["total"]] = plan
+    assert 102_022_456_320 in plans and len(plans) == 2  # motif, and the depth-only arm
+    assert plans[102_022_456_320]["recommended"]["fits"]
+    assert not list((out / "steps").glob("import-*/step.json"))  # nothing else ran
 
 
 EVALUATE = """
@@ -200,3 +231,121 @@ def test_the_eeve_and_redwhale_recipes_dry_run(tmp_path, name):
     assert {"corpus_ko", "tokenizer_ko", "tokenizer", "import"} <= shared and "grow" not in shared
     grows = [line for line in lines if " grow: " in line and "--init" in line]
     assert len({line.split("--init ")[1].split()[0] for line in grows}) == len(grows) > 1
+
+
+TRAIN = """
+import argparse, json, pathlib
+p = argparse.ArgumentParser()
+p.add_argument("--out"); p.add_argument("--lr", type=float); p.add_argument("--best", type=float)
+a = p.parse_args()
+out = pathlib.Path(a.out)
+records = [{"iteration": 4, "loss": 9.0, "tokens": 4096}, {"iteration": 4, "eval_loss": 0.0}]
+records.append({"iteration": 4, "eval_loss": abs(a.lr - a.best)})  # the last one counts
+(out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\\n" for r in records))
+(out / "lr.txt").write_text(str(a.lr))
+with open(out.parent.parent / "runs.log", "a") as log:
+    log.write(out.name.split("-")[0] + "\\n")
+"""
+
+SCORE = """
+import argparse, json, pathlib
+p = argparse.ArgumentParser()
+p.add_argument("--out"); p.add_argument("--train"); p.add_argument("--en", type=float)
+a = p.parse_args()
+lr = float((pathlib.Path(a.train) / "lr.txt").read_text())
+final = {"ko": {"ppl": 10 * lr}, "en": {"ppl": a.en}, "token_ratio": {"ko": 0.7}}
+base = {"ko": {"ppl": 1000.0}, "en": {"ppl": 40.0}}
+evaluation = {"checkpoints": {"final": final, "base": base}}
+(pathlib.Path(a.out) / "evaluation.json").write_text(json.dumps(evaluation))
+with open(pathlib.Path(a.out).parent.parent / "runs.log", "a") as log:
+    log.write("evaluate\\n")
+"""
+
+
+def test_a_sweep_keeps_each_arms_best_value_and_reuses_its_run(tmp_path):
+    """Every arm runs its select step once per value; the arm then continues from the value
+    with the lowest last eval_loss (its candidate's steps reused), and report.json sets the
+    recipe arm against the base and the baseline."""
+    (tmp_path / "train.py").write_text(TRAIN)
+    (tmp_path / "score.py").write_text(SCORE)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"""name: sweep
+settings: {{train: {tmp_path / "train.py"}, score: {tmp_path / "score.py"}, lr: "1", best: "2",
+            en: "50"}}
+steps:
+  - {{name: cpt, run: "{{train}} --out {{out}} --lr {{lr}} --best {{best}}"}}
+  - {{name: evaluate, run: "{{score}} --out {{out}} --train {{cpt}} --en {{en}}"}}
+  - {{name: extra, run: "{{train}} --out {{out}} --lr 9 --best 9"}}
+arms:
+  baseline: {{}}
+  recipe: {{best: "3", en: "45", targets: [extra]}}
+sweep: {{setting: lr, values: ["1", "2", "3"], select: cpt}}
+report: {{step: evaluate, baseline: baseline, recipe: recipe, base: base, train: cpt}}
+"""
+    )
+    out = tmp_path / "out"
+    dry = ok(run(["tools/run_recipe.py", str(recipe), "--out", str(out), "--dry-run"]))
+    assert dry.count(" cpt: ") == 6 and "[recipe] then the steps after cpt" in dry
+    ok(run(["tools/run_recipe.py", str(recipe), "--out", str(out)]))
+    sweep = json.loads((out / "sweep.json").read_text())["arms"]
+    assert sweep["baseline"] == {"setting": "lr", "scores": {"1": 1, "2": 0, "3": 1}, "kept": "2"}
+    assert sweep["recipe"]["kept"] == "3"
+    assert sorted(_runs(out)) == ["cpt"] * 6 + ["evaluate", "evaluate", "extra"]
+    assert _value(out, "baseline", "cpt", "lr.txt") == "2.0"
+    report = json.loads((out / "report.json").read_text())
+    assert (report["korean_ppl_base"], report["english_ppl_base"]) == (1000.0, 40.0)
+    assert (report["korean_ppl_baseline"], report["korean_ppl_final"]) == (20.0, 30.0)
+    assert report["english_ppl_final"] == 45.0 and report["goal_met"] is False
+    arms = {a["name"]: a for a in report["arms"]}
+    assert arms["recipe"]["tokens"] == 4096 and arms["recipe"]["token_ratio"] == 0.7
+    assert [arms[a]["dominates_baseline"] for a in ("baseline", "recipe")] == [False, False]
+    assert "2: 0.000 (kept)" in (out / "ablation.md").read_text()
+    again = ok(run(["tools/run_recipe.py", str(recipe), "--out", str(out)]))
+    assert len(_runs(out)) == 9 and ": run" not in again  # everything is reused
+
+
+def test_the_demo_recipe_writes_its_arm_table(tmp_path):
+    """examples/recipes/demo.yaml, shortened (3 training iterations a run, one learning rate, the
+    recipe arm without post-training): every arm trained on the same tokens and evaluated, and
+    report.json with the keys outside checks read."""
+    spec = yaml.safe_load((ROOT / "examples/recipes/demo.yaml").read_text())
+    base = yaml.safe_load((ROOT / spec["settings"]["base_config"]).read_text())
+    motif = yaml.safe_load((ROOT / spec["settings"]["motif_config"]).read_text())
+    base.update({"train-iters": 3, "save-interval": 3})
+    motif.update({"msg-ramp-start": 1, "msg-ramp-iters": 1, "train-iters": 3, "save-interval": 3})
+    motif["stages"][0]["iters"] = 1
+    for name, config in (("base.yaml", base), ("motif.yaml", motif)):
+        (tmp_path / name).write_text(yaml.safe_dump(config))
+    spec["settings"].update(
+        iters="3",
+        base_config=str(tmp_path / "base.yaml"),
+        motif_config=str(tmp_path / "motif.yaml"),
+    )
+    spec["sweep"]["values"] = ["3.0e-3"]
+    spec["arms"]["motif"]["targets"] = ["ratio_expanded", "ratio_alone"]
+    recipe, out = tmp_path / "demo.yaml", tmp_path / "out"
+    recipe.write_text(yaml.safe_dump(spec, sort_keys=False))
+    ok(run(["tools/run_recipe.py", str(recipe), "--out", str(out)], timeout=1800))
+    report = json.loads((out / "report.json").read_text())
+    arms = {a["name"]: a for a in report["arms"]}
+    assert list(arms) == ["baseline", "llamapro", "lora", "motif"]
+    for arm in arms.values():
+        assert {"name", "korean_ppl", "english_ppl", "token_ratio", "tokens"} <= set(arm)
+        assert arm["tokens"] == 3 * 8 * 128 and arm["sweep"]["kept"] == "3.0e-3"
+        assert arm["dominates_baseline"] == (
+            arm["korean_ppl"] <= arms["baseline"]["korean_ppl"]
+            and arm["english_ppl"] <= arms["baseline"]["english_ppl"]
+            and arm["name"] != "baseline"
+        )
+    assert arms["baseline"]["token_ratio"] == 1.0 and 0 < arms["motif"]["token_ratio"] < 1
+    assert report["korean_ppl_final"] == arms["motif"]["korean_ppl"]
+    assert report["english_ppl_baseline"] == arms["baseline"]["english_ppl"]
+    assert report["korean_ppl_baseline"] < report["korean_ppl_base"]  # Korean training helps
+    assert report["goal_met"] == (
+        report["korean_vs_baseline"] <= 0.5 and report["english_vs_baseline"] <= 1
+    )
+    ratios = report["tokenizers"]
+    assert ratios["ratio_expanded"]["en"] == 1.0 and 0 < ratios["ratio_expanded"]["ko"] < 1
+    assert ratios["ratio_alone"]["ko"] > 0
+    assert "| motif |" in (out / "ablation.md").read_text()

@@ -65,6 +65,7 @@ def test_stages_train_exactly_their_parameters(tmp_path, grown):
     ckpt, data = grown
     names = ["llama-pro", *(f"eeve-{i}" for i in range(1, 8))]
     names += ["redwhale-embed", "redwhale-odd", "redwhale-even", "regex:final_layernorm"]
+    names += ["llama-pro+eeve-3", "eeve-1+redwhale-embed", "llama-pro+regex:final_layernorm"]
     out = ok(
         run(
             [
@@ -112,6 +113,13 @@ def test_stages_train_exactly_their_parameters(tmp_path, grown):
     assert layers("eeve-7") == set(range(6)) and not others("eeve-7")
     assert layers("redwhale-odd") == {0, 2, 4} and not others("redwhale-odd")
     assert layers("redwhale-even") == {1, 3, 5} and not others("redwhale-even")
+    # unions: the new blocks and the new rows; a tensor one part trains whole is not row-masked
+    assert layers("llama-pro+eeve-3") == new_layers and others("llama-pro+eeve-3") == {emb, head}
+    assert all(report["llama-pro+eeve-3"]["old_rows_equal"][k] for k in (emb, head))
+    assert others("eeve-1+redwhale-embed") == {emb, head}
+    assert not report["eeve-1+redwhale-embed"]["old_rows_equal"][emb]
+    final_norm = {"decoder.final_layernorm.weight"}
+    assert others("llama-pro+regex:final_layernorm") == final_norm
 
 
 STAGED = "stages:\n  - {name: eeve-1, iters: 3}\n  - {name: full, iters: 5}\n"

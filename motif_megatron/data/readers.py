@@ -1,4 +1,4 @@
-"""Read documents from JSONL (plain, .gz, .zst), Parquet, or a folder of text files.
+"""Read documents from JSONL (plain, .gz, .zst, .xz), Parquet, or a folder of text files.
 
 Every input unit yields either a :class:`Document` or a :class:`Reject` (malformed JSON, invalid
 UTF-8, a missing or non-string text field) so callers can account for every line: nothing is
@@ -13,6 +13,7 @@ import glob
 import gzip
 import io
 import json
+import lzma
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from pathlib import Path
 from motif_megatron.errors import UserError
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst")
-JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst")
+JSONL_SUFFIXES = tuple(f"{b}{z}" for z in ("", ".gz", ".zst", ".xz") for b in (".jsonl", ".json"))
 PLAIN_SUFFIXES = (".jsonl", ".json")
 
 
@@ -44,6 +45,8 @@ class Reject:
 def _open_binary(path: Path) -> io.BufferedIOBase:
     if path.suffix == ".gz":
         return gzip.open(path, "rb")
+    if path.suffix == ".xz":
+        return lzma.open(path, "rb")
     if path.suffix == ".zst":
         import zstandard
 
@@ -150,7 +153,9 @@ def iter_documents(
         return _jsonl(path, text_key, id_key, start, end)
     if name.endswith(".parquet"):
         return _parquet(path, text_key, id_key)
-    raise UserError(f"unsupported input {path.name}: use .jsonl[.gz|.zst], .parquet or a folder")
+    raise UserError(
+        f"unsupported input {path.name}: use .jsonl[.gz|.zst|.xz], .parquet or a folder"
+    )
 
 
 def input_files(spec: str | Path) -> list[Path]:

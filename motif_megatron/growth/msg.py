@@ -27,6 +27,29 @@ class WidthPlan:
     groups: int
     tp: int = 1
 
+    @classmethod
+    def requested(
+        cls,
+        old: LlamaArgs,
+        sizes: tuple[int | None, int | None, int | None, int | None],
+        tp: int = 1,
+    ) -> WidthPlan | None:
+        """The plan for ``(hidden, ffn, heads, groups)`` flags (None keeps a size), checked;
+        None when no size is given."""
+        if all(size is None for size in sizes):
+            return None
+        hidden, ffn, heads, groups = sizes
+        plan = cls(
+            old,
+            hidden or old.hidden_size,
+            ffn or old.intermediate_size,
+            heads or old.num_attention_heads,
+            groups or old.num_key_value_heads,
+            tp,
+        )
+        plan.check()
+        return plan
+
     def check(self) -> None:
         o, problems = self.old, []
         for name, new, old in (

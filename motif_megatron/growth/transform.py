@@ -46,7 +46,7 @@ class GrowthRequest:
     """Drop the MSG masks of a width-grown checkpoint whose mask value has reached 1."""
 
 
-def _new_vocab(tokenizer: Path, old_vocab: int) -> tuple[int, dict[int, list[int]]]:
+def new_vocab(tokenizer: Path, old_vocab: int) -> tuple[int, dict[int, list[int]]]:
     info_path = tokenizer / "new_tokens.json"
     if not info_path.is_file():
         raise UserError(
@@ -88,25 +88,16 @@ def grow(load: str | Path, save: str | Path, request: GrowthRequest) -> dict:
             raise UserError(f"--finalize needs the MSG masks at 1, this checkpoint has m={values}")
         # the masks go; the layout stays (a chat vector maps onto the old slices through it)
         growth["msg_layout"] = {k: v for k, v in growth.pop("msg").items() if k != "m"}
-    plan = None
     width = (
         request.hidden_size,
         request.ffn_hidden_size,
         request.num_attention_heads,
         request.num_query_groups,
     )
-    if any(w is not None for w in width):
-        if "msg" in growth:
-            raise UserError("this checkpoint is already width-grown: finalize it first")
-        plan = msg.WidthPlan(
-            args,
-            request.hidden_size or args.hidden_size,
-            request.ffn_hidden_size or args.intermediate_size,
-            request.num_attention_heads or args.num_attention_heads,
-            request.num_query_groups or args.num_key_value_heads,
-            request.tp,
-        )
-        plan.check()
+    if any(w is not None for w in width) and "msg" in growth:
+        raise UserError("this checkpoint is already width-grown: finalize it first")
+    plan = msg.WidthPlan.requested(args, width, request.tp)
+    if plan is not None:
         growth["msg"] = plan.metadata()
         args_shape = plan.new_args
     else:
@@ -114,7 +105,7 @@ def grow(load: str | Path, save: str | Path, request: GrowthRequest) -> dict:
     new_args = args_shape.replace(num_hidden_layers=len(layers), growth=growth)
     pieces: dict[int, list[int]] = {}
     if request.tokenizer:
-        size, pieces = _new_vocab(Path(request.tokenizer), args.vocab_size)
+        size, pieces = new_vocab(Path(request.tokenizer), args.vocab_size)
         new_args = new_args.replace(vocab_size=size)
         growth["vocab"] = {"old": args.vocab_size, "new": size, "init": request.init}
     new_args = new_args.replace(

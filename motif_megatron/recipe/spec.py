@@ -7,11 +7,15 @@
     - {name: grow, run: "tools/expand_checkpoint.py --load {import} --save {out} --depth-add 2"}
     - {name: train, run: "pretrain_motif.py --load {train_from} --save {out} --lr {lr}", torchrun: 2}
   targets: [train]
-  arms: {baseline: {train_from: "{import}"}, low_lr: {lr: 1.0e-4}}
+  arms: {baseline: {train_from: "{import}"}, low_lr: {lr: 1.0e-4}, main: {targets: [train, export]}}
+  sweep: {setting: lr, values: [1.0e-4, 3.0e-4], select: train}
 
 In a command, ``{out}`` is the step's own folder, ``{NAME}`` of a step is that step's folder (a
 dependency), and any other name is a setting; settings are templates too, so an arm can reroute
-a step's input. Each arm runs the steps its targets reach. A step is identified by a hash of its
+a step's input. Each arm runs the steps its targets reach (an arm's own ``targets`` replace the
+recipe's). A ``sweep`` runs every arm up to its ``select`` step once per value of one setting and
+keeps, per arm, the value whose ``select`` step ended with the lowest ``metric`` (default
+``eval_loss``, the last one in the step's ``metrics.jsonl``). A step is identified by a hash of its
 command with every dependency replaced by that dependency's hash, its launcher and the contents of
 its ``inputs``: arms that agree on a step share it, and a step whose hash has a finished folder is
 not run again.
@@ -41,6 +45,8 @@ class Step:
     """Processes per node under torchrun (0: a plain process)."""
     inputs: tuple[str, ...] = ()
     """Files or folders whose contents are part of the step's identity."""
+    dry_run: bool = False
+    """Runs in ``--dry-run`` too (a cheap preview such as ``tools/plan.py``)."""
 
 
 @dataclass(frozen=True)
@@ -63,10 +69,14 @@ class Recipe:
     """``#SBATCH`` options of every step script (``partition``, ``time``, ...)."""
     report: dict[str, str] = field(default_factory=dict)
     """The ablation report's source: ``step`` (an evaluation step), ``checkpoint`` (its label),
-    ``korean`` / ``english`` (its languages) and ``baseline`` (an arm)."""
+    ``korean`` / ``english`` (its languages), ``baseline`` and ``recipe`` (arms), ``base`` (the
+    label of the untrained model) and ``train`` (the step whose metrics count tokens)."""
+    sweep: dict[str, object] = field(default_factory=dict)
+    arm_targets: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: str | Path) -> Recipe:
+    def load(cls, path: str | Path, overrides: dict[str, str] | None = None) -> Recipe:
+        """The recipe at ``path``, with ``overrides`` replacing some of its settings."""
         path = Path(path)
         if not path.is_file():
             raise UserError(f"recipe {path} not found")
@@ -78,7 +88,7 @@ class Recipe:
             raise UserError(f"{path}: a recipe needs a 'steps' list")
         steps = {}
         for entry in raw["steps"]:
-            unknown = set(entry) - {"name", "run", "torchrun", "inputs"}
+            unknown = set(entry) - {"name", "run", "torchrun", "inputs", "dry_run"}
             if unknown or "name" not in entry or "run" not in entry:
                 raise UserError(
                     f"{path}: step {entry.get('name', '?')}: needs name and run, got {sorted(unknown)}"
@@ -90,26 +100,36 @@ class Recipe:
                 entry["run"],
                 int(entry.get("torchrun", 0)),
                 tuple(entry.get("inputs", ())),
+                bool(entry.get("dry_run", False)),
             )
+        arms = {k: dict(v or {}) for k, v in (raw.get("arms") or {}).items()}
+        settings = dict(raw.get("settings") or {})
+        unknown = sorted(set(overrides or {}) - set(settings))
+        if unknown:
+            raise UserError(f"--set {unknown[0]}: not a setting of {path.name}")
         recipe = cls(
             raw.get("name", path.stem),
             steps,
-            dict(raw.get("settings") or {}),
-            {k: dict(v or {}) for k, v in (raw.get("arms") or {}).items()},
+            settings | (overrides or {}),
+            arms,
             list(raw.get("targets") or ([next(reversed(steps))] if steps else [])),
             dict(raw.get("slurm") or {}),
             dict(raw.get("report") or {}),
+            dict(raw.get("sweep") or {}),
+            {k: list(v.pop("targets")) for k, v in arms.items() if "targets" in v},
         )
         step = recipe.report.get("step")
-        if step and step not in recipe.targets:
-            recipe.targets.append(step)  # every arm evaluates
+        for targets in (recipe.targets, *recipe.arm_targets.values()):
+            if step and step not in targets:
+                targets.append(step)  # every arm evaluates
         recipe.check()
         return recipe
 
     def check(self) -> None:
-        for target in self.targets:
+        for target in (*self.targets, *(t for ts in self.arm_targets.values() for t in ts)):
             if target not in self.steps:
                 raise UserError(f"target {target!r} is not a step")
+        self._check_sweep()
         for arm, overrides in self.arms.items():
             unknown = set(overrides) - set(self.settings)
             if unknown:
@@ -125,11 +145,24 @@ class Recipe:
         for arm in self.arm_names():
             self.plan(arm)  # unknown names and cycles fail here, before anything runs
 
+    def _check_sweep(self) -> None:
+        if not self.sweep:
+            return
+        unknown = set(self.sweep) - {"setting", "values", "select", "metric"}
+        setting, values = self.sweep.get("setting"), self.sweep.get("values")
+        if unknown or setting not in self.settings or not isinstance(values, list) or not values:
+            raise UserError(
+                "sweep: needs setting (a setting), values (a list), select (a step) "
+                f"and optionally metric; got {sorted(self.sweep)}"
+            )
+        if self.sweep.get("select") not in self.steps:
+            raise UserError(f"sweep: select {self.sweep.get('select')!r} is not a step")
+
     def arm_names(self) -> list[str]:
         return list(self.arms) or [MAIN_ARM]
 
-    def settings_of(self, arm: str) -> dict[str, object]:
-        return {**self.settings, **self.arms.get(arm, {})}
+    def settings_of(self, arm: str, overrides: dict | None = None) -> dict[str, object]:
+        return {**self.settings, **self.arms.get(arm, {}), **(overrides or {})}
 
     def expand(self, template: str, settings: dict, seen: tuple[str, ...] = ()) -> str:
         """``template`` with settings substituted (recursively); step names and ``out`` stay."""
@@ -146,9 +179,12 @@ class Recipe:
 
         return _FIELD.sub(one, template)
 
-    def plan(self, arm: str) -> list[Planned]:
-        """The arm's steps in run order, settings substituted."""
-        settings, order, state = self.settings_of(arm), [], {}
+    def plan(
+        self, arm: str, overrides: dict | None = None, targets: list[str] | None = None
+    ) -> list[Planned]:
+        """The arm's steps in run order, settings (with ``overrides``) substituted, up to
+        ``targets`` (default: the arm's)."""
+        settings, order, state = self.settings_of(arm, overrides), [], {}
         expanded = {
             name: self.expand(s.run + " " + " ".join(s.inputs), settings)
             for name, s in self.steps.items()
@@ -171,7 +207,7 @@ class Recipe:
                 raise UserError(f"step {name}: inputs are files; a step's folder is a dependency")
             order.append(Planned(step, self.expand(step.run, settings), inputs, deps))
 
-        for target in self.targets:
+        for target in targets or self.arm_targets.get(arm, self.targets):
             visit(target, ())
         return order
 

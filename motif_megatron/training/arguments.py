@@ -31,7 +31,8 @@ class StagePlan:
     name: str
     """A stage name (see ``training/stages.py``) or ``regex:PATTERN``."""
     iters: int | None = None
-    """Iterations in this stage; None with ``plateau`` advances on a converged loss."""
+    """Iterations in this stage; None with ``plateau`` advances on a converged loss, and None
+    on the last stage runs it to ``--train-iters``."""
     plateau: bool = False
     """Advance when the training loss stops improving (``--plateau-patience``)."""
     lr: float | None = None
@@ -185,12 +186,14 @@ class TrainConfig:
                 f"--global-batch-size {self.global_batch_size} is not a multiple of "
                 f"--micro-batch-size {self.micro_batch_size} x data-parallel size {dp}"
             )
-        from motif_megatron.training.stages import LORA_STAGES, NAMES
+        from motif_megatron.training.stages import NAMES, known, uses_lora
 
         for plan in self.plan:
-            if plan.name not in NAMES and not plan.name.startswith("regex:"):
-                problems.append(f"unknown stage {plan.name!r}; choose one of {', '.join(NAMES)}")
-            if plan.iters is None and not plan.plateau:
+            if not known(plan.name):
+                problems.append(
+                    f"unknown stage {plan.name!r}; choose one of {', '.join(NAMES)} or A+B of them"
+                )
+            if plan.iters is None and not plan.plateau and plan is not self.plan[-1]:
                 problems.append(f"stage {plan.name}: give 'iters' or 'plateau: true'")
         problems += self._check_recompute()
         if self.override_opt_param_scheduler and self.use_checkpoint_opt_param_scheduler:
@@ -202,7 +205,7 @@ class TrainConfig:
             problems.append("--overlap-param-gather needs --use-distributed-optimizer")
         if self.lora_rank <= 0:
             problems.append(f"--lora-rank {self.lora_rank} must be positive")
-        lora_stages = [p.name for p in self.plan if p.name in LORA_STAGES]
+        lora_stages = [p.name for p in self.plan if uses_lora(p.name)]
         if lora_stages and self.sequence_parallel:
             problems.append(
                 f"stage {lora_stages[0]}: LoRA adapters do not follow --sequence-parallel's "

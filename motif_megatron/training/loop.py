@@ -162,7 +162,7 @@ class Trainer:
         plan = self.plan[self.stage_index]
         cfg = self.cfg
         adapters = None
-        if plan.name in stages.LORA_STAGES:
+        if stages.uses_lora(plan.name):
             adapters = lora.LoRAConfig(
                 cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_modules, cfg.seed, cfg.qlora
             )
@@ -434,6 +434,7 @@ class Trainer:
                     "stage": self.stage.name,
                     "msg_mask": mask,
                     "tokens_per_s": tokens_per_iter / elapsed,
+                    "tokens": self.iteration * tokens_per_iter,
                     "skipped": result["skipped"],
                     **{
                         name.replace(" ", "_"): value

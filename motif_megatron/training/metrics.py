@@ -1,8 +1,8 @@
 """Where a run reports: a Megatron-style log line, a metrics JSONL and TensorBoard events.
 
 Only rank 0 writes. The JSONL holds one line per iteration (``iteration``, ``loss`` at full float
-precision, ``lr``, ``grad_norm``, ``stage``, ``msg_mask``, ``tokens_per_s``) and one per
-evaluation (``eval_loss``). A resumed run first drops the lines past the iteration it resumes
+precision, ``lr``, ``grad_norm``, ``stage``, ``msg_mask``, ``tokens_per_s``, ``tokens`` trained
+so far) and one per evaluation (``eval_loss``). A resumed run first drops the lines past the iteration it resumes
 from, so the file reads as one uninterrupted run.
 """
 

@@ -15,6 +15,9 @@ Names (``--stage`` or a YAML ``stages`` list):
 - ``redwhale-embed`` (embedding + head), ``redwhale-odd`` / ``redwhale-even`` (layers 1, 3, ...
   / 2, 4, ... counted from 1), ``redwhale-lora`` or ``lora`` (LoRA adapters on every attention
   and MLP projection; the base frozen; merged into the weights on save).
+- ``A+B``: the union of stages, e.g. ``llama-pro+eeve-3`` (the new blocks and the new vocabulary
+  rows: LlamaPro on a vocabulary-expanded model) or ``lora+eeve-3``. A tensor that one part trains
+  whole is not row-masked; a ``regex:`` part runs to the end of the name.
 """
 
 from __future__ import annotations
@@ -54,6 +57,21 @@ NAMES = (
 )
 LORA_STAGES = ("redwhale-lora", "lora")
 """Stages that attach LoRA adapters (``training/lora.py``) and train only them."""
+
+
+def parts(name: str) -> list[str]:
+    """The stages a ``+``-joined name unites (a ``regex:`` part runs to the end)."""
+    head, regex, pattern = name.partition("regex:")
+    return [p for p in head.split("+") if p] + ([regex + pattern] if regex else [])
+
+
+def known(name: str) -> bool:
+    return bool(parts(name)) and all(p in NAMES or p.startswith("regex:") for p in parts(name))
+
+
+def uses_lora(name: str) -> bool:
+    """Whether the stage attaches LoRA adapters."""
+    return any(p in LORA_STAGES for p in parts(name))
 
 
 @dataclass
@@ -100,8 +118,21 @@ def _row_mask(model: torch.nn.Module, name: str, old_vocab: int) -> torch.Tensor
     return (torch.arange(first, first + local) >= old_vocab).float().unsqueeze(1)
 
 
+def _union(name: str, stages: list[Stage]) -> Stage:
+    trainable = set().union(*(s.trainable for s in stages))
+    whole = {n for s in stages for n in s.trainable - set(s.row_masks)}
+    masks: dict[str, torch.Tensor] = {}
+    for s in stages:
+        for n, mask in s.row_masks.items():
+            if n not in whole:
+                masks[n] = torch.maximum(masks[n], mask) if n in masks else mask
+    return Stage(name, trainable, masks, any(s.lora for s in stages))
+
+
 def resolve(name: str, model: torch.nn.Module, args: LlamaArgs) -> Stage:
     """The stage ``name`` for this rank's model chunk (``args`` carries the growth metadata)."""
+    if len(parts(name)) > 1:
+        return _union(name, [resolve(p, model, args) for p in parts(name)])
     names = [n for n, _ in model.named_parameters()]
     layer_of = {n: _global_layer(model, n) for n in names}
     is_layer = {n for n in names if layer_of[n] is not None}
@@ -147,4 +178,4 @@ def resolve(name: str, model: torch.nn.Module, args: LlamaArgs) -> Stage:
                 n: _row_mask(model, n, vocab["old"]) for n in rows_only if n in trainable
             }
         return stage
-    raise UserError(f"unknown stage {name!r}; choose one of {', '.join(NAMES)}")
+    raise UserError(f"unknown stage {name!r}; choose one of {', '.join(NAMES)} or A+B of them")

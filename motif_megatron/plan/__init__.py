@@ -1,0 +1,1 @@
+"""Before launch: parameter counts, Megatron-LM memory per parallel layout, a recommended layout."""

@@ -1,0 +1,127 @@
+"""tools/plan.py: exact parameter counts of the published shapes, Megatron-LM's memory figures,
+the layouts tried and the one recommended."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import ROOT, ok, run
+
+from motif_megatron.model.llama import LlamaArgs
+from motif_megatron.plan import memory
+
+TABLE = json.loads((ROOT / "tests/data/megatron_memory_core_v0.16.1.json").read_text())
+LLAMA = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 128256}
+LLAMA3_70B = {
+    **LLAMA,
+    "hidden_size": 8192,
+    "intermediate_size": 28672,
+    "num_hidden_layers": 80,
+    "num_attention_heads": 64,
+    "num_key_value_heads": 8,
+}
+MOTIF = ["--depth-add", "16", "--hidden-size", "9216", "--ffn-hidden-size", "30720"]
+MOTIF += ["--num-attention-heads", "72", "--num-query-groups", "8"]
+CLUSTER = ["--gpu-memory-gb", "80", "--seq-length", "8192", "--micro-batch-size", "1"]
+
+
+def _plan(tmp_path, config: dict, *flags: str) -> dict:
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "plan.json"
+    ok(
+        run(
+            [
+                "tools/plan.py",
+                "--hf-config",
+                str(tmp_path / "config.json"),
+                *flags,
+                "--json",
+                str(out),
+            ]
+        )
+    )
+    return json.loads(out.read_text())
+
+
+def test_published_parameter_counts(tmp_path):
+    llama3_8b = {
+        **LLAMA,
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+    }
+    small = _plan(tmp_path, llama3_8b, "--gpus", "8", "--global-batch-size", "64", *CLUSTER)
+    assert small["params_base"]["total"] == small["params_grown"]["total"] == 8_030_261_248
+    plan = _plan(
+        tmp_path, LLAMA3_70B, *MOTIF, "--gpus", "256", "--global-batch-size", "512", *CLUSTER
+    )
+    assert plan["params_base"]["total"] == 70_553_706_496
+    grown = plan["params_grown"]
+    assert grown["total"] == 102_022_456_320 and round(grown["total"] / 1e6) == 102_022
+    assert grown["embedding"] == grown["output_layer"] == 128256 * 9216
+    assert grown["layers"] == 96 * (
+        9216 * (2 * 72 * 128 + 2 * 8 * 128) + 3 * 9216 * 30720 + 2 * 9216
+    )
+
+
+@pytest.mark.parametrize("row", TABLE["rows"], ids=lambda r: f"{r['model']}-{r['layout'][:5]}")
+def test_memory_equals_megatron_lms(row):
+    """Our formulas against Megatron-LM's own functions, called once with the same arguments
+    (tests/scripts/megatron_memory_table.py, Megatron-LM core_v0.16.1)."""
+    h, f, layers, heads, groups, vocab, tied = TABLE["models"][row["model"]]
+    args = LlamaArgs(vocab, h, f, layers, heads, groups, h // heads, tie_word_embeddings=tied)
+    tp, pp, dp, dist_opt, recompute, mbs, seq, microbatches = row["layout"]
+    layout = memory.Layout(tp, pp, dp, dist_opt, recompute)
+    weights = memory.weight_optimizer_bytes(args, layout)
+    activations = memory.activation_bytes(args, layout, seq, mbs, microbatches)
+    assert weights == pytest.approx(row["weight_optimizer_bytes"], rel=1e-12)
+    assert activations == pytest.approx(row["activation_bytes"], rel=1e-12)
+
+
+def test_layouts_divide_the_model_and_the_recommended_one_fits_first(tmp_path):
+    cluster = ["--gpus", "64", "--global-batch-size", "256", "--train-tokens", "194e9", *CLUSTER]
+    plan = _plan(tmp_path, LLAMA3_70B, *MOTIF, *cluster)
+    keys = {"tp", "pp", "dp", "distributed_optimizer", "recompute", "weight_optimizer_bytes"}
+    assert all(keys | {"activation_bytes", "fits"} <= set(r) for r in plan["layouts"])
+    for r in plan["layouts"]:
+        assert r["tp"] * r["pp"] * r["dp"] == 64 and r["tp"] <= 8
+        assert 72 % r["tp"] == 0 and 8 % r["tp"] == 0 and 96 % r["pp"] == 0
+        total = r["weight_optimizer_bytes"] + r["activation_bytes"]
+        assert r["fits"] == (total <= 0.9 * 80 * 1024**3)
+    best = plan["recommended"]
+    assert best in plan["layouts"] and best["fits"]
+    fitting = [r for r in plan["layouts"] if r["fits"]]
+    assert all(best["tp"] * best["pp"] <= r["tp"] * r["pp"] for r in fitting)
+    # the distributed optimizer shrinks only the optimizer part: 6 + 12/dp bytes against 18
+    pair = [
+        r
+        for r in plan["layouts"]
+        if (r["tp"], r["pp"], r["recompute"]) == (best["tp"], best["pp"], best["recompute"])
+    ]
+    ratio = pair[1]["weight_optimizer_bytes"] / pair[0]["weight_optimizer_bytes"]
+    assert ratio == pytest.approx((6 + 12 / best["dp"]) / 18)
+    # time: Megatron-LM's FLOPs per token at the stated MFU of the data-sheet peak
+    speed = plan["throughput"]
+    assert speed["tokens_per_s"] == pytest.approx(64 * 989.4e12 * 0.4 / speed["flops_per_token"])
+    assert plan["train_days"] * 86400 * speed["tokens_per_s"] == pytest.approx(194e9)
+
+
+def test_not_a_llama_is_one_line(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "vocab_size": 5}))
+    result = run(
+        [
+            "tools/plan.py",
+            "--hf-config",
+            str(tmp_path / "config.json"),
+            "--gpus",
+            "8",
+            "--global-batch-size",
+            "8",
+            *CLUSTER,
+        ]
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: not a Llama config")

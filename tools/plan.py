@@ -1,0 +1,138 @@
+#!/usr/bin/env python
+"""Plan before launch: parameters, GPU memory per parallel layout, a layout, days, tool costs.
+
+  python tools/plan.py --hf-config Llama-3-70B/config.json --depth-add 16 --hidden-size 9216 \
+      --ffn-hidden-size 30720 --num-attention-heads 72 --num-query-groups 8 \
+      --gpus 256 --gpu-memory-gb 80 --seq-length 8192 --global-batch-size 512 \
+      --micro-batch-size 1 --train-tokens 194e9 --json plan.json
+
+Takes the growth flags of tools/expand_checkpoint.py. Memory is Megatron-LM's theoretical
+formulas (megatron/training/theoretical_memory_usage.py, core_v0.16.1) for the most loaded GPU;
+see motif_megatron/plan/ for the layouts tried and the rule that picks one.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from motif_megatron.errors import run_cli
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--hf-config", required=True, help="HF config.json, a motif_model.json or its checkpoint"
+    )
+    g = p.add_argument_group("growth (as tools/expand_checkpoint.py)")
+    g.add_argument("--depth-add", type=int, default=0, help="LlamaPro blocks to add")
+    g.add_argument("--hidden-size", type=int)
+    g.add_argument("--ffn-hidden-size", type=int)
+    g.add_argument("--num-attention-heads", type=int)
+    g.add_argument("--num-query-groups", type=int)
+    vocab = g.add_mutually_exclusive_group()
+    vocab.add_argument("--tokenizer", help="expanded tokenizer directory (its new_tokens.json)")
+    vocab.add_argument("--vocab-size", type=int, help="vocabulary size after expansion")
+    c = p.add_argument_group("cluster and batch")
+    c.add_argument("--gpus", type=int, required=True)
+    c.add_argument("--gpu-memory-gb", type=float, required=True, help="memory per GPU, GiB")
+    c.add_argument("--gpus-per-node", type=int, default=8, help="TP stays inside a node")
+    c.add_argument("--seq-length", type=int, required=True)
+    c.add_argument("--global-batch-size", type=int, required=True)
+    c.add_argument("--micro-batch-size", type=int, required=True)
+    c.add_argument(
+        "--usable-fraction",
+        type=float,
+        default=0.9,
+        help="share of GPU memory the model may use (the rest: CUDA context, NCCL, fragments)",
+    )
+    t = p.add_argument_group("time")
+    t.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed")
+    t.add_argument(
+        "--peak-tflops", type=float, default=989.4, help="dense bf16 peak per GPU (H100/H200)"
+    )
+    t.add_argument("--train-tokens", type=float, help="tokens to train, for the days estimate")
+    p.add_argument("--json", help="write the whole plan here")
+    return p.parse_args()
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1024**3:.1f} GiB"
+
+
+def summary(plan: dict) -> list[str]:
+    base, grown = plan["params_base"], plan["params_grown"]
+    lines = [
+        f"parameters: base {base['total']:,} -> grown {grown['total']:,} "
+        f"(embedding {grown['embedding']:,}, output {grown['output_layer']:,}, layers "
+        f"{grown['layers']:,}; padded vocabulary {grown['padded_vocab_size']:,})",
+        f"layouts: {sum(r['fits'] for r in plan['layouts'])} of {len(plan['layouts'])} fit "
+        f"{plan['cluster']['gpu_memory_gb']:g} GiB x {plan['cluster']['usable_fraction']:g}",
+    ]
+    best = plan["recommended"]
+    if best is None:
+        lines.append("recommended: none fits; add GPUs or lower --micro-batch-size/--seq-length")
+    else:
+        lines.append(
+            f"recommended: TP={best['tp']} PP={best['pp']} DP={best['dp']} distributed optimizer "
+            f"{'on' if best['distributed_optimizer'] else 'off'}, recompute "
+            f"{'selective' if best['recompute'] else 'none'}: weights+optimizer "
+            f"{_gb(best['weight_optimizer_bytes'])} + activations {_gb(best['activation_bytes'])}"
+        )
+        speed = plan["throughput"]
+        line = f"{speed['tokens_per_s']:,.0f} tokens/s at MFU {plan['assumptions']['mfu']:g}"
+        if "train_days" in plan:
+            line += f": {plan['train_days']:.1f} days"
+        lines.append(line)
+    for name, cost in plan["tools"].items():
+        lines.append(
+            f"{name}: CPU memory {_gb(cost['cpu_memory_bytes'])}, disk {_gb(cost['disk_bytes'])}"
+        )
+    return lines
+
+
+@run_cli
+def main() -> None:
+    args = parse_args()
+    from motif_megatron.plan import layouts, model
+
+    base = model.load_args(args.hf_config)
+    vocab = args.vocab_size
+    if args.tokenizer:
+        from motif_megatron.growth.transform import new_vocab
+
+        vocab = new_vocab(Path(args.tokenizer), base.vocab_size)[0]
+    growth = model.Growth(
+        args.depth_add,
+        args.hidden_size,
+        args.ffn_hidden_size,
+        args.num_attention_heads,
+        args.num_query_groups,
+        vocab,
+    )
+    cluster = layouts.Cluster(
+        args.gpus,
+        args.gpu_memory_gb,
+        args.seq_length,
+        args.global_batch_size,
+        args.micro_batch_size,
+        args.gpus_per_node,
+        args.usable_fraction,
+    )
+    plan = layouts.build(
+        base,
+        model.grown(base, growth),
+        cluster,
+        args.mfu,
+        args.peak_tflops * 1e12,
+        args.train_tokens,
+    )
+    print("\n".join(summary(plan)))
+    if args.json:
+        Path(args.json).write_text(json.dumps(plan, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
