@@ -173,7 +173,7 @@ def test_the_motif_recipe_plans_in_its_dry_run(tmp_path):
     plans = {}
     for path in (out / "steps").glob("plan-*/plan.json"):
         plan = json.loads(path.read_text())
-        plans[plan["params_grown"]["total"]] = plan
+        plans[plan["params_grown"]] = plan
     assert 102_022_456_320 in plans and len(plans) == 2  # motif, and the depth-only arm
     assert plans[102_022_456_320]["recommended"]["fits"]
     assert not list((out / "steps").glob("import-*/step.json"))  # nothing else ran

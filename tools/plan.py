@@ -62,9 +62,9 @@ def _gb(n: float) -> str:
 
 
 def summary(plan: dict) -> list[str]:
-    base, grown = plan["params_base"], plan["params_grown"]
+    grown = plan["params_grown_split"]
     lines = [
-        f"parameters: base {base['total']:,} -> grown {grown['total']:,} "
+        f"parameters: base {plan['params_base']:,} -> grown {plan['params_grown']:,} "
         f"(embedding {grown['embedding']:,}, output {grown['output_layer']:,}, layers "
         f"{grown['layers']:,}; padded vocabulary {grown['padded_vocab_size']:,})",
         f"layouts: {sum(r['fits'] for r in plan['layouts'])} of {len(plan['layouts'])} fit "

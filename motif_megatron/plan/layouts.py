@@ -137,8 +137,10 @@ def build(
     rows = layouts(grown, cluster)
     best = recommend(rows)
     result = {
-        "params_base": param_counts(base) | {"padded_vocab_size": padded_vocab(base)},
-        "params_grown": param_counts(grown) | {"padded_vocab_size": padded_vocab(grown)},
+        "params_base": param_counts(base)["total"],
+        "params_grown": param_counts(grown)["total"],
+        "params_base_split": param_counts(base) | {"padded_vocab_size": padded_vocab(base)},
+        "params_grown_split": param_counts(grown) | {"padded_vocab_size": padded_vocab(grown)},
         "cluster": asdict(cluster),
         "layouts": rows,
         "recommended": best,
