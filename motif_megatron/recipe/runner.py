@@ -103,8 +103,9 @@ def _preview(job: Job, folders: dict[str, str], label: str) -> None:
     such as a model not yet downloaded, may not exist before the real run)."""
     try:
         execute(job, folders, label)
-    except UserError as exc:
-        print(f"[{label}] {job.name}: preview failed, going on: {exc}")
+    except UserError:
+        lines = (job.folder / "log.txt").read_text(errors="replace").strip().splitlines()
+        print(f"[{label}] {job.name}: preview failed, going on: {lines[-1] if lines else ''}")
 
 
 def _run_arm(label: str, arm_jobs: list[Job], ran: set[str], dry_run: bool) -> None:
