@@ -311,25 +311,25 @@ def test_the_demo_recipe_writes_its_arm_table(tmp_path):
     report.json with the keys outside checks read."""
     spec = yaml.safe_load((ROOT / "examples/recipes/demo.yaml").read_text())
     base = yaml.safe_load((ROOT / spec["settings"]["base_config"]).read_text())
-    motif = yaml.safe_load((ROOT / spec["settings"]["motif_config"]).read_text())
+    msg = yaml.safe_load((ROOT / spec["settings"]["msg_config"]).read_text())
     base.update({"train-iters": 3, "save-interval": 3})
-    motif.update({"msg-ramp-start": 1, "msg-ramp-iters": 1, "train-iters": 3, "save-interval": 3})
-    motif["stages"][0]["iters"] = 1
-    for name, config in (("base.yaml", base), ("motif.yaml", motif)):
+    msg.update({"msg-ramp-start": 1, "msg-ramp-iters": 1, "train-iters": 3, "save-interval": 3})
+    msg["stages"][0]["iters"] = 1
+    for name, config in (("base.yaml", base), ("msg.yaml", msg)):
         (tmp_path / name).write_text(yaml.safe_dump(config))
     spec["settings"].update(
         iters="3",
         base_config=str(tmp_path / "base.yaml"),
-        motif_config=str(tmp_path / "motif.yaml"),
+        msg_config=str(tmp_path / "msg.yaml"),
     )
     spec["sweep"]["values"] = ["3.0e-3"]
-    spec["arms"]["motif"]["targets"] = ["ratio_expanded", "ratio_alone"]
+    spec["arms"]["llamapro"]["targets"] = ["ratio_expanded", "ratio_alone"]
     recipe, out = tmp_path / "demo.yaml", tmp_path / "out"
     recipe.write_text(yaml.safe_dump(spec, sort_keys=False))
     ok(run(["tools/run_recipe.py", str(recipe), "--out", str(out)], timeout=1800))
     report = json.loads((out / "report.json").read_text())
     arms = {a["name"]: a for a in report["arms"]}
-    assert list(arms) == ["baseline", "llamapro", "lora", "motif"]
+    assert list(arms) == ["baseline", "llamapro", "llamapro_msg", "lora"]
     for arm in arms.values():
         assert {"name", "korean_ppl", "english_ppl", "token_ratio", "tokens"} <= set(arm)
         assert arm["tokens"] == 3 * 8 * 128 and arm["sweep"]["kept"] == "3.0e-3"
@@ -338,8 +338,9 @@ def test_the_demo_recipe_writes_its_arm_table(tmp_path):
             and arm["english_ppl"] <= arms["baseline"]["english_ppl"]
             and arm["name"] != "baseline"
         )
-    assert arms["baseline"]["token_ratio"] == 1.0 and 0 < arms["motif"]["token_ratio"] < 1
-    assert report["korean_ppl_final"] == arms["motif"]["korean_ppl"]
+    assert arms["baseline"]["token_ratio"] == 1.0 and 0 < arms["llamapro"]["token_ratio"] < 1
+    assert report["recipe"] == "llamapro"
+    assert report["korean_ppl_final"] == arms["llamapro"]["korean_ppl"]
     assert report["english_ppl_baseline"] == arms["baseline"]["english_ppl"]
     assert report["korean_ppl_baseline"] < report["korean_ppl_base"]  # Korean training helps
     assert report["goal_met"] == (
@@ -348,4 +349,4 @@ def test_the_demo_recipe_writes_its_arm_table(tmp_path):
     ratios = report["tokenizers"]
     assert ratios["ratio_expanded"]["en"] == 1.0 and 0 < ratios["ratio_expanded"]["ko"] < 1
     assert ratios["ratio_alone"]["ko"] > 0
-    assert "| motif |" in (out / "ablation.md").read_text()
+    assert "| llamapro_msg |" in (out / "ablation.md").read_text()
