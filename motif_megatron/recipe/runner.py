@@ -142,6 +142,8 @@ def score(job: Job, metric: str) -> float | None:
     path = job.folder / "metrics.jsonl"
     if not job.done():
         return None
+    if not path.is_file():
+        raise UserError(f"sweep: {path} not found (the select step writes {{out}}/metrics.jsonl)")
     values = [r[metric] for r in map(json.loads, path.read_text().splitlines()) if metric in r]
     if not values:
         raise UserError(f"sweep: {path} has no {metric!r} (does the step evaluate?)")
