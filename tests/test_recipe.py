@@ -305,6 +305,23 @@ report: {{step: evaluate, baseline: baseline, recipe: recipe, base: base, train:
     assert len(_runs(out)) == 9 and ": run" not in again  # everything is reused
 
 
+def test_a_sweep_whose_select_step_writes_no_metrics_stops_in_one_line(tmp_path):
+    (tmp_path / "quiet.py").write_text("")  # succeeds and writes no metrics.jsonl
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        f"""name: quiet
+settings: {{quiet: {tmp_path / "quiet.py"}, lr: "1"}}
+steps:
+  - {{name: cpt, run: "{{quiet}} --lr {{lr}}"}}
+sweep: {{setting: lr, values: ["1", "2"], select: cpt}}
+"""
+    )
+    result = run(["tools/run_recipe.py", str(recipe), "--out", str(tmp_path / "out")])
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: sweep: ") and "metrics.jsonl not found" in last
+
+
 def test_the_demo_recipe_writes_its_arm_table(tmp_path):
     """examples/recipes/demo.yaml, shortened (3 training iterations a run, one learning rate, the
     recipe arm without post-training): every arm trained on the same tokens and evaluated, and
