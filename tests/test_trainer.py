@@ -11,7 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import PYTHON, ROOT, expand, finalize, max_abs_diff, ok, run, shard
+
+from motif_megatron.checkpoint.dist import CheckpointReader
 
 SMALL = ["--seq-length", "64", "--micro-batch-size", "1", "--global-batch-size", "4"]
 
@@ -383,6 +386,27 @@ def test_resume_at_another_layout_takes_the_weights(tmp_path, tiny_ckpt, ko_data
     # the weights were resumed: iteration 3's loss (before its update) is the uninterrupted run's
     whole = train(tiny_ckpt, tmp_path / "whole", ko_data, "--train-iters", "4", *flags)
     assert abs(records[2]["loss"] - whole[2]["loss"]) < 1e-5
+
+
+def test_decoupled_lr_drives_only_the_embedding_and_output_layer(tmp_path, tiny_ckpt, ko_data):
+    """--decoupled-lr 0: the body trains at --lr while the embedding and output layer stay bitwise
+    (Megatron's ``is_embedding_or_output_parameter`` group takes its own max/min LR)."""
+    flags = ["--train-iters", "2", "--lr", "1e-2", "--lr-warmup-iters", "1"]
+    train(
+        tiny_ckpt,
+        tmp_path / "run",
+        ko_data,
+        *flags,
+        "--decoupled-lr",
+        "0",
+        "--decoupled-min-lr",
+        "0",
+    )
+    before, after = CheckpointReader(tiny_ckpt), CheckpointReader(tmp_path / "run")
+    for key in ("embedding.word_embeddings.weight", "output_layer.weight"):
+        assert torch.equal(after.get(key), before.get(key)), key
+    body = "decoder.layers.mlp.linear_fc1.weight"
+    assert (after.get(body) - before.get(body)).abs().max() > 1e-4
 
 
 def test_microbatch_size_leaves_pretraining_losses_unchanged(tmp_path, tiny_ckpt, ko_data):

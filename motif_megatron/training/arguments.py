@@ -89,6 +89,12 @@ class TrainConfig:
     train_iters: int = option(100, "iterations to train in total (over all stages)")
     lr: float = option(3e-4, "peak learning rate")
     min_lr: float = option(0.0, "learning rate at the end of the decay")
+    decoupled_lr: float | None = option(
+        None, "peak LR of the input embedding and output layer (default: --lr)"
+    )
+    decoupled_min_lr: float | None = option(
+        None, "final LR of the input embedding and output layer (default: --min-lr)"
+    )
     lr_warmup_iters: int = option(0, "linear warmup iterations (restarted at every stage)")
     lr_decay_iters: int | None = option(None, "decay iterations (default: the stage's length)")
     lr_decay_style: str = option(

@@ -26,6 +26,8 @@ class OptimConfig:
 
     lr: float = 3e-4
     min_lr: float = 0.0
+    decoupled_lr: float | None = None
+    decoupled_min_lr: float | None = None
     weight_decay: float = 0.01
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
@@ -115,6 +117,8 @@ def build_optimizer(model_chunks: list, optim: OptimConfig, no_decay: set[str] =
         optimizer="adam",
         lr=optim.lr,
         min_lr=optim.min_lr,
+        decoupled_lr=optim.decoupled_lr,
+        decoupled_min_lr=optim.decoupled_min_lr,
         weight_decay=optim.weight_decay,
         adam_beta1=optim.adam_beta1,
         adam_beta2=optim.adam_beta2,

@@ -79,6 +79,8 @@ class Trainer:
         self.optim = engine.OptimConfig(
             lr=config.lr,
             min_lr=config.min_lr,
+            decoupled_lr=config.decoupled_lr,
+            decoupled_min_lr=config.decoupled_min_lr,
             weight_decay=config.weight_decay,
             adam_beta1=config.adam_beta1,
             adam_beta2=config.adam_beta2,
