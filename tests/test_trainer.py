@@ -390,7 +390,8 @@ def test_resume_at_another_layout_takes_the_weights(tmp_path, tiny_ckpt, ko_data
 
 def test_decoupled_lr_drives_only_the_embedding_and_output_layer(tmp_path, tiny_ckpt, ko_data):
     """--decoupled-lr 0: the body trains at --lr while the embedding and output layer stay bitwise
-    (Megatron's ``is_embedding_or_output_parameter`` group takes its own max/min LR)."""
+    (Megatron's ``is_embedding_or_output_parameter`` group takes its own max/min LR); a resume
+    with another decoupled LR is refused."""
     flags = ["--train-iters", "2", "--lr", "1e-2", "--lr-warmup-iters", "1"]
     train(
         tiny_ckpt,
@@ -407,6 +408,12 @@ def test_decoupled_lr_drives_only_the_embedding_and_output_layer(tmp_path, tiny_
         assert torch.equal(after.get(key), before.get(key)), key
     body = "decoder.layers.mlp.linear_fc1.weight"
     assert (after.get(body) - before.get(body)).abs().max() > 1e-4
+    # a resume with another decoupled LR is refused in one line
+    args = ["pretrain_motif.py", "--load", str(tiny_ckpt), "--save", str(tmp_path / "run")]
+    result = run([*args, "--data-path", ko_data, *SMALL, *flags, "--decoupled-lr", "1e-2"])
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "--decoupled-lr 0.0 --decoupled-min-lr 0.0" in last, last
 
 
 def test_microbatch_size_leaves_pretraining_losses_unchanged(tmp_path, tiny_ckpt, ko_data):

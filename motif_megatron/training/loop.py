@@ -204,6 +204,7 @@ class Trainer:
             "plateau": self.plateau.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "global_batch_size": self.cfg.global_batch_size,
+            "decoupled_lr": [self.cfg.decoupled_lr, self.cfg.decoupled_min_lr],
             "world": [
                 self.cfg.tensor_model_parallel_size,
                 self.cfg.pipeline_model_parallel_size,
@@ -275,6 +276,13 @@ class Trainer:
             raise UserError(
                 f"--save {cfg.save} was trained with --global-batch-size {saved_gbs}; resume "
                 "with the same (the data position is counted in global batches)"
+            )
+        # the optimizer's parameter groups carry these LRs: a changed value would split them
+        decoupled = state.get("decoupled_lr", [None, None])
+        if decoupled != [cfg.decoupled_lr, cfg.decoupled_min_lr]:
+            raise UserError(
+                f"--save {cfg.save} was trained with --decoupled-lr {decoupled[0]} "
+                f"--decoupled-min-lr {decoupled[1]}; resume with the same or use a new --save"
             )
 
     def _load_scheduler(self, saved: dict) -> str:
