@@ -43,7 +43,7 @@ setup(
         "tqdm",
         "pyyaml",
         "gigatoken",  # Rust tokeniser, ids identical to HF tokenizers (checked in tests)
-        "datasketch>=1.6",
+        "datasketch>=2.0",  # the affine32 MinHash scheme our signatures equal
         # the corpus pipeline's stages and executors (local, Slurm; Ray with the ray extra);
         # pinned: the dedup stages' on-disk formats are read by our blocks
         "datatrove==0.10.1",

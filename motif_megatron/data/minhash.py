@@ -1,12 +1,12 @@
 """MinHash near-duplicate detection for Korean and English text, vectorised and out-of-core.
 
 Shingles are character n-grams (5 by default: Korean words are short and agglutinative, so word
-shingles miss near-duplicates) of the lower-cased, whitespace-folded text, hashed with a rolling
-polynomial over code points. The C++ kernel (``csrc/minhash.cpp``) mixes each shingle hash with a
-64-bit finalizer (the rolling hash and the permutations are both linear: unmixed, similar texts get
-correlated minima and Jaccard is overestimated), then applies each of ``num_perm`` multiply-shift
-permutations in one pass with the minima in cache, instead of one Python call per shingle;
-``bench/minhash.py`` measures bias, LSH precision and recall and speed against datasketch.
+shingles miss near-duplicates) of the lower-cased, whitespace-folded text. The signatures are
+datasketch's own (>= 2.0, scheme ``affine32``: SHA-1 of each shingle's UTF-8 bytes, the MurmurHash3
+finalizer, ``num_perm`` permutations ``a h + b mod 2^32`` seeded as datasketch seeds them), bit for
+bit, so their Jaccard estimates and LSH buckets are datasketch's; the C++ kernel
+(``csrc/minhash.cpp``) computes them in one pass over the text instead of one Python call per
+shingle. ``bench/minhash.py`` measures the speed against ``MinHash.bulk`` and checks the equality.
 Banding follows datasketch's optimal ``(b, r)`` for the threshold; the pipeline writes the
 signatures in datatrove's bucket format (``blocks.MinhashSignatures``) and its out-of-core stages
 find the buckets, the clusters and the documents to drop.
@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-_MULT = np.uint64(0x100000001B3)  # FNV-style odd multiplier for the rolling n-gram hash
+ENCODING = ("utf-8", "surrogatepass")
+"""How shingles become bytes: UTF-8, with a lone surrogate (valid in JSON) as its 3 bytes."""
 
 
 @dataclass(frozen=True)
@@ -37,10 +38,11 @@ class MinHashConfig:
         return _optimal_param(self.threshold, self.num_perm, 0.5, 0.5)
 
     def permutations(self) -> tuple[np.ndarray, np.ndarray]:
-        rng = np.random.default_rng(self.seed)
-        a = rng.integers(1, 2**63, size=self.num_perm, dtype=np.uint64) | np.uint64(1)
-        b = rng.integers(0, 2**63, size=self.num_perm, dtype=np.uint64)
-        return a, b
+        """datasketch's ``affine32`` permutation parameters for this seed (uint32 ``a``, ``b``)."""
+        from datasketch import MinHash
+
+        a, b = MinHash(num_perm=self.num_perm, seed=self.seed, scheme="affine32").permutations
+        return np.ascontiguousarray(a, np.uint32), np.ascontiguousarray(b, np.uint32)
 
 
 def normalise(text: str) -> str:
@@ -49,38 +51,22 @@ def normalise(text: str) -> str:
     return " ".join(text.lower().split())
 
 
-def shingles(texts: list[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
-    """uint64 hashes of every text's character n-grams (the text itself, NUL-padded, if it is
-    shorter), flat, with ``offsets`` (text ``i`` owns ``flat[offsets[i]:offsets[i + 1]]``):
-    one rolling hash over all texts at once, so the cost per text is its normalisation only."""
-    norm = [normalise(t) for t in texts]
-    norm = [t + "\0" * (ngram - len(t)) if len(t) < ngram else t for t in norm]
-    codes = np.frombuffer("".join(norm).encode("utf-32-le"), dtype=np.uint32)
-    lengths = np.fromiter(map(len, norm), dtype=np.int64, count=len(norm))
-    counts = lengths - ngram + 1
-    offsets = np.zeros(len(norm) + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    n = max(len(codes) - ngram + 1, 0)
-    h = np.zeros(n, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for i in range(ngram):
-            np.multiply(h, _MULT, out=h)
-            np.add(h, codes[i : i + n], out=h)
-    # window k of text d starts at its k-th character; windows across two texts are dropped
-    starts = np.cumsum(lengths) - lengths
-    inside = np.arange(offsets[-1]) + np.repeat(starts - offsets[:-1], counts)
-    return h[inside], offsets
-
-
-def shingle_hashes(text: str, ngram: int) -> np.ndarray:
-    """The hashes of one text's character n-grams (see :func:`shingles`)."""
-    return shingles([text], ngram)[0]
+def shingles(text: str, ngram: int) -> list[str]:
+    """The character n-grams the signatures hash: of the normalised text, or the text itself if
+    it is shorter (what datasketch is given, encoded with :data:`ENCODING`)."""
+    norm = normalise(text)
+    return [norm[k : k + ngram] for k in range(max(len(norm) - ngram + 1, 1))]
 
 
 def signatures(texts: list[str], config: MinHashConfig, threads: int = 1) -> np.ndarray:
-    """``[len(texts), num_perm]`` uint32 MinHash signatures (C++ kernel over NumPy shingles)."""
+    """``[len(texts), num_perm]`` uint32 MinHash signatures, equal to datasketch's
+    ``MinHash(scheme="affine32").hashvalues`` over :func:`shingles` (C++ kernel over the
+    normalised UTF-8 texts, which it cuts into n-grams itself)."""
     from motif_megatron._minhash import signatures as kernel
 
+    encoded = [normalise(t).encode(*ENCODING) for t in texts]
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, encoded), np.int64, len(encoded)), out=offsets[1:])
+    data = np.frombuffer(b"".join(encoded), dtype=np.uint8)
     a, b = config.permutations()
-    flat, offsets = shingles(texts, config.ngram)
-    return kernel(flat, offsets, a, b, threads)
+    return kernel(data, offsets, config.ngram, a, b, threads)
