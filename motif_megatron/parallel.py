@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import random
 import re
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -38,12 +37,6 @@ class ParallelConfig:
                 f"world size {world_size} is not divisible by tp*pp = {self.tp}*{self.pp}; "
                 f"launch torchrun or srun with a multiple of {self.tp * self.pp} processes"
             )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass(frozen=True)
@@ -112,9 +105,9 @@ def init_distributed(backend: str | None = None) -> None:
     cpu.apply()
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
     if launch is None or launch.world_size == 1:
-        # a plain process: a private one-process group, leaving the environment untouched
-        address = f"tcp://127.0.0.1:{_free_port()}"
-        dist.init_process_group(backend, init_method=address, rank=0, world_size=1)
+        # one process needs no rendezvous: an in-process store, no socket and no port (a
+        # `torchrun --nproc_per_node=1` worker would otherwise wait on torchrun's agent store)
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
         return
     if launch.launcher == "torchrun":  # env://: the workers share torchrun's agent store
         dist.init_process_group(backend)

@@ -20,13 +20,16 @@ PYTHON = sys.executable
 TORCHRUN = str(Path(PYTHON).parent / "torchrun")
 
 
-def run(args: list[str], nproc: int = 1, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run a project script (under torchrun when ``nproc`` > 1) from the repository root."""
+def run(
+    args: list[str], nproc: int = 1, timeout: int = 600, torchrun: bool | None = None
+) -> subprocess.CompletedProcess:
+    """Run a project script from the repository root: under torchrun when ``nproc`` > 1 (or
+    ``torchrun=True``), as a plain ``python`` process otherwise."""
     script, *rest = args
     cmd = (
-        [PYTHON, str(ROOT / script), *rest]
-        if nproc == 1
-        else [TORCHRUN, f"--nproc_per_node={nproc}", "--standalone", str(ROOT / script), *rest]
+        [TORCHRUN, f"--nproc_per_node={nproc}", "--standalone", str(ROOT / script), *rest]
+        if (nproc > 1 if torchrun is None else torchrun)
+        else [PYTHON, str(ROOT / script), *rest]
     )
     launcher_vars = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}
     env = {k: v for k, v in os.environ.items() if k not in launcher_vars}

@@ -38,10 +38,11 @@ def steps(path: Path) -> list[dict]:
     ]
 
 
-def pretrain(load, save, data, *flags, nproc: int = 1) -> list[dict]:
+def pretrain(load, save, data, *flags, nproc: int = 1, torchrun: bool | None = None) -> list[dict]:
     metrics = Path(f"{save}.jsonl")
     args = ["pretrain_motif.py", "--load", str(load), "--save", str(save), "--data-path", data]
-    ok(run([*args, "--metrics-file", str(metrics), *SMALL, *flags], nproc=nproc))
+    cmd = [*args, "--metrics-file", str(metrics), *SMALL, *flags]
+    ok(run(cmd, nproc=nproc, timeout=300, torchrun=torchrun))
     return steps(metrics)
 
 
@@ -69,6 +70,16 @@ def test_launch_environment_of_torchrun_srun_and_neither():
     assert first_host("login1") == "login1" and first_host("n[9-12],m3") == "n9"
     with pytest.raises(UserError, match="WORLD_SIZE=4 but neither"):
         launch_from_env({"WORLD_SIZE": "4"})
+
+
+def test_torchrun_with_one_process_equals_plain_python(tmp_path, tiny_ckpt, ko_data):
+    """`torchrun --nproc_per_node=1` (how most one-GPU runs start) forms its one-process group
+    without a rendezvous and trains exactly as a plain `python` process does."""
+    flags = ["--train-iters", "2", "--lr", "1e-2"]
+    plain = pretrain(tiny_ckpt, tmp_path / "plain", ko_data, *flags)
+    launched = pretrain(tiny_ckpt, tmp_path / "torchrun", ko_data, *flags, torchrun=True)
+    assert [r["iteration"] for r in launched] == [1, 2]
+    assert launched == plain
 
 
 def test_world_size_without_a_launcher_is_one_line(tmp_path, tiny_ckpt):
