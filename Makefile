@@ -16,9 +16,10 @@ $(STAMP): setup.py pyproject.toml
 
 venv: $(STAMP)
 
-# KenLM's lmplz and build_binary, built once from the PyPI source tarball (the demo's data step)
+# KenLM's lmplz and build_binary, built once from the PyPI source tarball (the demo's data step
+# and the corpus tests use them)
 kenlm: venv
-	$(PY) -c "from motif_megatron.data.kenlm import ensure_binaries; ensure_binaries()"
+	$(PY) tools/build_kenlm.py
 
 # the recipe with its arms (examples/recipes/demo.yaml); a rerun resumes and skips finished steps
 demo: kenlm
@@ -33,7 +34,7 @@ lint: venv
 slurm:
 	bash examples/slurm/local_cluster.sh || echo "slurm: the local cluster did not start; its tests will skip"
 
-test: lint slurm
+test: lint slurm kenlm
 	$(PY) -m pytest -q tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
 

@@ -247,7 +247,7 @@ def pretrain_and_resume(c: Checks, paths: dict, peak: float | None):
 
 def _example_losses(model, rows, examples):
     """Summed token loss of every example: packed (segments) and alone, via the forward path."""
-    from motif_megatron.training.engine import Batch, forward_only, lm_objective
+    from motif_megatron.model.schedule import Batch, forward_only, lm_objective
 
     def token_losses(chunk, mb):
         output, _ = lm_objective(chunk, mb)
@@ -279,7 +279,8 @@ def _example_losses(model, rows, examples):
 def packed_sft(c: Checks, paths: dict):
     """Packed rows against each example alone, on the spec this machine runs (in-process)."""
     from motif_megatron import parallel
-    from motif_megatron.model.builder import BuildOptions, build_from_checkpoint
+    from motif_megatron.checkpoint.dist import build_from_checkpoint
+    from motif_megatron.model.builder import BuildOptions
     from motif_megatron.posttrain.chat import ChatEncoder
     from motif_megatron.posttrain.packing import pack
     from motif_megatron.posttrain.sft import encode_file

@@ -70,8 +70,8 @@ def main() -> None:
     from motif_megatron.errors import quiet_library_warnings
     from motif_megatron.model.builder import BuildOptions, build_model
     from motif_megatron.model.llama import LlamaArgs
+    from motif_megatron.model.schedule import Batch
     from motif_megatron.training.engine import (
-        Batch,
         OptimConfig,
         build_optimizer,
         train_step,

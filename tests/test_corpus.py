@@ -288,6 +288,7 @@ def test_minhash_estimates_jaccard_without_bias():
 @pytest.fixture(scope="module")
 def kenlm_model(tmp_path_factory):
     pytest.importorskip("kenlm", reason="pip install kenlm (part of the dev extra)")
+    ok(run(["tools/build_kenlm.py"], timeout=1800))  # `make kenlm`: a no-op once built
     ko = [
         d for d in _texts("ko-libreoffice-help") if sum("가" <= c <= "힣" for c in d["text"]) > 300
     ]

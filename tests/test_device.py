@@ -28,7 +28,7 @@ def test_the_audit_catches_a_host_tensor(tmp_path):
     script.write_text(
         "import torch\n"
         "from motif_megatron import parallel\n"
-        "from motif_megatron.training.engine import reduce_reports\n"
+        "from motif_megatron.model.schedule import reduce_reports\n"
         "parallel.initialize(parallel.ParallelConfig(1, 1))\n"
         "reduce_reports([{'lm loss': torch.tensor([2.0, 4.0])}])\n"
     )

@@ -344,8 +344,9 @@ def test_masks_stay_fp32_under_bf16(widened):
     """Under --bf16 the masks and RMSNorm denominators stay fp32 (a bf16 m = 0.3 would give
     d_old + m (d_new - d_old) = 73.5 here, and 4416 instead of 4403.2 at 4096 -> 5120)."""
     from motif_megatron import device, parallel
-    from motif_megatron.growth.masked import MaskedRMSNorm, set_mask
-    from motif_megatron.model.builder import BuildOptions, build_from_checkpoint
+    from motif_megatron.checkpoint.dist import build_from_checkpoint
+    from motif_megatron.model.builder import BuildOptions
+    from motif_megatron.model.masked import MaskedRMSNorm, set_mask
 
     parallel.initialize(parallel.ParallelConfig(1, 1), seed=0)
     model, args = build_from_checkpoint(

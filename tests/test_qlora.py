@@ -18,8 +18,9 @@ def test_nf4_base_with_adapters(tiny_ckpt, tmp_path):
 
     from motif_megatron import parallel
     from motif_megatron.checkpoint import dist
-    from motif_megatron.model.builder import BuildOptions, build_from_checkpoint, build_model
-    from motif_megatron.training import lora
+    from motif_megatron.checkpoint.dist import build_from_checkpoint
+    from motif_megatron.model import lora
+    from motif_megatron.model.builder import BuildOptions, build_model
 
     parallel.initialize(parallel.ParallelConfig(1, 1), seed=0)
     plain_model, args = build_from_checkpoint(
@@ -34,7 +35,7 @@ def test_nf4_base_with_adapters(tiny_ckpt, tmp_path):
         dist.load_model(model, tiny_ckpt)  # embeddings and norms; the bases stay unread
     assert all(m.weight.numel() == 0 for m in adapted.values())
 
-    source, alive = lora.base_from_checkpoint(model, tiny_ckpt, True), []
+    source, alive = dist.base_from_checkpoint(model, tiny_ckpt, True), []
 
     def read(name, module):  # one base resident at a time: the previous one is gone
         assert all(ref() is None for ref in alive), f"{name}: an earlier base is still resident"

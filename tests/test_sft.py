@@ -10,8 +10,9 @@ import pytest
 import torch
 from conftest import ok, run
 
+from motif_megatron.model.packed import attention_mask
 from motif_megatron.posttrain.chat import ChatEncoder, Example, to_messages
-from motif_megatron.posttrain.packing import attention_mask, pack
+from motif_megatron.posttrain.packing import pack
 
 SMALL = (
     "--seq-length",
@@ -112,7 +113,8 @@ def test_packed_loss_equals_separate_examples(tiny_ckpt):
     """Megatron's local attention honours the mask: each example's token losses in a packed row
     equal those of the example run alone."""
     from motif_megatron import parallel
-    from motif_megatron.model.builder import BuildOptions, build_from_checkpoint
+    from motif_megatron.checkpoint.dist import build_from_checkpoint
+    from motif_megatron.model.builder import BuildOptions
 
     parallel.initialize(parallel.ParallelConfig(1, 1), seed=0)
     model, _ = build_from_checkpoint(str(tiny_ckpt), BuildOptions(params_dtype=torch.float32))
@@ -137,7 +139,8 @@ def test_packed_loss_equals_separate_examples(tiny_ckpt):
 
 def test_neftune_noise_only_in_training(tiny_ckpt):
     from motif_megatron import parallel
-    from motif_megatron.model.builder import BuildOptions, build_from_checkpoint
+    from motif_megatron.checkpoint.dist import build_from_checkpoint
+    from motif_megatron.model.builder import BuildOptions
     from motif_megatron.posttrain import neftune
 
     parallel.initialize(parallel.ParallelConfig(1, 1), seed=0)
@@ -290,7 +293,7 @@ def test_thd_cu_seqlens_describe_the_dense_mask():
     """Transformer Engine's THD inputs for packed rows (one sequence of all the rows of a
     microbatch, cut at every example and at each row's padding) block exactly what the local
     spec's dense mask blocks."""
-    from motif_megatron.posttrain.packing import distinct_rows, packed_seq_params
+    from motif_megatron.model.packed import distinct_rows, packed_seq_params
 
     g = torch.Generator().manual_seed(0)
     examples = [
@@ -319,7 +322,8 @@ def test_neftune_scale_uses_the_row_length(tiny_ckpt):
     """alpha / sqrt(L d) with L the configured row length, whatever the embedding's first
     dimension (sequence parallelism divides it by TP, THD packing multiplies it by the rows)."""
     from motif_megatron import parallel
-    from motif_megatron.model.builder import BuildOptions, build_from_checkpoint
+    from motif_megatron.checkpoint.dist import build_from_checkpoint
+    from motif_megatron.model.builder import BuildOptions
     from motif_megatron.posttrain import neftune
 
     parallel.initialize(parallel.ParallelConfig(1, 1), seed=0)

@@ -50,8 +50,8 @@ def main() -> None:
     args = parse_args()
     quiet_library_warnings()
     from motif_megatron import parallel
+    from motif_megatron.checkpoint.equivalence import compare
     from motif_megatron.model.builder import BuildOptions
-    from motif_megatron.model.equivalence import compare
     from motif_megatron.model.llama import dtype_from_name
 
     options = BuildOptions(

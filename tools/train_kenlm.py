@@ -4,8 +4,8 @@
   python tools/train_kenlm.py --input reference.jsonl --out lm/ko --order 5
 
 Writes ``OUT.bin`` (or ``.arpa``), ``OUT.sp.model`` (the SentencePiece model used to tokenise) and
-``OUT.json``; give ``OUT.bin`` to ``preprocess_corpus.py --kenlm-model``. Builds ``lmplz`` from the
-PyPI kenlm source tarball on first use (installing Debian's Boost packages if needed).
+``OUT.json``; give ``OUT.bin`` to ``preprocess_corpus.py --kenlm-model``. Needs KenLM's ``lmplz``,
+built once by ``make kenlm`` (``tools/build_kenlm.py``).
 """
 
 import argparse

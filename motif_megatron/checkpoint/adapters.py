@@ -13,41 +13,9 @@ from __future__ import annotations
 
 import torch
 
+from motif_megatron.model.lora import is_row_parallel, local_shard, merge
+
 SUFFIXES = ("lora_a", "lora_b", "lora_scale")
-
-
-def is_row_parallel(cls: type) -> bool:
-    """Megatron's ``RowParallelLinear`` or TE's ``TERowParallelLinear`` (split by input)."""
-    from megatron.core.tensor_parallel import RowParallelLinear
-
-    return issubclass(cls, RowParallelLinear) or "Row" in cls.__name__
-
-
-def merge(base: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale) -> torch.Tensor:
-    """``base + scale * B @ A`` in fp32, in the base's dtype; batched over a leading layer axis
-    (``scale`` then has one value per layer)."""
-    scale = torch.as_tensor(scale, dtype=torch.float32, device=base.device)
-    delta = (b.float() @ a.float()) * scale[..., None, None]
-    return (base.float() + delta).to(base.dtype)
-
-
-def local_shard(full: torch.Tensor, local_shape, row: bool, gated: bool) -> torch.Tensor:
-    """This TP rank's part of a global layer tensor, as the layer holds it: the input columns of
-    a row-parallel layer, the output rows of a column-parallel one, SwiGLU fc1's
-    ``[gate_rank; up_rank]``."""
-    from megatron.core import parallel_state
-
-    rank = parallel_state.get_tensor_model_parallel_rank()
-    if row:
-        n = local_shape[1]
-        return full[:, rank * n : (rank + 1) * n]
-    n = local_shape[0]
-    if not gated:
-        return full[rank * n : (rank + 1) * n]
-    half, n = full.shape[0] // 2, n // 2
-    return torch.cat(
-        [full[rank * n : (rank + 1) * n], full[half + rank * n : half + (rank + 1) * n]]
-    )
 
 
 def linears(model: torch.nn.Module):

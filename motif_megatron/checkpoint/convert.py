@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import torch
@@ -22,16 +21,9 @@ from motif_megatron.checkpoint.hf_io import HFWeights, SafetensorsWriter
 from motif_megatron.errors import UserError
 from motif_megatron.model.builder import BuildOptions, build_model, check_parallel_shapes
 from motif_megatron.model.llama import LlamaArgs, dtype_name, padded_vocab_size
+from motif_megatron.tokenizer.files import copy_tokenizer
 
 TOKENIZER_DIR = "tokenizer"
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "chat_template.jinja",
-    "new_tokens.json",  # an expanded tokenizer's record (the vocabulary growth reads it)
-)
 _LAYER_NAME = re.compile(r"decoder\.layers\.(\d+)\.(.+)")
 
 
@@ -40,17 +32,6 @@ def read_hf_config(hf_dir: str | Path) -> LlamaArgs:
     if not path.is_file():
         raise UserError(f"{path} not found: --hf-dir must be an HF model directory")
     return LlamaArgs.from_hf_config(json.loads(path.read_text()))
-
-
-def copy_tokenizer(src: Path, dst: Path) -> list[str]:
-    """Copy whichever tokenizer files exist; returns the names copied."""
-    copied = []
-    for name in TOKENIZER_FILES:
-        if (src / name).is_file():
-            dst.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src / name, dst / name)
-            copied.append(name)
-    return copied
 
 
 def _hf_producer(args: LlamaArgs, weights: HFWeights, padded_vocab: int):

@@ -14,6 +14,7 @@ time. Both keep peak memory near the largest tensor, whatever the model size.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from collections.abc import Callable
@@ -24,6 +25,10 @@ import torch.distributed as dist
 
 from motif_megatron.checkpoint import adapters
 from motif_megatron.errors import UserError
+from motif_megatron.model import masked
+from motif_megatron.model.builder import BuildOptions, build_model
+from motif_megatron.model.llama import LlamaArgs
+from motif_megatron.model.lora import local_shard
 
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
 RELEASE = "release"
@@ -382,3 +387,37 @@ def _copy_stored_chunk(
                 if not read:
                     raise UserError(f"{path} is truncated")
                 view = view[read:]
+
+
+def build_from_checkpoint(load: str, options: BuildOptions):
+    """Build this rank's model chunk from ``load``'s ``motif_model.json`` and load its weights.
+
+    Returns ``(model, args)``. Weights load at any TP/PP, in ``options.params_dtype`` if given.
+    """
+    args = LlamaArgs.load(root_of(load))
+    model = build_model(args, options)
+    load_model(model, load)
+    if args.growth.get("msg"):  # the checkpoint's mask value wins (the trainer ramps it)
+        masked.set_mask(model, masked.mask_value(model))
+    return model, args
+
+
+def base_from_checkpoint(
+    model: torch.nn.Module, load, merge_adapters: bool
+) -> Callable[[str, torch.nn.Module], torch.Tensor]:
+    """:func:`~motif_megatron.model.lora.quantize_base`'s source reading one layer of a checkpoint at a time: merged with
+    its adapters when it is a LoRA checkpoint used as a base, the stored base on a resume."""
+
+    @functools.cache
+    def index() -> tuple[CheckpointReader, dict]:  # on first use: not for a model without QLoRA
+        where = {
+            id(m): (key, layer, row, gated) for m, key, layer, row, gated in adapters.linears(model)
+        }
+        return CheckpointReader(load, merge_adapters=merge_adapters), where
+
+    def read(name: str, module: torch.nn.Module) -> torch.Tensor:
+        reader, where = index()
+        key, layer, row, gated = where[id(module)]
+        return local_shard(reader.get(key + "weight", layer), module.lora_shape, row, gated)
+
+    return read

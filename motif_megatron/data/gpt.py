@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from motif_megatron.compat import datasets
 from motif_megatron.data import helpers
 from motif_megatron.data.indexed import read_index
 from motif_megatron.errors import UserError
@@ -103,7 +104,7 @@ def build_datasets(config: GPTDataConfig, samples: tuple[int, int, int]):
     from motif_megatron import parallel
 
     parallel.init_distributed()  # Megatron's builder synchronises ranks around its index caches
-    helpers.install()
+    datasets.use_index_builders({name: getattr(helpers, name) for name in datasets.NAMES})
     prefixes, weights = parse_data_path(config.data_path)
     tokenizer = TokenIds(eod=config.eod, pad=config.eod, vocab_size=config.vocab_size)
     dataset_config = GPTDatasetConfig(

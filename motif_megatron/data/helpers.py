@@ -1,7 +1,8 @@
 """Our C++ dataset index builders (``csrc/helpers.cpp``), with Megatron's Python signatures.
 
-``install()`` points Megatron-Core's ``megatron.core.datasets.helpers`` at these builders, so its
-``GPTDataset`` and ``BlendedDataset`` index caches are built by our extension; outputs are
+``compat.datasets.use_index_builders`` points Megatron-Core's ``megatron.core.datasets.helpers``
+at these builders (``data/gpt.py`` does it), so its ``GPTDataset`` and ``BlendedDataset`` index
+caches are built by our extension; outputs are
 identical to ``helpers_cpp`` (tested on random inputs) and ``bench/dataset_helpers.py`` times both.
 """
 
@@ -20,7 +21,6 @@ __all__ = [
     "build_blending_indices",
     "build_exhaustive_blending_indices",
     "build_sample_idx",
-    "install",
 ]
 
 
@@ -45,12 +45,3 @@ def build_sample_idx(
         drop_last_partial_sequence,
         1 if add_extra_token_to_sequence else 0,
     )
-
-
-def install() -> None:
-    """Make Megatron-Core's datasets build their indices with this extension."""
-    from megatron.core.datasets import helpers
-
-    helpers.build_sample_idx = build_sample_idx
-    helpers.build_blending_indices = build_blending_indices
-    helpers.build_exhaustive_blending_indices = build_exhaustive_blending_indices

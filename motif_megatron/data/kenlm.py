@@ -1,9 +1,9 @@
 """KenLM perplexity, CCNet style: one normalisation and one SentencePiece model for train and score.
 
 Training uses KenLM's own ``lmplz`` and ``build_binary`` (never a re-implementation); they are not
-on any package registry as binaries, so :func:`ensure_binaries` builds them once from the PyPI
-``kenlm`` source tarball with Debian's Boost packages, into the user's cache folder. Scoring uses the
-``kenlm`` Python module. A model ``M.arpa``/``M.bin`` sits beside ``M.json``, which names the
+on any package registry as binaries, so the install step ``make kenlm`` (``tools/build_kenlm.py``)
+builds them once from the PyPI ``kenlm`` source tarball into :func:`bin_dir`, and
+:func:`find_binaries` finds them there or on ``PATH``. Scoring uses the ``kenlm`` Python module. A model ``M.arpa``/``M.bin`` sits beside ``M.json``, which names the
 SentencePiece model and normalisation it was trained with, so scoring can never silently use
 another (mismatched normalisation ruins perplexities without any error).
 """
@@ -15,8 +15,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
-import tarfile
 import tempfile
 import unicodedata
 from pathlib import Path
@@ -25,12 +23,6 @@ from motif_megatron.errors import UserError
 
 NORMALIZATION = "ccnet-nfc-v1"
 KENLM_VERSION = "0.3.0"
-BOOST_PACKAGES = (
-    "libboost-program-options-dev",
-    "libboost-system-dev",
-    "libboost-thread-dev",
-    "libboost-test-dev",
-)
 _DIGIT = re.compile(r"\d")
 _SPACE = re.compile(r"\s+")
 
@@ -58,75 +50,15 @@ def _find(tool: str) -> Path | None:
     return Path(found) if found else None
 
 
-def _boost_present() -> bool:
-    return (
-        Path("/usr/include/boost/program_options.hpp").is_file()
-        and Path("/usr/include/boost/thread.hpp").is_file()
-    )
-
-
-def ensure_binaries(log=print) -> tuple[Path, Path]:
-    """Paths of ``lmplz`` and ``build_binary``, building them from source on first use."""
+def find_binaries() -> tuple[Path, Path]:
+    """Paths of ``lmplz`` and ``build_binary`` (the built ones, else ``PATH``'s)."""
     lmplz, build_binary = _find("lmplz"), _find("build_binary")
-    if lmplz and build_binary:
-        return lmplz, build_binary
-    if not _boost_present():
-        if os.geteuid() != 0 or not shutil.which("apt-get"):
-            raise UserError(
-                "KenLM's lmplz needs Boost: apt-get install " + " ".join(BOOST_PACKAGES)
-            )
-        log("installing Boost (Debian packages) for KenLM ...")
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", *BOOST_PACKAGES],
-            check=True,
-            stdout=subprocess.DEVNULL,
+    if not (lmplz and build_binary):
+        raise UserError(
+            "KenLM's lmplz and build_binary are not built: run `make kenlm` "
+            "(python tools/build_kenlm.py) once, or put them on PATH"
         )
-    for tool in ("cmake", "make", "g++"):
-        if not shutil.which(tool):
-            raise UserError(f"building KenLM needs {tool}: apt-get install cmake build-essential")
-    log(
-        f"building KenLM {KENLM_VERSION} lmplz/build_binary from the PyPI source tarball (~2-3 min) ..."
-    )
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--quiet",
-                "--no-deps",
-                "--no-binary",  # the source tarball of kenlm only: its build tools come as wheels
-                "kenlm",
-                f"kenlm=={KENLM_VERSION}",
-                "-d",
-                tmp,
-            ],
-            check=True,
-        )
-        archive = next(Path(tmp).glob("kenlm-*.tar.gz"))
-        with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="data")
-        source = next(p for p in Path(tmp).iterdir() if p.is_dir() and p.name.startswith("kenlm"))
-        build = source / "build"
-        build.mkdir()
-        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-        subprocess.run(
-            ["cmake", "..", "-DBoost_USE_STATIC_LIBS=ON", "-DCMAKE_BUILD_TYPE=Release"],
-            cwd=build,
-            check=True,
-            **quiet,
-        )
-        subprocess.run(
-            ["make", f"-j{os.cpu_count() or 1}", "lmplz", "build_binary"],
-            cwd=build,
-            check=True,
-            **quiet,
-        )
-        bin_dir().mkdir(parents=True, exist_ok=True)
-        for tool in ("lmplz", "build_binary"):
-            shutil.copy2(build / "bin" / tool, bin_dir() / tool)
-    return bin_dir() / "lmplz", bin_dir() / "build_binary"
+    return lmplz, build_binary
 
 
 def train(
@@ -136,12 +68,11 @@ def train(
     vocab_size: int = 8000,
     memory: str = "20%",
     binary: bool = True,
-    log=print,
 ) -> Path:
     """Train SentencePiece + a KenLM ``order``-gram on ``texts``; returns the model path."""
     import sentencepiece as spm
 
-    lmplz, build_binary = ensure_binaries(log)
+    lmplz, build_binary = find_binaries()
     out_prefix = Path(out_prefix)
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
     lines = [n for t in texts for line in t.splitlines() if (n := normalize(line))]

@@ -63,6 +63,7 @@ from motif_megatron.data.filters.text import (
     NumericSequenceFilter,
 )
 from motif_megatron.data.readers import Document, Unit, input_files, input_units
+from motif_megatron.data.report import Report
 from motif_megatron.data.thresholds import PerplexityThresholds
 from motif_megatron.errors import UserError
 
@@ -153,8 +154,6 @@ def datatrove_minhash(config: mh.MinHashConfig) -> MinhashConfig:
 def stages(config: CorpusConfig, units: list[Unit], out: Path, logs: Path) -> list[Stage]:
     """The stages for ``config`` in order (document stages of ``config.tasks`` tasks between
     global ones)."""
-    from motif_megatron.data.report import Report
-
     work, n = out / "work", config.tasks
     removed = str(work / "removed")
     filters = build_filters(config)
@@ -207,7 +206,8 @@ def stages(config: CorpusConfig, units: list[Unit], out: Path, logs: Path) -> li
         result.append(Stage(name, [*source, *steps, sink, TaskMeter(), *tail], n))
         result += [] if last else between[k]
     names = [s.name for s in result]
-    result.append(Stage("report", [Report(out, logs, names, config)], 1))
+    blocks = [f.name for f in filters] + ["perplexity", "exact_dedup", "minhash"]
+    result.append(Stage("report", [Report(out, logs, names, blocks, config)], 1))
     return result
 
 

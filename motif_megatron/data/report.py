@@ -73,20 +73,20 @@ class Report(PipelineStep):
     type = "📋 - REPORT"
     name = "report"
 
-    def __init__(self, out: Path, logs: Path, stages: list[str], config) -> None:
+    def __init__(self, out: Path, logs: Path, stages: list[str], blocks: list[str], config) -> None:
+        """``blocks``: the names under which the stages wrote removed records."""
         super().__init__()
         self.out, self.logs, self.stages, self.config = Path(out), Path(logs), stages, config
+        self.blocks = blocks
 
     def run(self, data=None, rank: int = 0, world_size: int = 1) -> None:
         from motif_megatron.data.blocks import perplexity_bounds
-        from motif_megatron.data.pipeline import build_filters
 
         out, work, config = self.out, self.out / "work", self.config
         stats = {stage: stage_stats(self.logs, stage) for stage in self.stages}
         first, last = stats[self.stages[0]], stats[self.stages[-1]]
-        blocks = [f.name for f in build_filters(config)] + ["perplexity", "exact_dedup", "minhash"]
         keys = ("id", "filter", "reason")
-        removed = _concatenate(_removed_files(work, blocks), out / "removed.jsonl", keys)
+        removed = _concatenate(_removed_files(work, self.blocks), out / "removed.jsonl", keys)
         rejects = sorted(work.glob("rejects_*.jsonl"))
         _concatenate(rejects, out / "rejects.jsonl", ("source", "line", "reason"))
         by_reason = Counter(f"{r['filter']}/{r['reason']}" for r in removed)
@@ -129,7 +129,7 @@ class Report(PipelineStep):
             },
             "examples": examples,
         }
-        write(out, report, work / "ppl" if ppl else None, blocks)
+        write(out, report, work / "ppl" if ppl else None, self.blocks)
 
 
 def _minhash(stats: dict[str, dict[str, dict]], config) -> dict:

@@ -79,8 +79,9 @@ def _perplexities(
     import torch
 
     from motif_megatron.checkpoint import dist as ckpt
+    from motif_megatron.checkpoint.dist import build_from_checkpoint
     from motif_megatron.eval.perplexity import perplexity
-    from motif_megatron.model.builder import BuildOptions, build_from_checkpoint
+    from motif_megatron.model.builder import BuildOptions
 
     tokenizer = _tokenizer(ckpt.root_of(load) / "tokenizer")
     model, args = build_from_checkpoint(

@@ -44,7 +44,8 @@ class MotifLM(TemplateLM):
 
         from motif_megatron import parallel
         from motif_megatron.checkpoint import dist as ckpt
-        from motif_megatron.model.builder import BuildOptions, build_from_checkpoint
+        from motif_megatron.checkpoint.dist import build_from_checkpoint
+        from motif_megatron.model.builder import BuildOptions
 
         parallel.initialize(parallel.ParallelConfig(int(tp), int(pp)))
         self.model, args = build_from_checkpoint(

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from motif_megatron.training.engine import Batch
+from motif_megatron.model.schedule import Batch
 
 
 @dataclass
@@ -88,7 +88,7 @@ def perplexity(
 ) -> Perplexity:
     """NLL of ``texts`` under ``model`` (any TP/PP: Megatron's forward-only schedule), with the
     softmax over the ``vocab_size`` real tokens."""
-    from motif_megatron.training.engine import forward_only, reduce_reports
+    from motif_megatron.model.schedule import forward_only, reduce_reports
 
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     # with BOS as context every token of the text is predicted, whatever the tokenizer

@@ -20,7 +20,6 @@ from motif_megatron import parallel
 from motif_megatron.checkpoint import dist, layout
 from motif_megatron.checkpoint.convert import (
     TOKENIZER_DIR,
-    copy_tokenizer,
     expected_hf_names,
     read_hf_config,
 )
@@ -29,6 +28,7 @@ from motif_megatron.errors import UserError
 from motif_megatron.growth import msg
 from motif_megatron.model.builder import BuildOptions, build_model
 from motif_megatron.model.llama import LlamaArgs
+from motif_megatron.tokenizer.files import copy_tokenizer
 
 _LAYER = re.compile(r"decoder\.layers\.(\d+)\.(.+)")
 WIDTH = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads")
@@ -117,8 +117,8 @@ def apply(
     parallel.initialize(parallel.ParallelConfig(1, 1), backend="gloo")  # host memory only
     model = build_model(args, BuildOptions(initialize=False, host_only=True))
     if args.growth.get("msg"):  # keep the target's mask value (mid-ramp checkpoints too)
-        from motif_megatron.growth.masked import set_mask
         from motif_megatron.growth.transform import mask_key
+        from motif_megatron.model.masked import set_mask
 
         set_mask(model, float(reader.get(mask_key(reader)).flatten()[0]))
     by_local = {p.local_name: p for p in layout.LAYER_PARAMS}

@@ -4,7 +4,7 @@ Old weights keep their values at mapped positions: hidden dims as a prefix, atte
 ``group * heads_per_group_new + j`` (new heads within groups, then whole new groups), FFN channels
 spread evenly over the target TP shards (each shard: its old channels, then its new ones). New
 entries are drawn from N(0, rms(old tensor)) -- MSG's N(0, 0.02) is far off the scale of a 70B
-model's weights -- and only enter the function through the masks of :mod:`growth.masked`.
+model's weights -- and only enter the function through the masks of :mod:`model.masked`.
 """
 
 from __future__ import annotations

@@ -18,11 +18,12 @@ import torch
 
 from motif_megatron import parallel
 from motif_megatron.checkpoint import dist, layout
-from motif_megatron.checkpoint.convert import TOKENIZER_DIR, copy_tokenizer
+from motif_megatron.checkpoint.convert import TOKENIZER_DIR
 from motif_megatron.errors import UserError
 from motif_megatron.growth import llama_pro, msg, vocab
 from motif_megatron.model.builder import BuildOptions, build_model, check_parallel_shapes
 from motif_megatron.model.llama import LlamaArgs, padded_vocab_size
+from motif_megatron.tokenizer.files import copy_tokenizer
 
 _LAYER = re.compile(r"decoder\.layers\.(\d+)\.(.+)")
 

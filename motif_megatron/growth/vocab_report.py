@@ -19,9 +19,10 @@ import torch.nn.functional as F
 
 from motif_megatron import parallel
 from motif_megatron.checkpoint import dist
+from motif_megatron.checkpoint.dist import build_from_checkpoint
 from motif_megatron.growth import vocab
 from motif_megatron.growth.transform import GrowthRequest, grow
-from motif_megatron.model.builder import BuildOptions, build_from_checkpoint
+from motif_megatron.model.builder import BuildOptions
 from motif_megatron.model.inference import forward_logits
 
 

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from motif_megatron import device
 from motif_megatron.compat import cpu
 from motif_megatron.errors import UserError
+from motif_megatron.model import lora, masked
 from motif_megatron.model.llama import LlamaArgs, llama3_inv_freq, padded_vocab_size
 
 SpecName = Literal["auto", "te", "local"]
@@ -46,7 +47,7 @@ class BuildOptions:
     recompute_method: Literal["uniform", "block"] | None = None
     recompute_num_layers: int | None = None
     lora: object | None = None
-    """A ``training.lora.LoRAConfig``: its target linears are built as LoRA modules of the spec."""
+    """A ``model.lora.LoRAConfig``: its target linears are built as LoRA modules of the spec."""
 
 
 def te_available() -> bool:
@@ -165,16 +166,12 @@ def build_model(args: LlamaArgs, options: BuildOptions):
     if msg:  # a width-grown model trains with MSG masks until it is finalized
         from megatron.core.transformer.transformer_block import get_num_layers_to_build
 
-        from motif_megatron.growth.masked import masked_spec
-
         if options.lora is not None:
             raise UserError("LoRA on an MSG-masked model: finalize the width growth first")
-        spec = masked_spec(layer_spec(impl), config, msg, get_num_layers_to_build(config))
+        spec = masked.masked_spec(layer_spec(impl), config, msg, get_num_layers_to_build(config))
     else:
         spec = layer_spec(impl)
     if options.lora is not None:
-        from motif_megatron.training import lora
-
         spec = lora.lora_spec(spec, options.lora)
     model = GPTModel(
         config=config,
@@ -192,10 +189,8 @@ def build_model(args: LlamaArgs, options: BuildOptions):
     rotary = model.rotary_pos_emb
     rotary.inv_freq = llama3_inv_freq(args).to(rotary.inv_freq.device)
     if msg:
-        from motif_megatron.growth.masked import attach_embedding_mask, set_mask
-
-        attach_embedding_mask(model, msg["old_hidden"])
-        set_mask(model, msg.get("m", 0.0))
+        masked.attach_embedding_mask(model, msg["old_hidden"])
+        masked.set_mask(model, msg.get("m", 0.0))
     if options.lora is not None:
         lora.init_adapters(model, options.lora)
     # like Megatron-LM's Float16Module: norms too live in the model dtype (a no-op for the
@@ -203,20 +198,3 @@ def build_model(args: LlamaArgs, options: BuildOptions):
     # stay fp32
     model = model.to(config.params_dtype)
     return model if options.host_only else device.module_to_device(model)
-
-
-def build_from_checkpoint(load: str, options: BuildOptions):
-    """Build this rank's model chunk from ``load``'s ``motif_model.json`` and load its weights.
-
-    Returns ``(model, args)``. Weights load at any TP/PP, in ``options.params_dtype`` if given.
-    """
-    from motif_megatron.checkpoint import dist
-
-    args = LlamaArgs.load(dist.root_of(load))
-    model = build_model(args, options)
-    dist.load_model(model, load)
-    if args.growth.get("msg"):  # the checkpoint's mask value wins (the trainer ramps it)
-        from motif_megatron.growth.masked import mask_value, set_mask
-
-        set_mask(model, mask_value(model))
-    return model, args

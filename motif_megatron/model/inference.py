@@ -13,7 +13,7 @@ import torch
 
 def forward_logits(model: torch.nn.Module, tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """Logits ``[batch, seq, vocab_size]`` (padding columns dropped) for ``tokens [batch, seq]``."""
-    from motif_megatron.training.engine import Batch, forward_only
+    from motif_megatron.model.schedule import Batch, forward_only
 
     batch, seq = tokens.shape
     inputs = Batch(

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from motif_megatron.errors import UserError
+from motif_megatron.tokenizer.files import copy_tokenizer
 
 
 def _llama3_rope_scaling(original_max_position_embeddings: int) -> dict[str, Any]:
@@ -85,8 +86,6 @@ def random_hf_model(
 ) -> Path:
     """Write a random-weight HF Llama of ``preset`` (with the tokenizer's files, if given)."""
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from motif_megatron.checkpoint.convert import copy_tokenizer
 
     ids = tokenizer_ids(tokenizer_dir) if tokenizer_dir else {"vocab_size": 1024}
     config = LlamaConfig(**hf_config(preset, **{**ids, **overrides}))

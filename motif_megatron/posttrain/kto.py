@@ -25,8 +25,8 @@ import torch
 import torch.distributed as dist
 
 from motif_megatron.errors import UserError
+from motif_megatron.model.schedule import Batch
 from motif_megatron.training.arguments import TrainConfig, option
-from motif_megatron.training.engine import Batch
 
 
 def kl_estimate(policy_kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor) -> torch.Tensor:
@@ -180,7 +180,7 @@ def sequence_logps(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed completion log-probs of every row and KL row under ``model`` (no gradients), the
     same on every rank: the trainer's forward-only path."""
-    from motif_megatron.training.engine import forward_only
+    from motif_megatron.model.schedule import forward_only
 
     out = []
     for tokens, labels, mask in (data.rows, data.kl_rows):

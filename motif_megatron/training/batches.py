@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from motif_megatron.training.engine import Batch
+from motif_megatron.model.schedule import Batch
 
 
 def sample_indices(source, iteration: int) -> list[int]:

@@ -25,11 +25,12 @@ import torch
 
 from motif_megatron import parallel
 from motif_megatron.checkpoint import dist as ckpt
-from motif_megatron.checkpoint.convert import copy_tokenizer
 from motif_megatron.errors import UserError
+from motif_megatron.model import lora, schedule
 from motif_megatron.model.builder import BuildOptions, build_model, model_vocab_size
 from motif_megatron.model.llama import LlamaArgs
-from motif_megatron.training import checkpointing, engine, lora, preemption, schedules, stages
+from motif_megatron.tokenizer.files import copy_tokenizer
+from motif_megatron.training import checkpointing, engine, preemption, schedules, stages
 from motif_megatron.training.arguments import StagePlan, TrainConfig
 from motif_megatron.training.batches import BatchSource
 from motif_megatron.training.metrics import Metrics
@@ -53,7 +54,7 @@ class Trainer:
         config: TrainConfig,
         data: Callable[[Trainer], tuple] | None = None,
         model_hooks: tuple[Callable[[torch.nn.Module], object], ...] = (),
-        objective: Callable = engine.lm_objective,
+        objective: Callable = schedule.lm_objective,
     ) -> None:
         self.cfg = config
         self.data, self.model_hooks, self.objective = data, model_hooks, objective
@@ -176,7 +177,7 @@ class Trainer:
         elif load is not None:
             with lora.base_checkpoint(self.model):
                 ckpt.load_model(self.model, load)
-            lora.quantize_base(self.model, lora.base_from_checkpoint(self.model, load, True))
+            lora.quantize_base(self.model, ckpt.base_from_checkpoint(self.model, load, True))
         for hook in self.model_hooks:
             hook(self.model)
         self.stage = stages.resolve(plan.name, self.model, self.args)
@@ -241,7 +242,7 @@ class Trainer:
             with_rng=same_mp,
         )
         folder = ckpt.iteration_dir(cfg.save, self.iteration)
-        lora.quantize_base(self.model, lora.base_from_checkpoint(self.model, folder, False))
+        lora.quantize_base(self.model, ckpt.base_from_checkpoint(self.model, folder, False))
         loaded = ["weights", "stage", "data position"]
         missing = []
         if with_optim:
@@ -345,7 +346,7 @@ class Trainer:
     def _set_msg_mask(self) -> float | None:
         if not self.args.growth.get("msg"):
             return None
-        from motif_megatron.growth.masked import mask_value, set_mask
+        from motif_megatron.model.masked import mask_value, set_mask
 
         if self.cfg.msg_ramp_iters > 0:
             set_mask(

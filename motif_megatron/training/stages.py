@@ -56,7 +56,7 @@ NAMES = (
     "regex:PATTERN",
 )
 LORA_STAGES = ("redwhale-lora", "lora")
-"""Stages that attach LoRA adapters (``training/lora.py``) and train only them."""
+"""Stages that attach LoRA adapters (``model/lora.py``) and train only them."""
 
 
 def parts(name: str) -> list[str]:

@@ -12,9 +12,10 @@ import torch
 
 from motif_megatron import parallel
 from motif_megatron.checkpoint import dist as ckpt
+from motif_megatron.checkpoint.dist import build_from_checkpoint
 from motif_megatron.errors import quiet_library_warnings
-from motif_megatron.growth.masked import mask_value, set_mask
-from motif_megatron.model.builder import BuildOptions, build_from_checkpoint
+from motif_megatron.model.builder import BuildOptions
+from motif_megatron.model.masked import mask_value, set_mask
 
 
 def main() -> None:

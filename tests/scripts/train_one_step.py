@@ -12,11 +12,12 @@ import torch
 
 from motif_megatron import parallel
 from motif_megatron.checkpoint import dist as ckpt
-from motif_megatron.checkpoint.convert import copy_tokenizer
+from motif_megatron.checkpoint.dist import build_from_checkpoint
 from motif_megatron.errors import quiet_library_warnings
-from motif_megatron.model.builder import BuildOptions, build_from_checkpoint
+from motif_megatron.model.builder import BuildOptions
+from motif_megatron.model.schedule import Batch
+from motif_megatron.tokenizer.files import copy_tokenizer
 from motif_megatron.training.engine import (
-    Batch,
     OptimConfig,
     build_optimizer,
     eval_loss,

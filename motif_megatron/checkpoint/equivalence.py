@@ -13,7 +13,8 @@ import torch
 import torch.distributed as dist
 
 from motif_megatron import device, parallel
-from motif_megatron.model.builder import BuildOptions, build_from_checkpoint
+from motif_megatron.checkpoint.dist import build_from_checkpoint
+from motif_megatron.model.builder import BuildOptions
 from motif_megatron.model.inference import forward_logits
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import functools
 import math
 import zlib
 from collections.abc import Callable
@@ -31,8 +30,42 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from motif_megatron.checkpoint.adapters import is_row_parallel, local_shard, merge
 from motif_megatron.errors import UserError
+
+
+def is_row_parallel(cls: type) -> bool:
+    """Megatron's ``RowParallelLinear`` or TE's ``TERowParallelLinear`` (split by input)."""
+    from megatron.core.tensor_parallel import RowParallelLinear
+
+    return issubclass(cls, RowParallelLinear) or "Row" in cls.__name__
+
+
+def merge(base: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale) -> torch.Tensor:
+    """``base + scale * B @ A`` in fp32, in the base's dtype; batched over a leading layer axis
+    (``scale`` then has one value per layer)."""
+    scale = torch.as_tensor(scale, dtype=torch.float32, device=base.device)
+    delta = (b.float() @ a.float()) * scale[..., None, None]
+    return (base.float() + delta).to(base.dtype)
+
+
+def local_shard(full: torch.Tensor, local_shape, row: bool, gated: bool) -> torch.Tensor:
+    """This TP rank's part of a global layer tensor, as the layer holds it: the input columns of
+    a row-parallel layer, the output rows of a column-parallel one, SwiGLU fc1's
+    ``[gate_rank; up_rank]``."""
+    from megatron.core import parallel_state
+
+    rank = parallel_state.get_tensor_model_parallel_rank()
+    if row:
+        n = local_shape[1]
+        return full[:, rank * n : (rank + 1) * n]
+    n = local_shape[0]
+    if not gated:
+        return full[rank * n : (rank + 1) * n]
+    half, n = full.shape[0] // 2, n // 2
+    return torch.cat(
+        [full[rank * n : (rank + 1) * n], full[half + rank * n : half + (rank + 1) * n]]
+    )
+
 
 _CLASSES: dict[type, type] = {}
 
@@ -243,27 +276,6 @@ def quantize_base(
 def base_from_state_dict(weights: dict) -> Callable[[str, _LoRAMixin], torch.Tensor]:
     """:func:`quantize_base`'s source for in-memory weights (the previous stage's)."""
     return lambda name, module: weights[f"{name}.weight"]
-
-
-def base_from_checkpoint(
-    model: torch.nn.Module, load, merge_adapters: bool
-) -> Callable[[str, _LoRAMixin], torch.Tensor]:
-    """:func:`quantize_base`'s source reading one layer of a checkpoint at a time: merged with
-    its adapters when it is a LoRA checkpoint used as a base, the stored base on a resume."""
-    from motif_megatron.checkpoint.adapters import linears
-    from motif_megatron.checkpoint.dist import CheckpointReader
-
-    @functools.cache
-    def index() -> tuple[CheckpointReader, dict]:  # on first use: not for a model without QLoRA
-        where = {id(m): (key, layer, row, gated) for m, key, layer, row, gated in linears(model)}
-        return CheckpointReader(load, merge_adapters=merge_adapters), where
-
-    def read(name: str, module: _LoRAMixin) -> torch.Tensor:
-        reader, where = index()
-        key, layer, row, gated = where[id(module)]
-        return local_shard(reader.get(key + "weight", layer), module.lora_shape, row, gated)
-
-    return read
 
 
 def _adapted_class(cls: type) -> type:
