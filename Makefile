@@ -25,9 +25,11 @@ kenlm: venv
 demo: kenlm
 	$(PY) tools/run_recipe.py examples/recipes/demo.yaml --out outputs/demo
 
+# ruff, and the layer contracts of docs/architecture.md (pyproject.toml [tool.importlinter])
 lint: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 # a one-node Slurm cluster for the Slurm tests (installed from Debian's packages when missing);
 # if it cannot start, those tests skip and say why

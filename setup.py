@@ -61,6 +61,7 @@ setup(
             CPU_TORCH,
             "pytest>=8",
             "ruff==0.17.6",  # pinned: the format check must not move under CI
+            "import-linter==2.17",  # the layer contracts (make lint)
             "kenlm",
             "ray",  # the corpus pipeline's Ray executor, tested on a local Ray
             "bitsandbytes",
