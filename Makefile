@@ -36,8 +36,10 @@ lint: venv
 slurm:
 	bash examples/slurm/local_cluster.sh || echo "slurm: the local cluster did not start; its tests will skip"
 
+# two pytest-xdist workers: tests run one process each (OMP_NUM_THREADS=1), so a second worker
+# uses the second core; --dist worksteal evens out the few long tests
 test: lint slurm kenlm
-	$(PY) -m pytest -q tests; rc=$$?; \
+	$(PY) -m pytest -q -n 2 --dist worksteal tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
 
 # the GPU path on one GPU (not part of `make test`): a table and outputs/gpu_check/gpu_check.json;

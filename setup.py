@@ -60,6 +60,7 @@ setup(
         "dev": [
             CPU_TORCH,
             "pytest>=8",
+            "pytest-xdist>=3.6",  # make test runs two workers
             "ruff==0.17.6",  # pinned: the format check must not move under CI
             "import-linter==2.17",  # the layer contracts (make lint)
             "kenlm",

@@ -5,6 +5,7 @@ Multi-process tests launch ``torchrun --nproc_per_node=2`` on gloo, exactly as u
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -14,27 +15,69 @@ import sys
 from pathlib import Path
 
 import pytest
+from forkserver import ForkServer
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 TORCHRUN = str(Path(PYTHON).parent / "torchrun")
 
 
+LAUNCHER_VARS = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}
+SCRIPT_ENV = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS}
+SCRIPT_ENV.update(PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1", PYTHONIOENCODING="utf-8")
+_forkserver: ForkServer | None = None
+
+
 def run(
-    args: list[str], nproc: int = 1, timeout: int = 600, torchrun: bool | None = None
+    args: list[str],
+    nproc: int = 1,
+    timeout: int = 600,
+    torchrun: bool | None = None,
+    fresh: bool = False,
 ) -> subprocess.CompletedProcess:
     """Run a project script from the repository root: under torchrun when ``nproc`` > 1 (or
-    ``torchrun=True``), as a plain ``python`` process otherwise."""
+    ``torchrun=True``), else as ``python script ...``, forked from the session's pre-imported
+    fork server unless ``fresh`` asks for a new interpreter."""
+    global _forkserver
     script, *rest = args
-    cmd = (
-        [TORCHRUN, f"--nproc_per_node={nproc}", "--standalone", str(ROOT / script), *rest]
-        if (nproc > 1 if torchrun is None else torchrun)
-        else [PYTHON, str(ROOT / script), *rest]
+    if nproc > 1 if torchrun is None else torchrun:
+        cmd = [TORCHRUN, f"--nproc_per_node={nproc}", "--standalone", str(ROOT / script), *rest]
+    elif fresh:
+        cmd = [PYTHON, str(ROOT / script), *rest]
+    else:
+        _forkserver = _forkserver or ForkServer(SCRIPT_ENV)
+        return _forkserver.run([str(ROOT / script), *rest], ROOT, SCRIPT_ENV, timeout)
+    return subprocess.run(
+        cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=SCRIPT_ENV
     )
-    launcher_vars = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}
-    env = {k: v for k, v in os.environ.items() if k not in launcher_vars}
-    env.update(PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Tests that need the local Slurm cluster are marked ``slurm`` (``-m "not slurm"`` leaves
+    them out)."""
+    for item in items:
+        if "slurm" in item.fixturenames:
+            item.add_marker(pytest.mark.slurm)
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if _forkserver is not None:
+        _forkserver.close()
+
+
+SMALL = ["--seq-length", "64", "--micro-batch-size", "1", "--global-batch-size", "4"]
+TP1_FLAGS = ["--train-iters", "4", "--lr", "1e-2"]
+
+
+def pretrain_records(
+    load, save, data, *flags: str, nproc: int = 1, torchrun: bool | None = None
+) -> list[dict]:
+    """``pretrain_motif.py`` at the small shapes with ``SAVE.jsonl`` metrics; returns its records."""
+    metrics = Path(f"{save}.jsonl")
+    args = ["pretrain_motif.py", "--load", str(load), "--save", str(save), "--data-path", data]
+    cmd = [*args, "--metrics-file", str(metrics), *SMALL, *flags]
+    ok(run(cmd, nproc=nproc, timeout=300, torchrun=torchrun))
+    return [json.loads(line) for line in metrics.read_text().splitlines()]
 
 
 def ok(result: subprocess.CompletedProcess) -> str:
@@ -197,10 +240,32 @@ def ko_data(tmp_path_factory, tiny_hf) -> str:
 
 
 @pytest.fixture(scope="session")
-def slurm():
-    """The one-node Slurm cluster of examples/slurm/local_cluster.sh (started if needed)."""
-    script = ROOT / "examples/slurm/local_cluster.sh"
-    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=600)
-    if result.returncode != 0:
-        pytest.skip(f"Slurm could not start: {(result.stderr or result.stdout).strip()[-300:]}")
+def tp1_reference(tmp_path_factory, tiny_ckpt, ko_data) -> list[dict]:
+    """The one-process run every parallel layout and launcher is compared with (``TP1_FLAGS``):
+    its metrics records."""
+    save = tmp_path_factory.mktemp("tp1") / "run"
+    return pretrain_records(tiny_ckpt, save, ko_data, *TP1_FLAGS)
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """The one-node Slurm cluster of examples/slurm/local_cluster.sh (started if needed), started
+    once for all pytest-xdist workers: the first to take the lock runs the script and records
+    its outcome, the others read it (a second run while jobs are queued could restart it)."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker's base is popen-gwN in the session's
+        shared = shared.parent
+    outcome = shared / "slurm.json"
+    with open(shared / "slurm.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not outcome.exists():
+            script = ROOT / "examples/slurm/local_cluster.sh"
+            result = subprocess.run(
+                ["bash", str(script)], capture_output=True, text=True, timeout=600
+            )
+            message = (result.stderr or result.stdout).strip()[-300:]
+            outcome.write_text(json.dumps({"ok": result.returncode == 0, "message": message}))
+    state = json.loads(outcome.read_text())
+    if not state["ok"]:
+        pytest.skip(f"Slurm could not start: {state['message']}")
     return shutil.which("srun")

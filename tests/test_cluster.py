@@ -12,12 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, ROOT, expand, ok, run
+from conftest import PYTHON, ROOT, SMALL, TP1_FLAGS, expand, ok, pretrain_records, run
 
 from motif_megatron.errors import UserError
 from motif_megatron.parallel import first_host, launch_from_env
 
-SMALL = ["--seq-length", "64", "--micro-batch-size", "1", "--global-batch-size", "4"]
 CLEAN_ENV = {
     k: v
     for k, v in os.environ.items()
@@ -31,19 +30,14 @@ def records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def steps(path: Path) -> list[dict]:
-    """The per-iteration lines of a metrics file, without the wall-clock field."""
-    return [
-        {k: v for k, v in r.items() if k != "tokens_per_s"} for r in records(path) if "loss" in r
-    ]
+def steps(source: Path | list[dict]) -> list[dict]:
+    """The per-iteration lines of a metrics file (or its records), without the wall-clock field."""
+    lines = records(source) if isinstance(source, Path) else source
+    return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in lines if "loss" in r]
 
 
 def pretrain(load, save, data, *flags, nproc: int = 1, torchrun: bool | None = None) -> list[dict]:
-    metrics = Path(f"{save}.jsonl")
-    args = ["pretrain_motif.py", "--load", str(load), "--save", str(save), "--data-path", data]
-    cmd = [*args, "--metrics-file", str(metrics), *SMALL, *flags]
-    ok(run(cmd, nproc=nproc, timeout=300, torchrun=torchrun))
-    return steps(metrics)
+    return steps(pretrain_records(load, save, data, *flags, nproc=nproc, torchrun=torchrun))
 
 
 # ----------------------------------------------------------------------------- launch environment
@@ -72,14 +66,12 @@ def test_launch_environment_of_torchrun_srun_and_neither():
         launch_from_env({"WORLD_SIZE": "4"})
 
 
-def test_torchrun_with_one_process_equals_plain_python(tmp_path, tiny_ckpt, ko_data):
+def test_torchrun_with_one_process_equals_plain_python(tmp_path, tiny_ckpt, ko_data, tp1_reference):
     """`torchrun --nproc_per_node=1` (how most one-GPU runs start) forms its one-process group
     without a rendezvous and trains exactly as a plain `python` process does."""
-    flags = ["--train-iters", "2", "--lr", "1e-2"]
-    plain = pretrain(tiny_ckpt, tmp_path / "plain", ko_data, *flags)
-    launched = pretrain(tiny_ckpt, tmp_path / "torchrun", ko_data, *flags, torchrun=True)
-    assert [r["iteration"] for r in launched] == [1, 2]
-    assert launched == plain
+    launched = pretrain(tiny_ckpt, tmp_path / "torchrun", ko_data, *TP1_FLAGS, torchrun=True)
+    assert [r["iteration"] for r in launched] == [1, 2, 3, 4]
+    assert launched == steps(tp1_reference)
 
 
 def test_world_size_without_a_launcher_is_one_line(tmp_path, tiny_ckpt):

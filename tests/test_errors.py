@@ -6,7 +6,7 @@ import json
 import shutil
 
 import pytest
-from conftest import run
+from conftest import ROOT, run
 
 
 def _assert_one_line_error(result, *needles):
@@ -87,3 +87,18 @@ def test_world_size_not_divisible(tiny_ckpt, tiny_hf):
         ]
     )
     _assert_one_line_error(result, "world size 1 is not divisible by tp*pp")
+
+
+ENTRY_POINTS = sorted(
+    p.relative_to(ROOT).as_posix()
+    for p in [*ROOT.glob("tools/*.py"), ROOT / "pretrain_motif.py", ROOT / "posttrain_motif.py"]
+)
+
+
+@pytest.mark.parametrize("script", ENTRY_POINTS)
+def test_every_entry_point_answers_help_in_a_fresh_interpreter(script):
+    """Each command starts as a script in a new interpreter (not the tests' fork server) and
+    describes itself."""
+    result = run([script, "--help"], fresh=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("usage: "), result.stdout[:300]

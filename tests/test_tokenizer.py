@@ -146,6 +146,8 @@ def test_sentencepiece_base_expansion(tmp_path, expanded):
     tokens = json.loads((tmp_path / "out/new_tokens.json").read_text())["tokens"]
     selected = [t for t in tokens if not t["intermediate"]]
     assert sum(new.encode(t["text"]) == [t["id"]] for t in selected) / len(selected) > 0.95
+    # the same record as an HF base's: every selected token passed --min-count 10
+    assert all(t["count"] >= 10 and t["documents"] >= 1 for t in selected)
     ratio = sum(len(new.encode(t)) for t in held_out) / sum(len(base.encode(t)) for t in held_out)
     assert ratio < 0.8
 

@@ -8,15 +8,13 @@ import os
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 import torch
-from conftest import PYTHON, ROOT, expand, finalize, max_abs_diff, ok, run, shard
+from conftest import PYTHON, ROOT, SMALL, TP1_FLAGS, expand, finalize, max_abs_diff, ok, run, shard
+from conftest import pretrain_records as train
 
 from motif_megatron.checkpoint.dist import CheckpointReader
-
-SMALL = ["--seq-length", "64", "--micro-batch-size", "1", "--global-batch-size", "4"]
 
 
 @pytest.fixture(scope="module")
@@ -27,13 +25,6 @@ def grown(tmp_path_factory, tiny_ckpt, expanded):
     flags = ["--depth-add", "2", "--tokenizer", str(tokenizer), "--init", "subword-mean"]
     expand(str(tiny_ckpt), str(tmp / "ck"), *flags)
     return tmp / "ck", shard(tmp, tokenizer, "koexp")
-
-
-def train(load, save, data, *flags, nproc: int = 1) -> list[dict]:
-    metrics = Path(save).with_suffix(".jsonl")
-    args = ["pretrain_motif.py", "--load", str(load), "--save", str(save), "--data-path", data]
-    ok(run([*args, "--metrics-file", str(metrics), *SMALL, *flags], nproc=nproc))
-    return [json.loads(line) for line in metrics.read_text().splitlines()]
 
 
 def losses(records: list[dict]) -> list[float]:
@@ -56,10 +47,9 @@ def test_loss_falls_on_korean_shards(tmp_path, tiny_ckpt, ko_data):
     ],
     ids=["tp2", "pp2", "dp2"],
 )
-def test_parallel_layouts_follow_tp1(tmp_path, tiny_ckpt, ko_data, layout):
-    flags = ["--train-iters", "4", "--lr", "1e-2"]
-    reference = losses(train(tiny_ckpt, tmp_path / "tp1", ko_data, *flags))
-    parallel = losses(train(tiny_ckpt, tmp_path / "par", ko_data, *flags, *layout, nproc=2))
+def test_parallel_layouts_follow_tp1(tmp_path, tiny_ckpt, ko_data, tp1_reference, layout):
+    reference = losses(tp1_reference)
+    parallel = losses(train(tiny_ckpt, tmp_path / "par", ko_data, *TP1_FLAGS, *layout, nproc=2))
     assert len(parallel) == 4
     assert max(abs(a - b) for a, b in zip(reference, parallel, strict=True)) < 1e-5
 
@@ -455,9 +445,9 @@ def test_tied_embeddings_train_alike_at_pp2(tmp_path, tied_ckpt, ko_data):
     assert max(abs(a - b) for a, b in zip(pp1, pp2, strict=True)) < 1e-5
 
 
-def test_full_recomputation_gives_the_same_losses(tmp_path, tiny_ckpt, ko_data):
-    flags = ["--train-iters", "3", "--lr", "1e-2"]
-    plain = losses(train(tiny_ckpt, tmp_path / "plain", ko_data, *flags))
+def test_full_recomputation_gives_the_same_losses(tmp_path, tiny_ckpt, ko_data, tp1_reference):
+    flags = TP1_FLAGS
+    plain = losses(tp1_reference)
     recompute = ["--recompute-granularity", "full", "--recompute-method", "uniform"]
     again = losses(
         train(

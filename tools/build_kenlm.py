@@ -9,6 +9,7 @@ programs with cmake into the folder ``motif_megatron.data.kenlm`` looks in (the 
 Does nothing when they are already there.
 """
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -100,6 +101,9 @@ def build(log=print) -> tuple[Path, Path]:
 
 @run_cli
 def main() -> None:
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
     lmplz, build_binary = build()
     print(f"KenLM: {lmplz} and {build_binary}")
 

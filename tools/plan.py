@@ -19,6 +19,9 @@ from motif_megatron.errors import run_cli
 
 
 def parse_args() -> argparse.Namespace:
+    from motif_megatron.cli import add_fields
+    from motif_megatron.growth.request import SHAPE, GrowthRequest
+
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -26,13 +29,9 @@ def parse_args() -> argparse.Namespace:
         "--hf-config", required=True, help="HF config.json, a motif_model.json or its checkpoint"
     )
     g = p.add_argument_group("growth (as tools/expand_checkpoint.py)")
-    g.add_argument("--depth-add", type=int, default=0, help="LlamaPro blocks to add")
-    g.add_argument("--hidden-size", type=int)
-    g.add_argument("--ffn-hidden-size", type=int)
-    g.add_argument("--num-attention-heads", type=int)
-    g.add_argument("--num-query-groups", type=int)
+    add_fields(g, GrowthRequest, only=SHAPE)
     vocab = g.add_mutually_exclusive_group()
-    vocab.add_argument("--tokenizer", help="expanded tokenizer directory (its new_tokens.json)")
+    add_fields(vocab, GrowthRequest, only=("tokenizer",))
     vocab.add_argument("--vocab-size", type=int, help="vocabulary size after expansion")
     c = p.add_argument_group("cluster and batch")
     c.add_argument("--gpus", type=int, required=True)
@@ -95,20 +94,23 @@ def summary(plan: dict) -> list[str]:
 @run_cli
 def main() -> None:
     args = parse_args()
+    from motif_megatron.cli import values
+    from motif_megatron.growth.request import GrowthRequest
     from motif_megatron.plan import layouts, model
 
+    request = GrowthRequest(**values(args, GrowthRequest))
     base = model.load_args(args.hf_config)
     vocab = args.vocab_size
-    if args.tokenizer:
+    if request.tokenizer:
         from motif_megatron.growth.transform import new_vocab
 
-        vocab = new_vocab(Path(args.tokenizer), base.vocab_size)[0]
+        vocab = new_vocab(Path(request.tokenizer), base.vocab_size)[0]
     growth = model.Growth(
-        args.depth_add,
-        args.hidden_size,
-        args.ffn_hidden_size,
-        args.num_attention_heads,
-        args.num_query_groups,
+        request.depth_add or 0,
+        request.hidden_size,
+        request.ffn_hidden_size,
+        request.num_attention_heads,
+        request.num_query_groups,
         vocab,
     )
     cluster = layouts.Cluster(

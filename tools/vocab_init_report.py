@@ -32,7 +32,7 @@ def main() -> None:
     args = parse_args()
     quiet_library_warnings()
     from motif_megatron.data.readers import Document, iter_documents
-    from motif_megatron.growth import vocab
+    from motif_megatron.growth.request import INITS
     from motif_megatron.growth.vocab_report import init_report
 
     docs = islice((d for d in iter_documents(args.text) if isinstance(d, Document)), args.max_docs)
@@ -41,7 +41,7 @@ def main() -> None:
         args.tokenizer,
         [d.text for d in docs],
         args.out,
-        tuple(args.methods or vocab.METHODS),
+        tuple(args.methods or INITS),
         args.seq_length,
     )
     for method, row in report["methods"].items():

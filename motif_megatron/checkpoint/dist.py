@@ -39,18 +39,25 @@ def iteration_dir(root: str | Path, iteration: int | None) -> Path:
     return Path(root) / (RELEASE if iteration is None else f"iter_{iteration:07d}")
 
 
+def read_tracker(root: str | Path) -> str | None:
+    """What a root's tracker file names (``release`` or an iteration); None without one."""
+    tracker = Path(root) / TRACKER_FILE
+    return tracker.read_text().strip() if tracker.is_file() else None
+
+
 def resolve(load: str | Path) -> Path:
     """The ``dist_checkpointing`` folder for ``load`` (a root with a tracker, or the folder itself)."""
     path = Path(load)
     if (path / "metadata.json").is_file():
         return path
-    tracker = path / TRACKER_FILE
-    if not tracker.is_file():
+    value = read_tracker(path)
+    if value is None:
         raise UserError(f"{path} is not a checkpoint: no {TRACKER_FILE} or metadata.json")
-    value = tracker.read_text().strip()
     ckpt = iteration_dir(path, None if value == RELEASE else int(value))
     if not (ckpt / "metadata.json").is_file():
-        raise UserError(f"{tracker} points to {ckpt.name}, which is missing or incomplete")
+        raise UserError(
+            f"{path / TRACKER_FILE} points to {ckpt.name}, which is missing or incomplete"
+        )
     return ckpt
 
 

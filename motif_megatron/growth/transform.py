@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import re
 import resource
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,30 +20,12 @@ from motif_megatron.checkpoint import dist, layout
 from motif_megatron.checkpoint.convert import TOKENIZER_DIR
 from motif_megatron.errors import UserError
 from motif_megatron.growth import llama_pro, msg, vocab
+from motif_megatron.growth.request import INITS, GrowthRequest
 from motif_megatron.model.builder import BuildOptions, build_model, check_parallel_shapes
 from motif_megatron.model.llama import LlamaArgs, padded_vocab_size
 from motif_megatron.tokenizer.files import copy_tokenizer
 
 _LAYER = re.compile(r"decoder\.layers\.(\d+)\.(.+)")
-
-
-@dataclass(frozen=True)
-class GrowthRequest:
-    depth_add: int | None = None
-    depth_positions: tuple[int, ...] | None = None
-    tokenizer: str | None = None
-    """Expanded tokenizer directory (with ``new_tokens.json``) to resize the vocabulary to."""
-    init: str = "subword-mean"
-    hidden_size: int | None = None
-    ffn_hidden_size: int | None = None
-    num_attention_heads: int | None = None
-    num_query_groups: int | None = None
-    tp: int = 1
-    pp: int = 1
-    make_vocab_size_divisible_by: int = 128
-    seed: int = 0
-    finalize: bool = False
-    """Drop the MSG masks of a width-grown checkpoint whose mask value has reached 1."""
 
 
 def new_vocab(tokenizer: Path, old_vocab: int) -> tuple[int, dict[int, list[int]]]:
@@ -115,8 +96,8 @@ def grow(load: str | Path, save: str | Path, request: GrowthRequest) -> dict:
         )
     )
     check_parallel_shapes(new_args, request.tp, request.pp)
-    if request.tokenizer and request.init not in vocab.METHODS:
-        raise UserError(f"--init {request.init!r}: choose one of {', '.join(vocab.METHODS)}")
+    if request.tokenizer and request.init not in INITS:
+        raise UserError(f"--init {request.init!r}: choose one of {', '.join(INITS)}")
 
     parallel.initialize(parallel.ParallelConfig(1, 1), backend="gloo")  # host memory only
     model = build_model(new_args, BuildOptions(initialize=False, host_only=True))

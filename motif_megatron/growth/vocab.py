@@ -18,8 +18,7 @@ from __future__ import annotations
 import torch
 
 from motif_megatron.errors import UserError
-
-METHODS = ("random", "mean", "mean-resizing", "subword-mean", "first-subword", "decompose")
+from motif_megatron.growth.request import INITS
 
 
 def _mean(rows: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
@@ -52,8 +51,8 @@ def fill_rows(
     """Write the new rows ``target[ids]`` from ``old [V, hidden]`` (a view of target's old rows
     is fine), ``chunk`` rows at a time in fp32: the memory cost is one chunk, not the new rows
     or an fp32 copy of the vocabulary."""
-    if method not in METHODS:
-        raise UserError(f"--init {method!r}: choose one of {', '.join(METHODS)}")
+    if method not in INITS:
+        raise UserError(f"--init {method!r}: choose one of {', '.join(INITS)}")
     if method in ("subword-mean", "first-subword", "decompose") and any(not p for p in pieces):
         raise UserError("a new token has no pieces under the old tokenizer (new_tokens.json)")
     generator = torch.Generator().manual_seed(seed + int(is_output))

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 from motif_megatron import parallel
 from motif_megatron.checkpoint import dist
 from motif_megatron.checkpoint.dist import build_from_checkpoint
-from motif_megatron.growth import vocab
-from motif_megatron.growth.transform import GrowthRequest, grow
+from motif_megatron.growth.request import INITS, GrowthRequest
+from motif_megatron.growth.transform import grow
 from motif_megatron.model.builder import BuildOptions
 from motif_megatron.model.inference import forward_logits
 
@@ -34,9 +34,27 @@ def _chunks(ids: list[int], seq: int) -> list[torch.Tensor]:
     ]
 
 
-def _logits(load: str | Path, batches: list[torch.Tensor]) -> list[torch.Tensor]:
-    model, args = build_from_checkpoint(str(load), BuildOptions(params_dtype=torch.float32))
-    return [forward_logits(model, b, args.vocab_size)[0] for b in batches]
+def _model(load: str | Path):
+    return build_from_checkpoint(str(load), BuildOptions(params_dtype=torch.float32))
+
+
+def _scores(base, grown, old_batches, new_batches) -> tuple[float, float]:
+    """Summed KL(p_base || p_grown) over the base vocabulary on old-tokenizer inputs, and the
+    grown model's summed loss on new-tokenizer inputs; one batch of logits alive at a time."""
+    (base, base_args), (grown, grown_args) = base, grown
+    kl = 0.0
+    for b in old_batches:
+        log_p = F.log_softmax(forward_logits(base, b, base_args.vocab_size)[0], -1)
+        log_q = F.log_softmax(forward_logits(grown, b, grown_args.vocab_size)[0], -1)
+        kl += float(
+            F.kl_div(log_q[..., : log_p.shape[-1]], log_p, log_target=True, reduction="sum")
+        )
+    loss = 0.0
+    for b in new_batches:
+        logits = forward_logits(grown, b, grown_args.vocab_size)[0]
+        target = b[0, 1:].to(logits.device)
+        loss += float(F.cross_entropy(logits[:-1], target, reduction="sum"))
+    return kl, loss
 
 
 def init_report(
@@ -44,9 +62,11 @@ def init_report(
     tokenizer: str | Path,
     texts: list[str],
     out: str | Path,
-    methods: tuple[str, ...] = vocab.METHODS,
+    methods: tuple[str, ...] = INITS,
     seq: int = 128,
 ) -> dict:
+    """Grow ``load`` once per method and score it against the base on ``texts``; memory holds
+    the two models and one batch of logits, not the logits of the whole text."""
     from transformers import AutoTokenizer
 
     parallel.initialize(parallel.ParallelConfig(1, 1))
@@ -61,33 +81,19 @@ def init_report(
         c for t in texts for c in _chunks(new_tok(t, add_special_tokens=False).input_ids, seq)
     ]
     chars = sum(map(len, texts))
-    base = _logits(load, old_batches)
+    tokens = sum(b.shape[1] - 1 for b in new_batches)
+    positions = sum(b.shape[1] for b in old_batches)
+    base = _model(load)
     results = {}
     for method in methods:
         with tempfile.TemporaryDirectory() as tmp:
             grown = Path(tmp) / "grown"
             grow(load, grown, GrowthRequest(tokenizer=str(tokenizer), init=method))
-            on_old = _logits(grown, old_batches)
-            on_new = _logits(grown, new_batches)
-        # KL(p_base || p_grown) over the base vocabulary: sum p_base (log p_base - log p_grown)
-        kl = sum(
-            F.kl_div(
-                F.log_softmax(n, -1)[..., : b.shape[-1]],
-                F.log_softmax(b, -1),
-                log_target=True,
-                reduction="sum",
-            )
-            for b, n in zip(base, on_old, strict=True)
-        ) / sum(b.shape[0] for b in base)
-        loss_sum = sum(
-            F.cross_entropy(lg[:-1], b[0, 1:], reduction="sum")
-            for lg, b in zip(on_new, new_batches, strict=True)
-        )
-        tokens = sum(b.shape[1] - 1 for b in new_batches)
+            kl, loss_sum = _scores(base, _model(grown), old_batches, new_batches)
         results[method] = {
-            "kl_old_inputs": float(kl),
-            "loss_per_token": float(loss_sum / tokens),
-            "loss_per_char": float(loss_sum / chars),
+            "kl_old_inputs": kl / positions,
+            "loss_per_token": loss_sum / tokens,
+            "loss_per_char": loss_sum / chars,
         }
     report = {
         "methods": results,

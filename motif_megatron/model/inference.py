@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import torch
 
+from motif_megatron.model.schedule import Batch, forward_only
+
 
 def forward_logits(model: torch.nn.Module, tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """Logits ``[batch, seq, vocab_size]`` (padding columns dropped) for ``tokens [batch, seq]``."""
-    from motif_megatron.model.schedule import Batch, forward_only
-
     batch, seq = tokens.shape
     inputs = Batch(
         tokens=tokens,

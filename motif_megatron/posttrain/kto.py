@@ -24,9 +24,10 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from motif_megatron.cli import option
 from motif_megatron.errors import UserError
 from motif_megatron.model.schedule import Batch
-from motif_megatron.training.arguments import TrainConfig, option
+from motif_megatron.training.arguments import TrainConfig
 
 
 def kl_estimate(policy_kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor) -> torch.Tensor:

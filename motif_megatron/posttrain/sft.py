@@ -15,12 +15,13 @@ from pathlib import Path
 
 import torch
 
+from motif_megatron.cli import option
 from motif_megatron.errors import UserError
 from motif_megatron.model.schedule import Batch
 from motif_megatron.posttrain import neftune
 from motif_megatron.posttrain.chat import ChatEncoder, Example, read_records
 from motif_megatron.posttrain.packing import pack
-from motif_megatron.training.arguments import StagePlan, TrainConfig, option
+from motif_megatron.training.arguments import StagePlan, TrainConfig
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,12 @@ keeps ``decode(encode(x)) == x``.
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import unicodedata
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -138,6 +139,70 @@ def count_tokens(new_tokenizer, texts: Iterable[str]) -> tuple[Counter, Counter]
     return counts, docs
 
 
+_TO_BYTE_LEVEL = {b: ch for ch, b in _BYTES.items()}
+
+
+def byte_level(text: str) -> str:
+    """The byte-level token spelling ``text`` (the inverse of :func:`token_text`)."""
+    return "".join(_TO_BYTE_LEVEL[b] for b in text.encode("utf-8"))
+
+
+def _chain_merges(
+    kept: list[str],
+    parts_of: Callable[[str], list[str]],
+    add: Callable[[str, str, str], int | None],
+    text_of: Callable[[str], str | None],
+    pieces_of: Callable[[str, str, str], list[int]],
+    counted: Callable[[str, Counter], int],
+    counts: Counter,
+    doc_freq: Counter,
+) -> list[dict]:
+    """The merge chain that builds each kept token over the base's own pieces for it
+    ((p1, p2) -> p1p2, (p1p2, p3) -> ...): ``add(left, right, merged)`` enters a merge the base
+    lacks and returns the new id (None: the base has it already). Chain prefixes become
+    (intermediate) tokens of their own; one record per token entered, in order."""
+    selected, records = set(kept), []
+    for token in kept:
+        parts = parts_of(token)
+        left = parts[0]
+        for right in parts[1:]:
+            merged = left + right
+            new_id = add(left, right, merged)
+            if new_id is not None:
+                records.append(
+                    {
+                        "id": new_id,
+                        "token": merged,
+                        "text": text_of(merged),
+                        "count": counted(merged, counts),
+                        "documents": counted(merged, doc_freq),
+                        "intermediate": merged not in selected,
+                        "pieces": pieces_of(left, right, merged),
+                    }
+                )
+            left = merged
+    return records
+
+
+def _write_record(
+    out_dir: Path, records: list[dict], kept: list[str], excluded: Counter, vocab_size: int, config
+) -> dict:
+    """``new_tokens.json``: the summary and one record per token entered; returns the summary."""
+    summary = {
+        "added": len(records),
+        "selected": len(kept),
+        "intermediates": sum(r["intermediate"] for r in records),
+        "excluded": dict(excluded),
+        "first_new_id": records[0]["id"] if records else None,
+        "vocab_size": vocab_size,
+        "min_count": config.min_count,
+    }
+    (out_dir / "new_tokens.json").write_text(
+        json.dumps({"summary": summary, "tokens": records}, ensure_ascii=False, indent=1) + "\n"
+    )
+    return summary
+
+
 def expand(
     base_dir: str | Path,
     new_dir: str | Path,
@@ -164,69 +229,52 @@ def expand(
         [t for t in new_vocab if t not in base_vocab], new_vocab, counts, doc_freq, config
     )
 
-    # Each kept token is built by a chain of merges over the pieces the base tokenizer already
-    # produces for it ((p1, p2) -> p1p2, (p1p2, p3) -> ...), appended after every base merge: base
-    # merges run first inside a word, so the chain is exactly what can fire next, and the token
-    # really is produced. Chain prefixes become (intermediate) tokens of their own.
+    # The chains' merges are appended after every base merge: base merges run first inside a
+    # word, so a chain is exactly what can fire next, and each kept token really is produced.
     base_tok = Tokenizer.from_file(str(base_dir / "tokenizer.json"))
     # HF tokenizers gives an added token that is missing from the model vocabulary the id
     # len(vocab) + k when loading, which would move every special token once the vocabulary
     # grows; writing them into the vocabulary at their own ids pins them.
     for added in spec.get("added_tokens", []):
         base_vocab.setdefault(added["content"], added["id"])
-    next_id = max([*base_vocab.values(), *(t["id"] for t in spec.get("added_tokens", []))]) + 1
+    new_ids = itertools.count(
+        max([*base_vocab.values(), *(t["id"] for t in spec.get("added_tokens", []))]) + 1
+    )
     id_to_base = {i: t for t, i in base_vocab.items()}
     string_merges = isinstance(spec["model"]["merges"][0], str)
-    selected = set(kept)
-    records = []
-    for token in kept:
-        text = token_text(token)
-        pieces = base_tok.encode(text, add_special_tokens=False).ids
-        parts = [id_to_base[i] for i in pieces]
-        left = parts[0]
-        for right in parts[1:]:
-            merged = left + right
-            if merged not in base_vocab:
-                base_vocab[merged] = next_id
-                id_to_base[next_id] = merged
-                spec["model"]["merges"].append(
-                    f"{left} {right}" if string_merges else [left, right]
-                )
-                merged_text = token_text(merged)
-                records.append(
-                    {
-                        "id": next_id,
-                        "token": merged,
-                        "text": merged_text,
-                        "count": counts.get(new_vocab.get(merged, -1), 0),
-                        "documents": doc_freq.get(new_vocab.get(merged, -1), 0),
-                        "intermediate": merged not in selected,
-                        "pieces": base_tok.encode(merged_text, add_special_tokens=False).ids
-                        if merged_text is not None
-                        else [base_vocab[left], base_vocab[right]],
-                    }
-                )
-                next_id += 1
-            left = merged
 
+    def add(left: str, right: str, merged: str) -> int | None:
+        if merged in base_vocab:
+            return None
+        base_vocab[merged] = new_id = next(new_ids)
+        id_to_base[new_id] = merged
+        spec["model"]["merges"].append(f"{left} {right}" if string_merges else [left, right])
+        return new_id
+
+    def pieces_of(left: str, right: str, merged: str) -> list[int]:
+        text = token_text(merged)
+        if text is None:  # part of a UTF-8 character: its two halves
+            return [base_vocab[left], base_vocab[right]]
+        return base_tok.encode(text, add_special_tokens=False).ids
+
+    records = _chain_merges(
+        kept,
+        lambda token: [
+            id_to_base[i] for i in base_tok.encode(token_text(token), add_special_tokens=False).ids
+        ],
+        add,
+        token_text,
+        pieces_of,
+        lambda merged, counter: counter.get(new_vocab.get(merged, -1), 0),
+        counts,
+        doc_freq,
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False) + "\n")
     for name in ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
         if (base_dir / name).is_file():
             shutil.copy2(base_dir / name, out_dir / name)
-    summary = {
-        "added": len(records),
-        "selected": len(kept),
-        "intermediates": sum(r["intermediate"] for r in records),
-        "excluded": dict(excluded),
-        "first_new_id": records[0]["id"] if records else None,
-        "vocab_size": next_id,
-        "min_count": config.min_count,
-    }
-    (out_dir / "new_tokens.json").write_text(
-        json.dumps({"summary": summary, "tokens": records}, ensure_ascii=False, indent=1) + "\n"
-    )
-    return summary
+    return _write_record(out_dir, records, kept, excluded, next(new_ids), config)
 
 
 def expand_sentencepiece(
@@ -265,46 +313,32 @@ def expand_sentencepiece(
 
     tokens, excluded = _select(list(new_vocab), new_vocab, counts, doc_freq, config, sp_rule)
     kept = [token_text(t).replace(" ", "\u2581") for t in tokens]
-    score = min(p.score for p in proto.pieces) - 1.0
-    selected = set(kept)
-    records = []
-    for piece in kept:
-        parts = _sp_symbols(sp.encode(piece.replace("\u2581", " "), out_type=str))
-        left = parts[0]
-        for right in parts[1:]:
-            merged = left + right
-            if merged not in existing:
-                new_piece = proto.pieces.add()
-                new_piece.piece, new_piece.score = merged, score
-                new_piece.type = model_pb2.ModelProto.SentencePiece.NORMAL
-                existing[merged] = len(proto.pieces) - 1
-                text = merged.replace("\u2581", " ")
-                records.append(
-                    {
-                        "id": existing[merged],
-                        "token": merged,
-                        "text": text,
-                        "intermediate": merged not in selected,
-                        "pieces": sp.encode(text),
-                    }
-                )
-                score -= 1.0
-            left = merged
+    scores = itertools.count(min(p.score for p in proto.pieces) - 1.0, -1.0)
+
+    def add(left: str, right: str, merged: str) -> int | None:
+        if merged in existing:
+            return None
+        new_piece = proto.pieces.add()
+        new_piece.piece, new_piece.score = merged, next(scores)
+        new_piece.type = model_pb2.ModelProto.SentencePiece.NORMAL
+        existing[merged] = len(proto.pieces) - 1
+        return existing[merged]
+
+    records = _chain_merges(
+        kept,
+        lambda piece: _sp_symbols(sp.encode(piece.replace("\u2581", " "), out_type=str)),
+        add,
+        lambda merged: merged.replace("\u2581", " "),
+        lambda left, right, merged: sp.encode(merged.replace("\u2581", " ")),
+        lambda merged, counter: counter.get(
+            new_vocab.get(byte_level(merged.replace("\u2581", " ")), -1), 0
+        ),
+        counts,
+        doc_freq,
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "tokenizer.model").write_bytes(proto.SerializeToString())
-    summary = {
-        "added": len(records),
-        "selected": len(kept),
-        "intermediates": sum(r["intermediate"] for r in records),
-        "excluded": dict(excluded),
-        "first_new_id": records[0]["id"] if records else None,
-        "vocab_size": len(proto.pieces),
-        "min_count": config.min_count,
-    }
-    (out_dir / "new_tokens.json").write_text(
-        json.dumps({"summary": summary, "tokens": records}, ensure_ascii=False, indent=1) + "\n"
-    )
-    return summary
+    return _write_record(out_dir, records, kept, excluded, len(proto.pieces), config)
 
 
 def _sp_symbols(pieces: list[str]) -> list[str]:

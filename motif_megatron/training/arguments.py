@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
+from motif_megatron import cli
+from motif_megatron.cli import option
 from motif_megatron.errors import UserError
-
-
-def option(default, help: str, **kw):
-    """A config field that becomes a flag: its default, help text and argparse extras."""
-    return field(default=default, metadata={"help": help, **kw})
 
 
 @dataclass(frozen=True)
@@ -241,16 +237,6 @@ class TrainConfig:
         return []
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _base_type(tp):
-    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
-        return next(a for a in typing.get_args(tp) if a is not type(None))
-    return tp
-
-
 def build_parser(description: str, configs: tuple[type, ...] = (TrainConfig,)):
     """One flag per field of each config dataclass, plus ``--config``."""
     parser = argparse.ArgumentParser(
@@ -258,31 +244,13 @@ def build_parser(description: str, configs: tuple[type, ...] = (TrainConfig,)):
     )
     parser.add_argument("--config", help="YAML file whose keys are these flags' names")
     for cls in configs:
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            meta = dict(f.metadata)
-            if not meta.pop("cli", True):
-                continue
-            flag = meta.pop("flag", _flag(f.name))
-            kind = _base_type(hints[f.name])
-            kwargs = {
-                "help": meta.pop("help") + f" (default: {f.default})",
-                "default": argparse.SUPPRESS,
-            }
-            if kind is bool:
-                kwargs["action"] = argparse.BooleanOptionalAction
-            elif typing.get_origin(kind) is tuple:
-                kwargs.update(nargs=meta.pop("nargs", "+"), type=str)
-            else:
-                kwargs["type"] = kind
-            kwargs.update(meta)
-            parser.add_argument(flag, **kwargs)
+        cli.add_fields(parser, cls)
     return parser
 
 
 def _convert(cls: type, name: str, value, source: str):
     """YAML/flag value -> the field's type (tuples of strings, lists of dataclasses)."""
-    hint = _base_type(typing.get_type_hints(cls)[name])
+    hint = cli.base_type(typing.get_type_hints(cls)[name])
     if typing.get_origin(hint) is not tuple:
         return value
     item = typing.get_args(hint)[0]

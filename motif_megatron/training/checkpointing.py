@@ -23,13 +23,8 @@ from motif_megatron.checkpoint import dist as ckpt
 
 def latest_iteration(root: str | Path | None) -> int | None:
     """The iteration a training root's tracker points to (None: no training checkpoint)."""
-    if root is None:
-        return None
-    tracker = Path(root) / ckpt.TRACKER_FILE
-    if not tracker.is_file():
-        return None
-    value = tracker.read_text().strip()
-    return int(value) if value.isdigit() else None
+    value = None if root is None else ckpt.read_tracker(root)
+    return int(value) if value and value.isdigit() else None
 
 
 def _rng_state() -> dict:
