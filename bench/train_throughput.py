@@ -19,18 +19,6 @@ import time
 import torch
 
 
-def megatron_flops(
-    batch: int, seq: int, layers: int, hidden: int, ffn: int, heads: int, groups: int, vocab: int
-) -> float:
-    """FLOPs of one training step (forward + backward) as Megatron-LM counts them."""
-    gated = 3 / 2  # SwiGLU has three matrices where a plain MLP has two
-    attention = 1 + groups / heads + seq / hidden
-    return (
-        12 * batch * seq * layers * hidden**2 * (attention + (ffn / hidden) * gated)
-        + 6 * batch * seq * hidden * vocab
-    )
-
-
 def gemm_rate(n: int = 1024, repeats: int = 10) -> float:
     """Measured fp32 matmul FLOP/s: the 'peak' MFU is relative to."""
     a, b = torch.randn(n, n), torch.randn(n, n)
@@ -71,6 +59,7 @@ def main() -> None:
     from motif_megatron.model.builder import BuildOptions, build_model
     from motif_megatron.model.llama import LlamaArgs
     from motif_megatron.model.schedule import Batch
+    from motif_megatron.plan.model import train_flops
     from motif_megatron.training.engine import (
         OptimConfig,
         build_optimizer,
@@ -132,16 +121,7 @@ def main() -> None:
         tokens_per_step / statistics.median(ours),
         tokens_per_step / statistics.median(theirs),
     )
-    flops = megatron_flops(
-        args.batch,
-        args.seq,
-        args.layers,
-        args.hidden,
-        args.ffn,
-        args.heads,
-        args.groups,
-        args.vocab,
-    )
+    flops = train_flops(llama, args.batch, args.seq, args.vocab)
     peak = gemm_rate()
     print(
         f"shape: {args.layers} layers x {args.hidden} hidden, ffn {args.ffn}, heads {args.heads}/{args.groups}, "

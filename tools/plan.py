@@ -21,6 +21,7 @@ from motif_megatron.errors import run_cli
 def parse_args() -> argparse.Namespace:
     from motif_megatron.cli import add_fields
     from motif_megatron.growth.request import SHAPE, GrowthRequest
+    from motif_megatron.plan.model import PEAK_BF16
 
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -49,7 +50,10 @@ def parse_args() -> argparse.Namespace:
     t = p.add_argument_group("time")
     t.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed")
     t.add_argument(
-        "--peak-tflops", type=float, default=989.4, help="dense bf16 peak per GPU (H100/H200)"
+        "--peak-tflops",
+        type=float,
+        default=PEAK_BF16["H100"] / 1e12,
+        help="dense bf16 peak per GPU (H100/H200)",
     )
     t.add_argument("--train-tokens", type=float, help="tokens to train, for the days estimate")
     p.add_argument("--json", help="write the whole plan here")
