@@ -63,7 +63,7 @@ def main() -> None:
             timing[label] = time.perf_counter() - start
         rows[name] = {
             "documents": len(texts),
-            "token_ratio": token_ratio(stats["new"], stats["base"]),
+            "token_ratio": token_ratio(stats["new"].tokens, stats["base"].tokens),
             "fertility_base": stats["base"].fertility,
             "fertility_new": stats["new"].fertility,
             "chars_per_token_base": stats["base"].chars_per_token,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from motif_megatron.errors import UserError
 from motif_megatron.eval import benchmarks
+from motif_megatron.tokenizer.metrics import token_ratio
 
 
 def _tokenizer(folder: Path):
@@ -97,7 +98,7 @@ def _perplexities(
             "tokens": p.tokens,
             "reference_tokens": p.reference_tokens,
         }
-        row["token_ratio"][lang] = p.tokens / max(p.reference_tokens, 1)
+        row["token_ratio"][lang] = token_ratio(p.tokens, p.reference_tokens)
     return row
 
 

@@ -28,6 +28,6 @@ def token_stats(tokenizer, texts: list[str]) -> TokenStats:
     return TokenStats(len(texts), sum(map(len, texts)), sum(len(t.split()) for t in texts), tokens)
 
 
-def token_ratio(new: TokenStats, base: TokenStats) -> float:
-    """Tokens the new tokenizer needs per base token on the same text (RedWhale: ~0.57)."""
-    return new.tokens / max(base.tokens, 1)
+def token_ratio(tokens: int, reference_tokens: int) -> float:
+    """Tokens a tokenizer needs per reference (base) token on the same text (RedWhale: ~0.57)."""
+    return tokens / max(reference_tokens, 1)
