@@ -36,13 +36,10 @@ def parse_args() -> argparse.Namespace:
 @run_cli
 def main() -> None:
     args = parse_args()
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from tokenizers import Tokenizer
 
     from motif_megatron.data.readers import Document, iter_documents
+    from motif_megatron.reports import write_report
     from motif_megatron.tokenizer.metrics import token_ratio, token_stats
 
     base = Tokenizer.from_file(str(Path(args.base) / "tokenizer.json"))
@@ -74,9 +71,6 @@ def main() -> None:
     new_tokens = Path(args.tokenizer) / "new_tokens.json"
     if new_tokens.is_file():
         added = sorted(json.loads(new_tokens.read_text())["tokens"], key=lambda t: -t["count"])[:40]
-    (out / "tokenizer_report.json").write_text(
-        json.dumps({"languages": rows, "top_added": added}, ensure_ascii=False, indent=2) + "\n"
-    )
     lines = [
         "# Tokenizer report",
         "",
@@ -97,8 +91,16 @@ def main() -> None:
             "Most frequent added tokens: "
             + ", ".join(f"`{t['text']}` ({t['count']})" for t in added[:30] if t["text"]),
         ]
-    lines += ["", "![tokenizer](tokenizer_report.png)", ""]
-    (out / "tokenizer_report.md").write_text("\n".join(lines))
+    record = {"languages": rows, "top_added": added}
+    write_report(out, "tokenizer_report", record, lines, lambda plt: _draw(plt, rows))
+    for name, r in rows.items():
+        print(
+            f"{name}: token ratio {r['token_ratio']:.3f}, fertility {r['fertility_base']:.2f} -> "
+            f"{r['fertility_new']:.2f}"
+        )
+
+
+def _draw(plt, rows: dict):
     fig, ax = plt.subplots(figsize=(6, 4))
     names = list(rows)
     ax.bar(
@@ -111,13 +113,7 @@ def main() -> None:
     )
     ax.set_ylabel("characters per token")
     ax.set_title("token ratio: " + ", ".join(f"{n} {rows[n]['token_ratio']:.2f}" for n in names))
-    fig.tight_layout()
-    fig.savefig(out / "tokenizer_report.png", dpi=100)
-    for name, r in rows.items():
-        print(
-            f"{name}: token ratio {r['token_ratio']:.3f}, fertility {r['fertility_base']:.2f} -> "
-            f"{r['fertility_new']:.2f}"
-        )
+    return fig
 
 
 if __name__ == "__main__":

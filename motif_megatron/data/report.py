@@ -16,6 +16,8 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.writers.jsonl import JsonlWriter
 from datatrove.utils.stats import MetricStats
 
+from motif_megatron.reports import write_report
+
 
 def stage_stats(logs: Path, stage: str) -> dict[str, dict[str, MetricStats]]:
     """The stats of every task of ``stage`` added up: block name (datatrove saves
@@ -142,12 +144,7 @@ def _minhash(stats: dict[str, dict[str, dict]], config) -> dict:
     }
 
 
-def _plot(out: Path, report: dict, ppl_folder: Path | None, blocks: list[str]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _draw(plt, report: dict, ppl_folder: Path | None, blocks: list[str]):
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
     reasons = report["by_filter"]
     ax = axes[0]
@@ -190,14 +187,10 @@ def _plot(out: Path, report: dict, ppl_folder: Path | None, blocks: list[str]) -
     ax.set_ylabel("million characters")
     ax.tick_params(axis="x", rotation=30)
     ax.set_title("characters kept after each block")
-    fig.tight_layout()
-    fig.savefig(out / "report.png", dpi=100)
-    plt.close(fig)
+    return fig
 
 
 def write(out: Path, report: dict, ppl_folder: Path | None, blocks: list[str]) -> None:
-    (out / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    _plot(out, report, ppl_folder, blocks)
     lines = [
         "# Corpus report",
         "",
@@ -224,5 +217,4 @@ def write(out: Path, report: dict, ppl_folder: Path | None, blocks: list[str]) -
             f"| {stage} | {t['tasks']} | {t['docs_per_s_per_task']:.0f} | "
             f"{t['mb_per_s_per_task']:.2f} | {t['peak_rss_mb_max']:.0f} |"
         )
-    lines += ["", "![report](report.png)", ""]
-    (out / "report.md").write_text("\n".join(lines))
+    write_report(out, "report", report, lines, lambda plt: _draw(plt, report, ppl_folder, blocks))

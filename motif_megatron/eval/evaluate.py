@@ -10,6 +10,7 @@ from pathlib import Path
 
 from motif_megatron.errors import UserError
 from motif_megatron.eval import benchmarks
+from motif_megatron.reports import write_report
 from motif_megatron.tokenizer.metrics import token_ratio
 
 
@@ -104,8 +105,6 @@ def _perplexities(
 
 def write(report: dict, out: Path, langs: list[str]) -> None:
     """``evaluation.json``, ``.md`` (a perplexity table, a task table) and ``.png``."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "evaluation.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     rows = report["checkpoints"]
     lines = ["# Evaluation", ""]
     if langs:
@@ -113,17 +112,12 @@ def write(report: dict, out: Path, langs: list[str]) -> None:
     scores = task_scores(rows)
     if scores:
         lines += _task_table(report, scores)
-    (out / "evaluation.md").write_text("\n".join(lines) + "\n")
-    _plot(out / "evaluation.png", rows, langs, scores)
+    draw = lambda plt: _draw(plt, rows, langs, scores)  # noqa: E731
+    write_report(out, "evaluation", report, lines, draw, dpi=110)
 
 
-def _plot(path: Path, rows: dict, langs: list[str], scores: dict[str, dict[str, float]]) -> None:
+def _draw(plt, rows: dict, langs: list[str], scores: dict[str, dict[str, float]]):
     """Perplexity per language on top (log scale), each task's first metric below."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     first: dict[str, str] = {}  # task -> "task metric" of its first metric
     for name in scores:
         first.setdefault(name.split(" ")[0], name)
@@ -149,9 +143,7 @@ def _plot(path: Path, rows: dict, langs: list[str], scores: dict[str, dict[str, 
         ax.invert_yaxis()
         ax.set_title("lm-eval, first metric of each task (higher is better)")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 def write_samples(samples: dict[str, dict[str, list[dict]]], out: Path) -> None:

@@ -10,7 +10,6 @@ initial loss from ~17.5 to ~11.1; mean-based inits should disturb the base far l
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from motif_megatron.growth.request import INITS, GrowthRequest
 from motif_megatron.growth.transform import grow
 from motif_megatron.model.builder import BuildOptions
 from motif_megatron.model.inference import forward_logits
+from motif_megatron.reports import write_report
 
 
 def _chunks(ids: list[int], seq: int) -> list[torch.Tensor]:
@@ -101,17 +101,6 @@ def init_report(
         "new_tokens": sum(b.numel() for b in new_batches),
         "old_tokens": sum(b.numel() for b in old_batches),
     }
-    (out / "vocab_init.json").write_text(json.dumps(report, indent=2) + "\n")
-    _write_md_png(out, report)
-    return report
-
-
-def _write_md_png(out: Path, report: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = report["methods"]
     lines = [
         "# Vocabulary initialisation",
@@ -123,7 +112,11 @@ def _write_md_png(out: Path, report: dict) -> None:
         f"| {m} | {r['kl_old_inputs']:.4g} | {r['loss_per_token']:.3f} | {r['loss_per_char']:.3f} |"
         for m, r in rows.items()
     ]
-    (out / "vocab_init.md").write_text("\n".join([*lines, "", "![inits](vocab_init.png)", ""]))
+    write_report(out, "vocab_init", report, lines, lambda plt: _draw(plt, rows))
+    return report
+
+
+def _draw(plt, rows: dict):
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     names = list(rows)
     axes[0].bar(names, [max(rows[m]["kl_old_inputs"], 1e-12) for m in names], color="tab:purple")
@@ -133,6 +126,4 @@ def _write_md_png(out: Path, report: dict) -> None:
     axes[1].set_title("initial loss per token, new tokenizer")
     for ax in axes:
         ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    fig.savefig(out / "vocab_init.png", dpi=100)
-    plt.close(fig)
+    return fig

@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from motif_megatron.reports import write_report
+
 REPORT_KEYS = {
     "step",
     "checkpoint",
@@ -120,12 +122,7 @@ def summary(plans: dict, report: dict, result: dict) -> dict | None:
     }
 
 
-def _plot(out: Path, result: dict) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _draw(plt, result: dict):
     fig, ax = plt.subplots(figsize=(7, 5))
     for r in result["arms"]:
         style = (
@@ -153,12 +150,10 @@ def _plot(out: Path, result: dict) -> None:
     ax.set_xlabel("Korean perplexity per reference token (lower is better)")
     ax.set_ylabel("English perplexity per reference token (lower is better)")
     ax.set_title("arms: red stars are not dominated by any other arm")
-    fig.tight_layout()
-    fig.savefig(out / "ablation.png", dpi=100)
-    plt.close(fig)
+    return fig
 
 
-def _markdown(result: dict, recipe: dict | None) -> str:
+def _markdown(result: dict, recipe: dict | None) -> list[str]:
     lines = [
         "# Ablation",
         "",
@@ -187,15 +182,13 @@ def _markdown(result: dict, recipe: dict | None) -> str:
             f"the baseline's perplexity; goal (Korean <= 0.5x, English <= 1x): "
             f"{'met' if recipe['goal_met'] else 'NOT met'}.",
         ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def write(out: Path, plans: dict, report: dict, chosen: dict | None = None) -> dict:
     result = build(plans, report, chosen)
-    (out / "ablation.json").write_text(json.dumps(result, indent=2) + "\n")
     recipe = summary(plans, report, result)
     if recipe is not None:
         (out / "report.json").write_text(json.dumps(recipe, indent=2) + "\n")
-    (out / "ablation.md").write_text(_markdown(result, recipe))
-    _plot(out, result)
+    write_report(out, "ablation", result, _markdown(result, recipe), lambda plt: _draw(plt, result))
     return result
