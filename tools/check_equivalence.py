@@ -3,9 +3,11 @@
 
   torchrun --nproc_per_node=2 tools/check_equivalence.py --hf-dir HF --load CKPT --tp 2
   torchrun --nproc_per_node=2 tools/check_equivalence.py --load BASE --load-b GROWN --pp 2 --atol 1e-5
+  python tools/check_equivalence.py --load BASE --load-b WIDE1 WIDE2 WIDE3   # several in one launch
 
-Runs both on one seeded token batch and prints ``max_abs_diff=<float>`` as the last line; exits 1
-when it exceeds ``--atol``. Logits are compared over the vocabulary both models share.
+Runs both on one seeded token batch and prints ``max_abs_diff=<float>`` as the last line (the
+largest over every --load-b, each also on a line of its own); exits 1 when it exceeds --atol.
+Logits are compared over the vocabulary both models share.
 """
 
 import argparse
@@ -20,7 +22,9 @@ def parse_args() -> argparse.Namespace:
     )
     other = parser.add_mutually_exclusive_group(required=True)
     other.add_argument("--hf-dir", help="HF model directory to compare against")
-    other.add_argument("--load-b", help="second Megatron checkpoint to compare against")
+    other.add_argument(
+        "--load-b", nargs="+", help="Megatron checkpoint(s) to compare against, one by one"
+    )
     parser.add_argument("--load", required=True, help="Megatron checkpoint to check")
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel size to run at")
     parser.add_argument("--pp", type=int, default=1, help="pipeline-parallel size to run at")
@@ -57,21 +61,27 @@ def main() -> None:
     options = BuildOptions(
         tp=args.tp, pp=args.pp, spec=args.spec, params_dtype=dtype_from_name(args.dtype)
     )
-    result = compare(
-        args.load,
-        hf_dir=args.hf_dir,
-        load_b=args.load_b,
-        options=options,
-        batch=args.batch_size,
-        seq=args.seq_length,
-        seed=args.seed,
-    )
-    ok = result.max_abs_diff <= args.atol
-    parallel.print_rank0(
-        f"compared {result.vocab_compared} vocabulary logits: "
-        f"{'within' if ok else 'ABOVE'} atol={args.atol:g}"
-    )
-    parallel.print_rank0(f"max_abs_diff={result.max_abs_diff:.6g}")
+    results = {
+        other: compare(
+            args.load,
+            hf_dir=args.hf_dir,
+            load_b=None if other == args.hf_dir else other,
+            options=options,
+            batch=args.batch_size,
+            seq=args.seq_length,
+            seed=args.seed,
+        )
+        for other in (args.load_b or [args.hf_dir])
+    }
+    for other, result in results.items():
+        within = "within" if result.max_abs_diff <= args.atol else "ABOVE"
+        parallel.print_rank0(
+            f"{other}: compared {result.vocab_compared} vocabulary logits, "
+            f"max_abs_diff={result.max_abs_diff:.6g} ({within} atol={args.atol:g})"
+        )
+    worst = max(result.max_abs_diff for result in results.values())
+    ok = worst <= args.atol
+    parallel.print_rank0(f"max_abs_diff={worst:.6g}")
     parallel.shutdown()
     sys.exit(0 if ok else 1)
 
