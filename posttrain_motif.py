@@ -4,11 +4,14 @@
 sft: chat-template SFT with assistant-only loss, packing, NEFTune and a dataset curriculum.
      Every pretrain_motif.py flag applies (parallelism, --lr, --save, --metrics-file, resume),
      plus --sft-data, --neftune-alpha, --chat-template, or a YAML 'curriculum' list.
+kto: KTO on desirable/undesirable completions with cached reference log-probs (--kto-data, --beta).
 """
 
 import sys
 
 from motif_megatron.errors import UserError, quiet_library_warnings, run_cli
+
+USAGE = "usage: posttrain_motif.py sft|kto [flags] (e.g. posttrain_motif.py sft --help)"
 
 
 @run_cli
@@ -18,11 +21,9 @@ def main() -> None:
 
     if len(sys.argv) < 2 or sys.argv[1] not in ("sft", "kto"):
         if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help"):
-            print(__doc__)
+            print(f"{USAGE}\n\n{__doc__}")
             return
-        raise UserError(
-            "usage: posttrain_motif.py sft|kto [flags] (e.g. posttrain_motif.py sft --help)"
-        )
+        raise UserError(USAGE)
     from motif_megatron.posttrain import kto, sft
 
     method = {"sft": (sft.SFTConfig, sft.run), "kto": (kto.KTOConfig, kto.run)}[sys.argv[1]]
