@@ -76,7 +76,7 @@ def pretrain_records(
     metrics = Path(f"{save}.jsonl")
     args = ["pretrain_motif.py", "--load", str(load), "--save", str(save), "--data-path", data]
     cmd = [*args, "--metrics-file", str(metrics), *SMALL, *flags]
-    ok(run(cmd, nproc=nproc, timeout=300, torchrun=torchrun))
+    ok(run(cmd, nproc=nproc, torchrun=torchrun))
     return [json.loads(line) for line in metrics.read_text().splitlines()]
 
 

@@ -18,6 +18,7 @@ import importlib
 import json
 import os
 import runpy
+import shutil
 import signal
 import socket
 import subprocess
@@ -160,6 +161,7 @@ class ForkServer:
             conn.connect(self.socket)
             conn.sendall(b"null\n")
         self.proc.wait(timeout=30)
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

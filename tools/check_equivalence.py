@@ -61,17 +61,17 @@ def main() -> None:
     options = BuildOptions(
         tp=args.tp, pp=args.pp, spec=args.spec, params_dtype=dtype_from_name(args.dtype)
     )
-    results = {
-        other: compare(
+    results = {  # label -> result; --hf-dir is one comparison, --load-b one per checkpoint
+        load_b or args.hf_dir: compare(
             args.load,
-            hf_dir=args.hf_dir,
-            load_b=None if other == args.hf_dir else other,
+            hf_dir=None if load_b else args.hf_dir,
+            load_b=load_b,
             options=options,
             batch=args.batch_size,
             seq=args.seq_length,
             seed=args.seed,
         )
-        for other in (args.load_b or [args.hf_dir])
+        for load_b in (args.load_b or [None])
     }
     for other, result in results.items():
         within = "within" if result.max_abs_diff <= args.atol else "ABOVE"
