@@ -233,6 +233,29 @@ def shard(tmp: Path, tokenizer: Path, name: str, corpus: Path | None = None) -> 
     return f"{prefix}_text_document"
 
 
+GROWN = ("--depth-add", "2", "--init", "subword-mean")
+WIDENED = (
+    *("--depth-add", "2", "--hidden-size", "80", "--ffn-hidden-size", "224"),
+    *("--num-attention-heads", "10"),
+)
+
+
+@pytest.fixture(scope="session")
+def grown(tmp_path_factory, tiny_ckpt, expanded) -> Path:
+    """The tiny checkpoint grown as the recipe grows it: +2 LlamaPro blocks and the expanded
+    Korean vocabulary (``GROWN``)."""
+    out = tmp_path_factory.mktemp("grown") / "ck"
+    return expand(tiny_ckpt, out, *GROWN, "--tokenizer", str(expanded[0] / "expanded"))
+
+
+@pytest.fixture(scope="session")
+def widened(tmp_path_factory, tiny_ckpt, expanded) -> Path:
+    """The tiny checkpoint grown in depth, width (MSG, masks at 0) and vocabulary at once
+    (``WIDENED``): Motif's shape change."""
+    out = tmp_path_factory.mktemp("widened") / "ck"
+    return expand(tiny_ckpt, out, *WIDENED, "--tokenizer", str(expanded[0] / "expanded"))
+
+
 @pytest.fixture(scope="session")
 def ko_data(tmp_path_factory, tiny_hf) -> str:
     """Korean shards of the Llama-3 tokenizer (the tiny model's own)."""

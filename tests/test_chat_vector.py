@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import expand, ok, run
+from conftest import ok, run
 
 from motif_megatron.checkpoint import layout
 from motif_megatron.checkpoint.convert import read_hf_config
@@ -84,16 +84,9 @@ def test_unchanged_target_gets_exactly_scale_times_the_vector(
     assert record["chat_vector"]["scale"] == SCALE
 
 
-def test_grown_target_takes_the_vector_on_its_old_slices_only(
-    tmp_path, tiny_hf, chat_hf, tiny_ckpt, expanded
-):
-    """LlamaPro depth + MSG width + vocabulary growth in one target."""
-    grown = expand(
-        tiny_ckpt,
-        tmp_path / "grown",
-        *("--depth-add", "2", "--hidden-size", "80", "--ffn-hidden-size", "224"),
-        *("--num-attention-heads", "10", "--tokenizer", str(expanded[0] / "expanded")),
-    )
+def test_grown_target_takes_the_vector_on_its_old_slices_only(tmp_path, tiny_hf, chat_hf, widened):
+    """LlamaPro depth + MSG width + vocabulary growth in one target (``conftest.WIDENED``)."""
+    grown = widened
     ok(_apply(tiny_hf, chat_hf, grown, tmp_path / "out"))
     args = LlamaArgs.load(grown)
     plan = msg.WidthPlan(read_hf_config(tiny_hf), 80, 224, 10, 2, args.growth["msg"]["tp_layout"])

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, ROOT, SMALL, TP1_FLAGS, expand, ok, pretrain_records, run
+from conftest import PYTHON, ROOT, SMALL, TP1_FLAGS, ok, pretrain_records, run
 
 from motif_megatron.errors import UserError
 from motif_megatron.parallel import first_host, launch_from_env
@@ -121,21 +121,11 @@ def sbatch(*args: str, timeout: int = 900) -> str:
     return out.stdout.strip().split(";")[0]
 
 
-def test_sbatch_pretrain_runs_the_demo_config(slurm, tmp_path, tiny_ckpt, ko_data, expanded):
+def test_sbatch_pretrain_runs_the_demo_config(slurm, tmp_path, widened, ko_data):
     """examples/slurm/pretrain.sbatch with examples/configs/demo.yaml (LlamaPro blocks and new
-    vocabulary rows, then the MSG ramp, TP=2) on a grown tiny model: runs to its last iteration
-    and saves it."""
-    tokenizer = expanded[0] / "expanded"
-    grown = expand(
-        tiny_ckpt,
-        tmp_path / "grown",
-        "--depth-add",
-        "2",
-        "--hidden-size",
-        "80",
-        "--tokenizer",
-        str(tokenizer),
-    )
+    vocabulary rows, then the MSG ramp, TP=2) on a model grown in depth, width and vocabulary:
+    runs to its last iteration and saves it."""
+    grown = widened
     log = tmp_path / "job.out"
     env_args = [f"--export=ALL,LOAD={grown},SAVE={tmp_path / 'cpt'},DATA={ko_data}"]
     env_args[0] += ",CONFIG=examples/configs/demo.yaml"

@@ -11,15 +11,10 @@ from conftest import bundled_corpus, expand, finalize, max_abs_diff, ok, run
 from motif_megatron.checkpoint.dist import CheckpointReader
 
 
-@pytest.fixture(scope="module")
-def grown(tmp_path_factory, tiny_ckpt):
-    out = tmp_path_factory.mktemp("grown") / "depth"
-    expand(str(tiny_ckpt), str(out), "--depth-add", "2", "--tp", "1", "--pp", "1")
-    return out
-
-
 @pytest.mark.parametrize(("nproc", "layout"), [(1, []), (2, ["--tp", "2"]), (2, ["--pp", "2"])])
 def test_depth_growth_is_exact(tiny_ckpt, grown, nproc, layout):
+    """``conftest.grown`` (+2 LlamaPro blocks, new vocabulary rows) computes the base's logits
+    over the base vocabulary, at TP1, TP2 and PP2."""
     out = ok(
         run(
             [
@@ -72,7 +67,8 @@ def test_depth_growth_records_new_blocks_and_exports(tmp_path, tiny_hf, grown):
         big = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", local_files_only=True)(
             ids
         ).logits
-    assert (base - big).abs().max() < 1e-5
+    assert big.shape[-1] > base.shape[-1]  # the new Korean rows
+    assert (base - big[..., : base.shape[-1]]).abs().max() < 1e-5
 
 
 def test_impossible_growth_is_refused(tmp_path, tiny_ckpt):
@@ -160,7 +156,7 @@ WIDTH_CASES = {
 
 
 @pytest.fixture(scope="module")
-def widened(tmp_path_factory, tiny_ckpt):
+def width_cases(tmp_path_factory, tiny_ckpt):
     root = tmp_path_factory.mktemp("width")
     for name, flags in WIDTH_CASES.items():
         expand(str(tiny_ckpt), str(root / name), *flags, "--tp", "2")
@@ -168,10 +164,10 @@ def widened(tmp_path_factory, tiny_ckpt):
 
 
 @pytest.mark.parametrize(("nproc", "layout"), [(1, []), (2, ["--tp", "2"])])
-def test_width_growth_is_exact_at_mask_zero(tiny_ckpt, widened, nproc, layout):
+def test_width_growth_is_exact_at_mask_zero(tiny_ckpt, width_cases, nproc, layout):
     """Every width case against the base in one launch per layout (the last line is the largest
     difference; each case has a line of its own)."""
-    cases = [str(widened / case) for case in WIDTH_CASES]
+    cases = [str(width_cases / case) for case in WIDTH_CASES]
     compare = ["tools/check_equivalence.py", "--load", str(tiny_ckpt), "--load-b", *cases]
     out = ok(run([*compare, *layout, "--atol", "1e-5"], nproc=nproc))
     assert all(any(line.startswith(f"{case}: ") for line in out.splitlines()) for case in cases)
@@ -183,8 +179,8 @@ def _probe(ckpt, mask, *extra):
     return json.loads(out.strip().splitlines()[-1])
 
 
-def test_masks_gate_new_parameters_and_finalize(tmp_path, tiny_ckpt, widened):
-    grown = widened / "combined_with_depth"
+def test_masks_gate_new_parameters_and_finalize(tmp_path, tiny_ckpt, width_cases):
+    grown = width_cases / "combined_with_depth"
     closed, half = _probe(grown, 0.0), _probe(grown, 0.5)
     assert closed["fc1_new_rows"] == closed["fc2_new_rows"] == closed["embedding_new_cols"] == 0.0
     assert half["fc1_new_rows"] > 0 and half["fc2_new_rows"] > 0 and half["embedding_new_cols"] > 0
@@ -330,7 +326,7 @@ def test_mean_inits_keep_kl_small_on_a_trained_base(tmp_path, tiny_ckpt, ko_data
     assert kl["mean"] < 0.1 * kl["random"] and kl["mean-resizing"] < 0.1 * kl["random"], kl
 
 
-def test_masks_stay_fp32_under_bf16(widened):
+def test_masks_stay_fp32_under_bf16(width_cases):
     """Under --bf16 the masks and RMSNorm denominators stay fp32 (a bf16 m = 0.3 would give
     d_old + m (d_new - d_old) = 73.5 here, and 4416 instead of 4403.2 at 4096 -> 5120)."""
     from motif_megatron import device, parallel
@@ -340,7 +336,7 @@ def test_masks_stay_fp32_under_bf16(widened):
 
     parallel.initialize(parallel.ParallelConfig(1, 1), seed=0)
     model, args = build_from_checkpoint(
-        str(widened / "hidden"), BuildOptions(params_dtype=torch.bfloat16)
+        str(width_cases / "hidden"), BuildOptions(params_dtype=torch.bfloat16)
     )
     set_mask(model, 0.3)
     masks = {n: b for n, b in model.named_buffers() if n.endswith("msg_m")}

@@ -11,20 +11,16 @@ import time
 
 import pytest
 import torch
-from conftest import PYTHON, ROOT, SMALL, TP1_FLAGS, expand, finalize, max_abs_diff, ok, run, shard
+from conftest import PYTHON, ROOT, SMALL, TP1_FLAGS, finalize, max_abs_diff, ok, run, shard
 from conftest import pretrain_records as train
 
 from motif_megatron.checkpoint.dist import CheckpointReader
 
 
 @pytest.fixture(scope="module")
-def grown(tmp_path_factory, tiny_ckpt, expanded):
-    """Depth (+2 LlamaPro blocks) and vocabulary growth, with Korean shards of the new tokenizer."""
-    tmp = tmp_path_factory.mktemp("grown")
-    tokenizer = expanded[0] / "expanded"
-    flags = ["--depth-add", "2", "--tokenizer", str(tokenizer), "--init", "subword-mean"]
-    expand(str(tiny_ckpt), str(tmp / "ck"), *flags)
-    return tmp / "ck", shard(tmp, tokenizer, "koexp")
+def grown_data(tmp_path_factory, expanded) -> str:
+    """Korean shards of the expanded tokenizer, the grown checkpoint's own."""
+    return shard(tmp_path_factory.mktemp("koexp"), expanded[0] / "expanded", "koexp")
 
 
 def losses(records: list[dict]) -> list[float]:
@@ -54,8 +50,8 @@ def test_parallel_layouts_follow_tp1(tmp_path, tiny_ckpt, ko_data, tp1_reference
     assert max(abs(a - b) for a, b in zip(reference, parallel, strict=True)) < 1e-5
 
 
-def test_stages_train_exactly_their_parameters(tmp_path, grown):
-    ckpt, data = grown
+def test_stages_train_exactly_their_parameters(tmp_path, grown, grown_data):
+    ckpt, data = grown, grown_data
     names = ["llama-pro", *(f"eeve-{i}" for i in range(1, 8))]
     names += ["redwhale-embed", "redwhale-odd", "redwhale-even", "regex:final_layernorm"]
     names += ["llama-pro+eeve-3", "eeve-1+redwhale-embed", "llama-pro+regex:final_layernorm"]
@@ -118,9 +114,9 @@ def test_stages_train_exactly_their_parameters(tmp_path, grown):
 STAGED = "stages:\n  - {name: eeve-1, iters: 3}\n  - {name: full, iters: 5}\n"
 
 
-def test_sigkill_and_resume_is_bitwise(tmp_path, grown):
+def test_sigkill_and_resume_is_bitwise(tmp_path, grown, grown_data):
     """A staged run (row-masked stage, then full) killed mid-run resumes to the same losses."""
-    ckpt, data = grown
+    ckpt, data = grown, grown_data
     config = tmp_path / "run.yaml"
     config.write_text(STAGED + "train-iters: 8\nsave-interval: 2\nlr: 0.01\nseq-length: 128\n")
     base = ["--load", str(ckpt), "--data-path", data, "--config", str(config)]
@@ -212,10 +208,10 @@ def test_plateau_advances_the_stage(tmp_path, tiny_ckpt, ko_data):
     assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_msg_masks_ramp_to_one_and_finalize(tmp_path, tiny_ckpt, ko_data):
-    wide = tmp_path / "wide"
-    expand(str(tiny_ckpt), str(wide), "--hidden-size", "80")
-    records = train(wide, tmp_path / "run", ko_data, "--train-iters", "5", "--msg-ramp-iters", "4")
+def test_msg_masks_ramp_to_one_and_finalize(tmp_path, widened, ko_data):
+    records = train(
+        widened, tmp_path / "run", ko_data, "--train-iters", "5", "--msg-ramp-iters", "4"
+    )
     assert [r["msg_mask"] for r in records] == [0.0, 0.25, 0.5, 0.75, 1.0]
     final = tmp_path / "final"
     assert finalize(tmp_path / "run", final) < 1e-5
