@@ -9,7 +9,7 @@ import random
 from pathlib import Path
 
 import pytest
-from conftest import ok, run
+from conftest import expand, ok, run
 
 pytest.importorskip("lm_eval")
 
@@ -125,13 +125,15 @@ def test_every_local_task_is_indexed_with_a_version():
         benchmarks.leaf_tasks(["kobest_nope"])
 
 
-def test_tasks_on_motif_match_hf_export(tmp_path, grown):
+def test_tasks_on_motif_match_hf_export(tmp_path, tiny_ckpt, expanded):
     """All local tasks through ``tools/evaluate.py --tasks`` on a Korean-expanded Megatron
-    checkpoint (``conftest.grown``), then its HF export through lm-eval's own ``hf`` model: the same scores, and the
+    checkpoint, then its HF export through lm-eval's own ``hf`` model: the same scores, and the
     same log-likelihood for every choice of every document."""
     from motif_megatron.eval import benchmarks
 
-    korean = grown
+    # vocabulary growth only: four layers, not conftest.grown's six (lm-eval's cost is the
+    # forward passes of two models over every choice of every document)
+    korean = expand(tiny_ckpt, tmp_path / "ko", "--tokenizer", str(expanded[0] / "expanded"))
     export = tmp_path / "hf"
     ok(run(["tools/convert_hf.py", "export", "--load", str(korean), "--out", str(export)]))
     root = write_benchmarks(tmp_path / "bench")
