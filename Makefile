@@ -3,6 +3,8 @@
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# nodes of the local Slurm cluster the tests use (each a slurmd in its own network namespace)
+SLURM_NODES ?= 2
 
 .PHONY: venv kenlm demo test lint format clean slurm gpu-check gpu-wheels
 
@@ -31,15 +33,15 @@ lint: venv
 	$(PY) -m ruff format --check .
 	$(VENV)/bin/lint-imports --no-cache
 
-# a one-node Slurm cluster for the Slurm tests (installed from Debian's packages when missing);
+# the local Slurm cluster for the Slurm tests (installed from Debian's packages when missing);
 # if it cannot start, those tests skip and say why
 slurm:
-	bash examples/slurm/local_cluster.sh || echo "slurm: the local cluster did not start; its tests will skip"
+	bash examples/slurm/local_cluster.sh --nodes $(SLURM_NODES) || echo "slurm: the local cluster did not start; its tests will skip"
 
 # two pytest-xdist workers: tests run one process each (OMP_NUM_THREADS=1), so a second worker
 # uses the second core; --dist worksteal evens out the few long tests
 test: lint slurm kenlm
-	$(PY) -m pytest -q -n 2 --dist worksteal tests; rc=$$?; \
+	SLURM_NODES=$(SLURM_NODES) $(PY) -m pytest -q -n 2 --dist worksteal tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
 
 # the GPU path on one GPU (not part of `make test`): a table and outputs/gpu_check/gpu_check.json;

@@ -10,12 +10,14 @@ kto: KTO on desirable/undesirable completions with cached reference log-probs (-
 import sys
 
 from motif_megatron.errors import UserError, quiet_library_warnings, run_cli
+from motif_megatron.training import preemption
 
 USAGE = "usage: posttrain_motif.py sft|kto [flags] (e.g. posttrain_motif.py sft --help)"
 
 
 @run_cli
 def main() -> None:
+    preemption.catch(sys.argv)  # before torch and Megatron load: a signal then is not fatal
     from motif_megatron import parallel
     from motif_megatron.training.arguments import TrainConfig, parse_configs
 

@@ -6,11 +6,15 @@ Flags keep Megatron-LM's names (``--tensor-model-parallel-size``, ``--micro-batc
 takes the same keys, plus a ``stages`` list. A run resumes from its ``--save`` root.
 """
 
+import sys
+
 from motif_megatron.errors import quiet_library_warnings, run_cli
+from motif_megatron.training import preemption
 
 
 @run_cli
 def main() -> None:
+    preemption.catch(sys.argv)  # before torch and Megatron load: a signal then is not fatal
     from motif_megatron import parallel
     from motif_megatron.training.arguments import parse_args
     from motif_megatron.training.loop import Trainer

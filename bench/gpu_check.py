@@ -36,6 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from motif_megatron.errors import STOPPED_EARLY  # noqa: E402
 from motif_megatron.plan.model import PEAK_BF16, train_flops  # noqa: E402
 
 
@@ -87,10 +88,11 @@ class Checks:
         self.work.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict] = []
 
-    def run(self, script: str, *args: str) -> str:
+    def run(self, script: str, *args: str, status: int = 0) -> str:
+        """Run a project script; any exit status but ``status`` fails the check."""
         cmd = [sys.executable, str(ROOT / script), *map(str, args)]
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        if done.returncode != 0:
+        if done.returncode != status:
             tail = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:]
             raise CheckFailed(f"{script} exited {done.returncode}: {' '.join(tail)}")
         return done.stdout
@@ -198,7 +200,7 @@ def measured_bf16_peak(n: int = 8192, reps: int = 20) -> float | None:
     return 2 * n**3 * reps / (time.perf_counter() - start)
 
 
-def _pretrain(c: Checks, paths: dict, name: str, *extra: str) -> list[dict]:
+def _pretrain(c: Checks, paths: dict, name: str, *extra: str, status: int = 0) -> list[dict]:
     p, run = c.plan, c.work / "pretrain"
     metrics = c.work / f"{name}.jsonl"
     flags = ["--bf16", "--use-distributed-optimizer"] if p.bf16 else []
@@ -210,6 +212,7 @@ def _pretrain(c: Checks, paths: dict, name: str, *extra: str) -> list[dict]:
         *("--save-interval", p.steps - p.steps // 3, "--metrics-file", metrics),
         *flags,
         *extra,
+        status=status,
     )
     return [r for r in map(json.loads, metrics.read_text().splitlines()) if "loss" in r]
 
@@ -220,7 +223,9 @@ def pretrain_and_resume(c: Checks, paths: dict, peak: float | None):
     from motif_megatron.model.llama import LlamaArgs
 
     stop = c.plan.steps - c.plan.steps // 3
-    first = _pretrain(c, paths, "pretrain_until_stop", "--exit-interval", str(stop))
+    first = _pretrain(
+        c, paths, "pretrain_until_stop", "--exit-interval", str(stop), status=STOPPED_EARLY
+    )
     second = _pretrain(c, paths, "pretrain_resumed")
     if [r["iteration"] for r in first] != list(range(1, stop + 1)):
         raise CheckFailed(f"the first run logged {[r['iteration'] for r in first]}")

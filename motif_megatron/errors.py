@@ -14,8 +14,19 @@ class UserError(Exception):
     """Input the user can fix (missing file, unsupported shape, bad flag); printed as one line."""
 
 
+STOPPED_EARLY = 3
+"""Exit status of a run stopped before ``--train-iters`` (signal, ``--exit-duration-in-mins``,
+``--exit-interval``) with its checkpoint published: the same command resumes it, and
+``pretrain.sbatch`` requeues itself on it. 0 means complete, 2 bad input or a stopped run."""
+
+
+class StoppedEarly(Exception):
+    """A training run ended before its last iteration, its checkpoint (if any) published."""
+
+
 def run_cli(main: Callable[[], T]) -> Callable[[], T]:
-    """Wrap a tool's ``main`` so a ``UserError`` prints ``error: <message>`` and exits with 2."""
+    """Wrap a tool's ``main`` so a ``UserError`` prints ``error: <message>`` and exits with 2,
+    and :class:`StoppedEarly` prints ``stopped: <message>`` and exits with :data:`STOPPED_EARLY`."""
 
     @functools.wraps(main)
     def wrapper() -> T:
@@ -24,6 +35,9 @@ def run_cli(main: Callable[[], T]) -> Callable[[], T]:
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
+        except StoppedEarly as exc:
+            print(f"stopped: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(STOPPED_EARLY) from None
 
     return wrapper
 

@@ -70,13 +70,20 @@ TP1_FLAGS = ["--train-iters", "4", "--lr", "1e-2"]
 
 
 def pretrain_records(
-    load, save, data, *flags: str, nproc: int = 1, torchrun: bool | None = None
+    load,
+    save,
+    data,
+    *flags: str,
+    nproc: int = 1,
+    torchrun: bool | None = None,
+    cut: bool = False,
 ) -> list[dict]:
-    """``pretrain_motif.py`` at the small shapes with ``SAVE.jsonl`` metrics; returns its records."""
+    """``pretrain_motif.py`` at the small shapes with ``SAVE.jsonl`` metrics; returns its records.
+    ``cut``: the run must stop before ``--train-iters`` (exit status 3)."""
     metrics = Path(f"{save}.jsonl")
     args = ["pretrain_motif.py", "--load", str(load), "--save", str(save), "--data-path", data]
     cmd = [*args, "--metrics-file", str(metrics), *SMALL, *flags]
-    ok(run(cmd, nproc=nproc, torchrun=torchrun))
+    (stopped if cut else ok)(run(cmd, nproc=nproc, torchrun=torchrun))
     return [json.loads(line) for line in metrics.read_text().splitlines()]
 
 
@@ -85,6 +92,18 @@ def ok(result: subprocess.CompletedProcess) -> str:
         f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
     )
     return result.stdout
+
+
+def stopped(result: subprocess.CompletedProcess) -> str:
+    """A run stopped before ``--train-iters`` with its checkpoint published: exit status 3
+    (torchrun reports a worker's 3 as its own failure, status 1, and may SIGTERM the workers
+    still tearing down); returns the stop line."""
+    statuses = set(re.findall(r"exitcode\s*: (-?\d+)", result.stderr))
+    by_torchrun = result.returncode == 1 and "3" in statuses and statuses <= {"3", "-15"}
+    assert result.returncode == 3 or by_torchrun, (
+        f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    )
+    return next(x for x in result.stderr.splitlines() if x.startswith("stopped: "))
 
 
 def max_abs_diff(stdout: str) -> float:
@@ -270,9 +289,13 @@ def tp1_reference(tmp_path_factory, tiny_ckpt, ko_data) -> list[dict]:
     return pretrain_records(tiny_ckpt, save, ko_data, *TP1_FLAGS)
 
 
+SLURM_NODES = int(os.environ.get("SLURM_NODES", "2"))
+
+
 @pytest.fixture(scope="session")
 def slurm(tmp_path_factory):
-    """The one-node Slurm cluster of examples/slurm/local_cluster.sh (started if needed), started
+    """The two-node Slurm cluster of ``examples/slurm/local_cluster.sh --nodes 2`` (started if
+    needed; the ``SLURM_NODES`` environment variable picks another size), started
     once for all pytest-xdist workers: the first to take the lock runs the script and records
     its outcome, the others read it (a second run while jobs are queued could restart it)."""
     shared = tmp_path_factory.getbasetemp()
@@ -284,7 +307,10 @@ def slurm(tmp_path_factory):
         if not outcome.exists():
             script = ROOT / "examples/slurm/local_cluster.sh"
             result = subprocess.run(
-                ["bash", str(script)], capture_output=True, text=True, timeout=600
+                ["bash", str(script), "--nodes", str(SLURM_NODES)],
+                capture_output=True,
+                text=True,
+                timeout=600,
             )
             message = (result.stderr or result.stdout).strip()[-300:]
             outcome.write_text(json.dumps({"ok": result.returncode == 0, "message": message}))

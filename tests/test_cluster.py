@@ -6,16 +6,27 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from conftest import PYTHON, ROOT, SMALL, TP1_FLAGS, ok, pretrain_records, run
+from conftest import (
+    PYTHON,
+    ROOT,
+    SLURM_NODES,
+    SMALL,
+    TP1_FLAGS,
+    max_abs_diff,
+    ok,
+    pretrain_records,
+    run,
+)
 
 from motif_megatron.errors import UserError
-from motif_megatron.parallel import first_host, launch_from_env
+from motif_megatron.parallel import hostnames, launch_from_env
 
 CLEAN_ENV = {
     k: v
@@ -36,8 +47,8 @@ def steps(source: Path | list[dict]) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in lines if "loss" in r]
 
 
-def pretrain(load, save, data, *flags, nproc: int = 1, torchrun: bool | None = None) -> list[dict]:
-    return steps(pretrain_records(load, save, data, *flags, nproc=nproc, torchrun=torchrun))
+def pretrain(load, save, data, *flags, **launch) -> list[dict]:
+    return steps(pretrain_records(load, save, data, *flags, **launch))
 
 
 # ----------------------------------------------------------------------------- launch environment
@@ -54,16 +65,41 @@ def test_launch_environment_of_torchrun_srun_and_neither():
     }
     launch = launch_from_env(srun)
     assert (launch.rank, launch.world_size, launch.local_rank) == (3, 8, 1)
-    assert (launch.master_addr, launch.master_port, launch.launcher) == ("gpu017", 24242, "srun")
+    # the port comes from the job and step ids: 20000 + (4242 * 97 + 0) % 20000
+    assert (launch.master_addr, launch.master_port, launch.launcher) == ("gpu017", 31474, "srun")
+    step = launch_from_env({**srun, "SLURM_STEP_ID": "1", "SLURM_STEP_NODELIST": "gpu[018,20]"})
+    assert (step.master_addr, step.master_port) == ("gpu018", 31475)
     given = launch_from_env({**srun, "MASTER_ADDR": "head", "MASTER_PORT": "6000"})
     assert (given.master_addr, given.master_port) == ("head", 6000)
     # torchrun inside an allocation wins; a batch script's own shell is a plain process
     torchrun = launch_from_env({**srun, "RANK": "5", "WORLD_SIZE": "16", "LOCAL_RANK": "5"})
     assert (torchrun.rank, torchrun.world_size, torchrun.launcher) == (5, 16, "torchrun")
     assert launch_from_env({k: v for k, v in srun.items() if k != "SLURM_STEP_ID"}) is None
-    assert first_host("login1") == "login1" and first_host("n[9-12],m3") == "n9"
     with pytest.raises(UserError, match="WORLD_SIZE=4 but neither"):
         launch_from_env({"WORLD_SIZE": "4"})
+
+
+HOSTLISTS = {
+    "login1": ["login1"],
+    "n[9-11],m3": ["n9", "n10", "n11", "m3"],
+    "gpu[003-004,9]": ["gpu003", "gpu004", "gpu9"],
+    "rack[1-2]-n[01-02]": ["rack1-n01", "rack1-n02", "rack2-n01", "rack2-n02"],
+    "c[08-10]d[1],e[8-9]f[1-2]": ["c08d1", "c09d1", "c10d1", "e8f1", "e8f2", "e9f1", "e9f2"],
+}
+
+
+@pytest.mark.parametrize("nodelist", list(HOSTLISTS))
+def test_slurm_host_lists_expand_as_scontrol_does(nodelist):
+    assert hostnames(nodelist) == HOSTLISTS[nodelist]
+    if shutil.which("scontrol") and os.path.exists("/etc/slurm/slurm.conf"):
+        real = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True)
+        assert real.stdout.decode().split() == HOSTLISTS[nodelist]
+
+
+@pytest.mark.parametrize("nodelist", ["gpu[1-", "gpu[3-1]", "n[a-b]", ""])
+def test_an_unreadable_host_list_is_one_line(nodelist):
+    with pytest.raises(UserError, match="cannot read the Slurm host list"):
+        hostnames(nodelist)
 
 
 def test_torchrun_with_one_process_equals_plain_python(tmp_path, tiny_ckpt, ko_data, tp1_reference):
@@ -107,6 +143,40 @@ def test_srun_forms_one_job_equal_to_torchrun(slurm, tmp_path, tiny_ckpt, ko_dat
     assert [r["lr"] for r in got] == [r["lr"] for r in reference]
 
 
+def two_nodes(slurm) -> None:
+    if SLURM_NODES < 2:
+        pytest.skip(f"the local Slurm cluster has {SLURM_NODES} node (SLURM_NODES)")
+    names = subprocess.run(
+        ["srun", "-N", "2", "-n", "2", "--time=1", "hostname"],
+        capture_output=True,
+        text=True,
+        env=CLEAN_ENV,
+        timeout=120,
+    )
+    assert len(set(names.stdout.split())) == 2, names.stdout + names.stderr
+
+
+def test_two_nodes_form_one_job_with_tp_and_pp(slurm, tmp_path, tiny_ckpt, ko_data):
+    """``srun -N 2 -n 4``: TP=2 x PP=2 across two Slurm nodes (two network namespaces, two
+    hostnames) trains as the same layout under one torchrun on one node."""
+    two_nodes(slurm)
+    flags = ["--train-iters", "3", "--lr", "1e-2", "--tensor-model-parallel-size", "2"]
+    flags += ["--pipeline-model-parallel-size", "2"]
+    reference = pretrain(tiny_ckpt, tmp_path / "torchrun", ko_data, *flags, nproc=4)
+    metrics, save = tmp_path / "srun.jsonl", tmp_path / "srun"
+    args = ["--load", str(tiny_ckpt), "--save", str(save), "--data-path", ko_data, *SMALL]
+    cmd = ["srun", "-N", "2", "-n", "4", "--ntasks-per-node=2", "--kill-on-bad-exit=1"]
+    cmd += ["--time=10", PYTHON, "pretrain_motif.py", *args, "--metrics-file", str(metrics)]
+    result = subprocess.run(
+        [*cmd, *flags], cwd=ROOT, env=CLEAN_ENV, capture_output=True, text=True, timeout=600
+    )
+    assert "4 ranks on 2 hosts (motif-n1 x2, motif-n2 x2)" in ok(result)
+    got = steps(metrics)
+    assert [r["iteration"] for r in got] == [1, 2, 3]
+    assert max(abs(a["loss"] - b["loss"]) for a, b in zip(got, reference, strict=True)) < 1e-6
+    assert (save / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
+
+
 def sbatch(*args: str, timeout: int = 900) -> str:
     """``sbatch --wait``; returns the job's output file's text."""
     out = subprocess.run(
@@ -146,6 +216,59 @@ def test_sbatch_pretrain_runs_the_demo_config(slurm, tmp_path, widened, ko_data)
     assert [r["iteration"] for r in got] == list(range(1, 25))
     assert [got[0]["stage"], got[-1]["stage"]] == ["llama-pro+eeve-3", "full"]
     assert got[-1]["msg_mask"] == 1.0
+
+
+FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY")
+
+
+def wait_for_job(job: str, timeout: float) -> str:
+    """Poll ``scontrol show job`` until the job reaches a final state (a requeued job passes
+    through REQUEUED and PENDING again); returns its record."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        shown = subprocess.run(
+            ["scontrol", "show", "job", job], capture_output=True, text=True, env=CLEAN_ENV
+        ).stdout
+        if any(f"JobState={state} " in shown for state in FINAL_STATES):
+            return shown
+        time.sleep(2)
+    subprocess.run(["scancel", job], env=CLEAN_ENV)
+    raise AssertionError(f"job {job} did not end within {timeout} s")
+
+
+def test_a_time_limited_job_requeues_itself_until_the_run_is_complete(
+    slurm, tmp_path, tiny_ckpt, ko_data
+):
+    """pretrain.sbatch on two nodes with a two-minute time limit and SIGUSR1 30 s before it (Slurm
+    may send it up to 60 s earlier): at each limit the run saves and exits 3, the script
+    requeues the job (same id), and the job resumes on whichever nodes it gets until it ends at
+    --train-iters with the uninterrupted run's losses; only then does it exit 0."""
+    two_nodes(slurm)
+    flags = ["--train-iters", "120", "--lr", "1e-3", "--save-interval", "40", *SMALL]
+    save, log = tmp_path / "cut", tmp_path / "job.out"
+    submitted = subprocess.run(
+        [
+            *("sbatch", "--parsable", f"--export=ALL,LOAD={tiny_ckpt},SAVE={save},DATA={ko_data}"),
+            *("--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1"),
+            *("--time=2", "--signal=USR1@30", "--open-mode=append", f"--output={log}"),
+            *("examples/slurm/pretrain.sbatch", *flags),
+        ],
+        cwd=ROOT,
+        env=CLEAN_ENV,
+        capture_output=True,
+        text=True,
+    )
+    job = ok(submitted).strip().split(";")[0]
+    whole = pretrain(tiny_ckpt, tmp_path / "whole", ko_data, *flags, nproc=2)  # meanwhile
+    state = wait_for_job(job, timeout=1500)
+    text = log.read_text()
+    assert "JobState=COMPLETED" in state and "ExitCode=0:0" in state, state + text[-3000:]
+    assert text.count(f"requeueing job {job}") >= 1, text[-3000:]
+    assert "2 ranks on 2 hosts" in text
+    assert (save / "latest_checkpointed_iteration.txt").read_text().strip() == "120"
+    got = steps(save / "metrics.jsonl")
+    assert [r["iteration"] for r in got] == list(range(1, 121))
+    assert max(abs(a["loss"] - b["loss"]) for a, b in zip(got, whole, strict=True)) < 1e-6
 
 
 def test_recipe_chains_dependent_jobs(slurm, tmp_path, tiny_hf, ko_data):
@@ -191,22 +314,19 @@ def test_recipe_chains_dependent_jobs(slurm, tmp_path, tiny_hf, ko_data):
 
 
 def test_sigterm_saves_the_current_iteration_and_resumes_bitwise(tmp_path, tiny_ckpt, ko_data):
+    """SIGTERM mid-run: the iteration finishes and is saved; a second SIGTERM and a SIGUSR1
+    during that (slowed) save are recorded, not fatal; the run exits 3 with its checkpoint
+    published. Consumers refuse the cut checkpoint in one line; a leftover unfinished save is
+    removed at the next start, which resumes to the uninterrupted run's losses."""
     flags = ["--train-iters", "8", "--lr", "1e-2", "--lr-warmup-iters", "2", *SMALL]
     whole = pretrain(tiny_ckpt, tmp_path / "whole", ko_data, *flags)
-    metrics = tmp_path / "cut.jsonl"
-    cmd = [
-        PYTHON,
-        str(ROOT / "pretrain_motif.py"),
-        "--load",
-        str(tiny_ckpt),
-        "--data-path",
-        ko_data,
-    ]
-    cmd += ["--save", str(tmp_path / "cut"), "--metrics-file", str(metrics), *flags]
+    metrics, save = tmp_path / "cut.jsonl", tmp_path / "cut"
+    cmd = [PYTHON, str(ROOT / "pretrain_motif.py"), "--load", str(tiny_ckpt), "--data-path"]
+    cmd += [ko_data, "--save", str(save), "--metrics-file", str(metrics), *flags]
     proc = subprocess.Popen(
-        [*cmd, "--exit-signal-handler"],
+        [*cmd, "--exit-signal-handler", "--distributed-timeout-minutes", "5"],
         cwd=ROOT,
-        env=CLEAN_ENV,
+        env={**CLEAN_ENV, "MOTIF_TEST_SAVE_DELAY": "4"},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -218,20 +338,51 @@ def test_sigterm_saves_the_current_iteration_and_resumes_bitwise(tmp_path, tiny_
         time.sleep(0.02)
     assert proc.poll() is None, "the run ended before the signal"
     proc.send_signal(signal.SIGTERM)
+    while time.time() < deadline and proc.poll() is None and not list(save.glob("iter_*.tmp")):
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before its final save"
+    proc.send_signal(signal.SIGTERM)  # during the save: Slurm's TERM after USR1, a scancel
+    proc.send_signal(signal.SIGUSR1)
     stdout, stderr = proc.communicate(timeout=300)
-    assert proc.returncode == 0, stderr[-3000:]
-    stopped = steps(metrics)[-1]["iteration"]
-    assert 3 <= stopped < 8
-    tracker = tmp_path / "cut/latest_checkpointed_iteration.txt"
-    assert tracker.read_text().strip() == str(stopped)
-    assert "received SIGTERM" in stdout
-    ok(subprocess.run(cmd, cwd=ROOT, env=CLEAN_ENV, capture_output=True, text=True, timeout=600))
+    stopped_at = steps(metrics)[-1]["iteration"]
+    assert 3 <= stopped_at < 8
+    assert proc.returncode == 3, stderr[-3000:]
+    assert (
+        stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"stopped: received SIGTERM at iteration {stopped_at} of --train-iters 8; saved to"
+        )
+    )
+    assert (save / "latest_checkpointed_iteration.txt").read_text().strip() == str(stopped_at)
+    assert "received SIGTERM" in stdout and not list(save.glob("*.tmp"))
+
+    refused = run(["tools/convert_hf.py", "export", "--load", str(save), "--out", str(tmp_path)])
+    last = refused.stderr.strip().splitlines()[-1]
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert (
+        f"iteration {stopped_at} of a run with --train-iters 8" in last
+        and "--allow-partial" in last
+    )
+    finalize = ["tools/expand_checkpoint.py", "--load", str(save), "--save", str(tmp_path / "f")]
+    refused = run([*finalize, "--finalize"])
+    assert refused.returncode == 2 and "--allow-partial" in refused.stderr.strip().splitlines()[-1]
+    sft = ["posttrain_motif.py", "sft", "--load", str(save), "--sft-data", "x", *SMALL]
+    refused = run([*sft, "--save", str(tmp_path / "sft")])
+    assert refused.returncode == 2 and "--allow-partial" in refused.stderr.strip().splitlines()[-1]
+    export = ["tools/convert_hf.py", "export", "--load", str(save), "--out", str(tmp_path / "hf")]
+    ok(run([*export, "--allow-partial"]))
+
+    (save / "iter_0000009.tmp").mkdir()  # a save killed before it was published
+    resumed = subprocess.run(cmd, cwd=ROOT, env=CLEAN_ENV, capture_output=True, text=True)
+    assert "removed iter_0000009.tmp" in ok(resumed) and not (save / "iter_0000009.tmp").exists()
     assert steps(metrics) == whole
 
 
 def test_exit_duration_saves_and_stops(tmp_path, tiny_ckpt, ko_data):
     save = tmp_path / "run"
-    got = pretrain(tiny_ckpt, save, ko_data, "--train-iters", "6", "--exit-duration-in-mins", "0")
+    flags = ["--train-iters", "6", "--exit-duration-in-mins", "0"]
+    got = pretrain(tiny_ckpt, save, ko_data, *flags, cut=True)
     assert [r["iteration"] for r in got] == [1]
     assert (save / "latest_checkpointed_iteration.txt").read_text().strip() == "1"
 
@@ -256,9 +407,8 @@ def test_resume_on_fewer_data_parallel_ranks_keeps_optimizer_and_schedule(
     flags = ["--train-iters", "8", *SCHEDULE]
     whole = pretrain(tiny_ckpt, tmp_path / "whole", ko_data, *flags, nproc=2)
     save = tmp_path / "elastic"
-    pretrain(
-        tiny_ckpt, save, ko_data, *flags, "--save-interval", "4", "--exit-interval", "4", nproc=2
-    )
+    cut = ["--save-interval", "4", "--exit-interval", "4"]
+    pretrain(tiny_ckpt, save, ko_data, *flags, *cut, nproc=2, cut=True)
     args = ["pretrain_motif.py", "--load", str(tiny_ckpt), "--save", str(save)]
     log = run([*args, "--data-path", ko_data, "--metrics-file", f"{save}.jsonl", *SMALL, *flags])
     ok(log)
@@ -285,6 +435,55 @@ def test_a_changed_schedule_on_resume_is_refused_or_overridden(tmp_path, tiny_ck
     # the last 4 iterations follow the 8-iteration cosine, not the old schedule's --min-lr
     assert [r["lr"] for r in extended[4:]] == pytest.approx([r["lr"] for r in whole[4:]], rel=1e-12)
     assert extended[-1]["lr"] > 1e-3
+    # 4 -> 8 iterations stayed inside one epoch of the shards (the same order, checked by its
+    # digest); 100,000 would need more epochs, which Megatron shuffles together: refused
+    longer = [*base[: base.index("--train-iters") + 1], "100000", *SCHEDULE]
+    refused = run([*longer, "--override-opt_param-scheduler"])
+    last = refused.stderr.strip().splitlines()[-1]
+    assert refused.returncode == 2 and "trained with --train-iters 8" in last, last
+
+
+def test_saves_spread_over_data_parallel_ranks_and_async_saves_resume(
+    tmp_path, tiny_ckpt, ko_data, tp1_reference
+):
+    """At DP=2 both ranks write half of each checkpoint (Megatron-LM's fully parallel save);
+    with --async-save a run cut at iteration 2 publishes that save before it exits, and
+    resuming (fully parallel load, async saves) ends at TP1's losses."""
+    save = tmp_path / "dp2"
+    flags = [*TP1_FLAGS, "--save-interval", "2", "--async-save"]
+    first = pretrain(tiny_ckpt, save, ko_data, *flags, "--exit-interval", "2", nproc=2, cut=True)
+    assert [r["iteration"] for r in first] == [1, 2]
+    written = {rank: 0 for rank in (0, 1)}
+    for shard in (save / "iter_0000002").glob("__*_*.distcp"):
+        written[int(shard.name[2:].split("_")[0])] += shard.stat().st_size
+    assert min(written.values()) > 0.4 * sum(written.values()), written
+    resumed = pretrain(tiny_ckpt, save, ko_data, *flags, "--ckpt-fully-parallel-load", nproc=2)
+    assert [r["iteration"] for r in resumed] == [1, 2, 3, 4]
+    assert (save / "latest_checkpointed_iteration.txt").read_text().strip() == "4"
+    reference = [r["loss"] for r in steps(tp1_reference)]
+    assert max(abs(a["loss"] - b) for a, b in zip(resumed, reference, strict=True)) < 1e-5
+
+
+def test_a_nan_stops_the_run_before_it_is_saved(tmp_path, tiny_ckpt, ko_data):
+    """--check-for-nan-in-loss-and-grad (on by default): at --lr 1e30 the first update puts the
+    weights near 1e30 and the second iteration overflows; the run stops there in one line,
+    iteration 1's checkpoint the last on disk. Without the check it trains on NaN."""
+    flags = ["--train-iters", "3", "--lr", "1e30", "--save-interval", "1"]
+    args = ["pretrain_motif.py", "--load", str(tiny_ckpt), "--data-path", ko_data, *SMALL]
+    save = tmp_path / "checked"
+    result = run([*args, *flags, "--save", str(save), "--metrics-file", f"{save}.jsonl"])
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert last.startswith("error: iteration 2: ") and "nan" in last, last
+    assert "its last checkpoint is iteration 1" in last, last
+    assert (save / "latest_checkpointed_iteration.txt").read_text().strip() == "1"
+    assert sorted(p.name for p in save.glob("iter_*")) == ["iter_0000001"]
+    assert [r["iteration"] for r in records(Path(f"{save}.jsonl"))] == [1]
+    unchecked = pretrain_records(
+        tiny_ckpt, tmp_path / "unchecked", ko_data, *flags, "--no-check-for-nan-in-loss-and-grad"
+    )
+    assert [r["iteration"] for r in unchecked] == [1, 2, 3]
+    assert any(r["grad_norm"] != r["grad_norm"] for r in unchecked[1:])  # NaN
 
 
 def test_keep_latest_checkpoints(tmp_path, tiny_ckpt, ko_data):
@@ -293,3 +492,61 @@ def test_keep_latest_checkpoints(tmp_path, tiny_ckpt, ko_data):
     pretrain(tiny_ckpt, save, ko_data, *flags)
     assert sorted(p.name for p in save.glob("iter_*")) == ["iter_0000004", "iter_0000005"]
     assert (save / "latest_checkpointed_iteration.txt").read_text().strip() == "5"
+
+
+# ----------------------------------------------------------------------------- launchers
+
+LAUNCHERS = ["python", "torchrun-1", "torchrun-2", "srun-2"]
+
+
+def launch(launcher: str, script: str, *args: str) -> subprocess.CompletedProcess:
+    """``script`` started as users start it: plain python, torchrun with 1 or 2 processes, or
+    ``srun -n 2`` on the local Slurm cluster."""
+    if launcher == "python":
+        return run([script, *args], fresh=True)
+    if launcher.startswith("torchrun"):
+        return run([script, *args], nproc=int(launcher[-1]), torchrun=True)
+    cmd = ["srun", "-n", "2", "--kill-on-bad-exit=1", "--time=10", PYTHON, script, *args]
+    return subprocess.run(cmd, cwd=ROOT, env=CLEAN_ENV, capture_output=True, text=True, timeout=600)
+
+
+def entry_points(launcher: str, tmp: Path, tiny_hf, tiny_ckpt) -> dict:
+    """posttrain_motif.py (SFT), tools/check_equivalence.py and tools/evaluate.py under one
+    launcher, at TP=2 when it starts two processes; returns their numbers."""
+    tp = ["--tp", "2"] if launcher.endswith("2") else []
+    hf = ["--hf-dir", str(tiny_hf), "--load", str(tiny_ckpt), "--atol", "1e-4"]
+    diff = max_abs_diff(ok(launch(launcher, "tools/check_equivalence.py", *hf, *tp)))
+    corpus, sft = tmp / "ko.jsonl", tmp / "sft.jsonl"
+    corpus.write_text(
+        "".join(json.dumps({"text": f"한국어 문장 {i}입니다."}) + "\n" for i in range(4))
+    )
+    sft.write_text("\n".join([json.dumps({"prompt": "안녕?", "completion": "안녕하세요."})] * 8))
+    evaluate = ["--load", f"m={tiny_ckpt}", "--text", f"ko={corpus}", "--out", str(tmp / "e")]
+    ok(launch(launcher, "tools/evaluate.py", *evaluate, *tp))
+    report = json.loads((tmp / "e/evaluation.json").read_text())
+    post = ["sft", "--load", str(tiny_ckpt), "--save", str(tmp / "s"), "--sft-data", str(sft)]
+    post += ["--train-iters", "2", "--lr", "1e-3", "--metrics-file", str(tmp / "s.jsonl"), *SMALL]
+    post += ["--tensor-model-parallel-size", "2"] if tp else []
+    ok(launch(launcher, "posttrain_motif.py", *post))
+    losses = [r["loss"] for r in records(tmp / "s.jsonl") if "loss" in r]
+    return {"diff": diff, "ppl": report["checkpoints"]["m"]["ko"]["ppl"], "sft": losses}
+
+
+@pytest.fixture(scope="module")
+def plain_python(tmp_path_factory, tiny_hf, tiny_ckpt) -> dict:
+    return entry_points("python", tmp_path_factory.mktemp("python"), tiny_hf, tiny_ckpt)
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS[1:])
+def test_entry_points_start_under_every_launcher(
+    request, launcher, tmp_path, tiny_hf, tiny_ckpt, plain_python
+):
+    """Each entry point but pretrain_motif.py (tested under each launcher above) started with
+    torchrun (1 and 2 processes) and srun gives plain python's numbers."""
+    if launcher.startswith("srun"):
+        request.getfixturevalue("slurm")
+    got = entry_points(launcher, tmp_path, tiny_hf, tiny_ckpt)
+    assert plain_python["diff"] < 1e-4 and got["diff"] < 1e-4
+    assert got["ppl"] == pytest.approx(plain_python["ppl"], rel=1e-5)
+    assert len(got["sft"]) == 2
+    assert got["sft"] == pytest.approx(plain_python["sft"], abs=1e-5)

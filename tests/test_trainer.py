@@ -295,9 +295,8 @@ def test_lora_stage_matches_across_tp_merges_and_resumes(tmp_path, tiny_ckpt, ko
     )
     assert staged[3]["stage"] == "full" and abs(staged[3]["loss"] - tp1[3]["loss"]) < 1e-6
     # resuming inside the LoRA stage restores base, adapters and moments
-    train(
-        tiny_ckpt, tmp_path / "cut", ko_data, *flags, "--save-interval", "2", "--exit-interval", "2"
-    )
+    cut = ["--save-interval", "2", "--exit-interval", "2"]
+    train(tiny_ckpt, tmp_path / "cut", ko_data, *flags, *cut, cut=True)
     other_scale = [*SMALL, "--data-path", ko_data, *flags, "--lora-alpha", "16"]
     refused = run(
         [
@@ -346,7 +345,7 @@ def test_lora_checkpoint_resumes_at_another_tp(tmp_path, tiny_ckpt, ko_data):
     tp2 = ["--tensor-model-parallel-size", "2"]
     whole = train(tiny_ckpt, tmp_path / "whole", ko_data, *flags, *tp2, nproc=2)
     cut = ["--exit-interval", "2"]
-    train(tiny_ckpt, tmp_path / "cut", ko_data, *flags, *tp2, *cut, nproc=2)
+    train(tiny_ckpt, tmp_path / "cut", ko_data, *flags, *tp2, *cut, nproc=2, cut=True)
     resumed = train(tiny_ckpt, tmp_path / "cut", ko_data, *flags)
     third = [r for r in resumed if r.get("iteration") == 3]
     assert len(third) == 1 and whole[2]["iteration"] == 3

@@ -15,6 +15,9 @@ from motif_megatron.memory import return_freed_memory
 
 
 def parse_args() -> argparse.Namespace:
+    from motif_megatron.cli import add_fields
+    from motif_megatron.training.arguments import TrainConfig
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -44,6 +47,7 @@ def parse_args() -> argparse.Namespace:
     exp.add_argument("--load", required=True, help="checkpoint root (or one iteration folder)")
     exp.add_argument("--out", required=True, help="HF directory to write")
     exp.add_argument("--max-shard-size-gb", type=float, default=5.0, help="safetensors shard size")
+    add_fields(exp, TrainConfig, only=("allow_partial",))
     return parser.parse_args()
 
 
@@ -60,7 +64,9 @@ def main() -> None:
         )
         print(f"wrote Megatron checkpoint {out}")
     else:
-        out = convert.export_hf(args.load, args.out, int(args.max_shard_size_gb * 1024**3))
+        shard_bytes = int(args.max_shard_size_gb * 1024**3)
+        allow_partial = getattr(args, "allow_partial", False)
+        out = convert.export_hf(args.load, args.out, shard_bytes, allow_partial)
         print(f"wrote HF model {out}")
 
 

@@ -19,6 +19,7 @@ from motif_megatron.memory import return_freed_memory
 def parse_args() -> argparse.Namespace:
     from motif_megatron.cli import add_fields
     from motif_megatron.growth.request import GrowthRequest
+    from motif_megatron.training.arguments import TrainConfig
 
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -26,6 +27,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--load", required=True, help="source checkpoint root")
     p.add_argument("--save", required=True, help="grown checkpoint root to write")
     add_fields(p, GrowthRequest)
+    add_fields(p, TrainConfig, only=("allow_partial",))
     return p.parse_args()
 
 
@@ -44,7 +46,7 @@ def main() -> None:
         )
     from motif_megatron.growth.transform import describe, grow
 
-    summary = grow(args.load, args.save, request)
+    summary = grow(args.load, args.save, request, getattr(args, "allow_partial", False))
     print(
         f"wrote {args.save}: {summary['layers']} layers, vocab {summary['vocab_size']}, "
         f"growth: {describe(summary['growth'])}; peak RSS {summary['peak_rss_mb']:.0f} MB "

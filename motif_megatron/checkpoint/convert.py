@@ -125,9 +125,16 @@ def import_hf(
     return out
 
 
-def export_hf(load: str | Path, out: str | Path, max_shard_bytes: int = 5 * 1024**3) -> Path:
-    """Convert a Megatron checkpoint into an HF ``LlamaForCausalLM`` directory at ``out``."""
+def export_hf(
+    load: str | Path,
+    out: str | Path,
+    max_shard_bytes: int = 5 * 1024**3,
+    allow_partial: bool = False,
+) -> Path:
+    """Convert a Megatron checkpoint into an HF ``LlamaForCausalLM`` directory at ``out``
+    (a training checkpoint cut before its ``--train-iters`` needs ``allow_partial``)."""
     parallel.init_distributed("gloo")  # host memory only, even on a GPU node
+    dist.check_complete(load, allow_partial)
     root, out = dist.root_of(load), Path(out)
     args = LlamaArgs.load(root)
     reader = dist.CheckpointReader(load)

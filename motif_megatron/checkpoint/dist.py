@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +33,9 @@ from motif_megatron.model.lora import local_shard
 
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
 RELEASE = "release"
+SAVE_DELAY_ENV = "MOTIF_TEST_SAVE_DELAY"
+"""Seconds a written save waits before it is published: a test hook that makes a signal during
+a save easy to aim at."""
 
 
 def iteration_dir(root: str | Path, iteration: int | None) -> Path:
@@ -59,6 +63,21 @@ def resolve(load: str | Path) -> Path:
             f"{path / TRACKER_FILE} points to {ckpt.name}, which is missing or incomplete"
         )
     return ckpt
+
+
+def check_complete(load: str | Path, allow_partial: bool = False) -> None:
+    """Refuse a training checkpoint saved before its run's ``--train-iters`` (a run cut by its
+    time limit: schedule, MSG ramp and data unfinished) unless ``allow_partial``; converted,
+    grown and complete checkpoints pass."""
+    from megatron.core import dist_checkpointing
+
+    loop = dist_checkpointing.load_common_state_dict(str(resolve(load))).get("loop") or {}
+    done, total = loop.get("iteration"), loop.get("train_iters")
+    if total is not None and done < total and not allow_partial:
+        raise UserError(
+            f"{load} is iteration {done} of a run with --train-iters {total}, stopped before its "
+            "end: resume that run to finish it, or pass --allow-partial to use it as it is"
+        )
 
 
 def root_of(load: str | Path) -> Path:
@@ -93,15 +112,49 @@ def _tmp_dir(final: Path) -> Path:
     return tmp
 
 
-def save(sharded_state_dict: dict, root: str | Path, iteration: int | None = None) -> Path:
-    """Save a sharded state dict (model, optimizer, ...) atomically under ``root``."""
+def save(
+    sharded_state_dict: dict,
+    root: str | Path,
+    iteration: int | None = None,
+    parallel_group=None,
+    asynchronous: bool = False,
+    published: Callable[[], None] | None = None,
+):
+    """Save a sharded state dict (model, optimizer, ...) atomically under ``root``, then call
+    ``published``.
+
+    ``parallel_group`` (the data-parallel group): Megatron-LM's fully parallel save, each
+    replicated tensor written by one rank of the group, spread over all of them.
+    ``asynchronous``: return Megatron-Core's ``AsyncRequest`` whose forked writers run while
+    training goes on; publishing (``metadata.json``, rename, tracker, ``published``) is its
+    last finalize step, so the folder appears only once every rank has written.
+    """
     from megatron.core import dist_checkpointing
+    from megatron.core.dist_checkpointing.serialization import get_default_save_sharded_strategy
+    from megatron.core.dist_checkpointing.strategies.fully_parallel import (
+        FullyParallelSaveStrategyWrapper,
+    )
 
     final = iteration_dir(root, iteration)
     tmp = _tmp_dir(final)
-    dist_checkpointing.save(sharded_state_dict, str(tmp))
-    _publish(tmp, final, Path(root), RELEASE if iteration is None else str(iteration))
-    return final
+    strategy = get_default_save_sharded_strategy()
+    if parallel_group is not None and dist.get_world_size(parallel_group) > 1:
+        strategy = FullyParallelSaveStrategyWrapper(strategy, parallel_group)
+
+    def publish() -> None:
+        time.sleep(float(os.environ.get(SAVE_DELAY_ENV, "0")))
+        _publish(tmp, final, Path(root), RELEASE if iteration is None else str(iteration))
+        if published is not None:
+            published()
+
+    request = dist_checkpointing.save(
+        sharded_state_dict, str(tmp), strategy, async_sharded_save=asynchronous
+    )
+    if not asynchronous:
+        publish()
+        return final
+    request.add_finalize_fn(publish)
+    return request
 
 
 def checkpoint_keys(ckpt_dir: str | Path) -> set[str]:

@@ -43,6 +43,8 @@ _MEGATRON_MODULES = (
     "megatron.core.dist_checkpointing",
     "megatron.core.dist_checkpointing.exchange_utils",
     "megatron.core.dist_checkpointing.strategies.torch",
+    "megatron.core.dist_checkpointing.strategies.fully_parallel",
+    "megatron.core.dist_checkpointing.strategies.async_utils",
     "megatron.core.timers",
     "megatron.core.utils",
 )

@@ -9,7 +9,10 @@ count epochs over it: with ``969,30,1`` and no evaluation, training reads every 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+
+import numpy as np
 
 from motif_megatron.compat import datasets
 from motif_megatron.data import helpers
@@ -122,3 +125,21 @@ def build_datasets(config: GPTDataConfig, samples: tuple[int, int, int]):
     _check_splits(prefixes, dataset_config.split_matrix, list(samples))
     builder = BlendedMegatronDatasetBuilder(GPTDataset, list(samples), lambda: True, dataset_config)
     return builder.build()
+
+
+def data_order(dataset) -> str:
+    """A digest of the sample order of every shard in ``dataset`` (a ``GPTDataset`` or a
+    ``BlendedDataset`` of them).
+
+    Megatron shuffles over all the epochs a run needs, so a run asked for more samples reads
+    the same order exactly when each shard's index arrays are unchanged; the blend's own index is
+    built greedily sample by sample, so a longer blend starts with the shorter one."""
+    digest = hashlib.blake2b(digest_size=16)
+    for part in getattr(dataset, "datasets", [dataset]):
+        for name in ("document_index", "sample_index", "shuffle_index"):
+            array = getattr(part, name)
+            if array is None:  # Megatron maps cached indices lazily
+                array = np.load(getattr(part, f"path_to_{name}"), mmap_mode="r")
+            for start in range(0, len(array), 1 << 22):  # bounded memory at any corpus size
+                digest.update(np.ascontiguousarray(array[start : start + (1 << 22)]).data)
+    return digest.hexdigest()

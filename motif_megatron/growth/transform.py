@@ -48,8 +48,12 @@ def mask_key(reader: dist.CheckpointReader) -> str:
     return key
 
 
-def grow(load: str | Path, save: str | Path, request: GrowthRequest) -> dict:
-    """Write the grown checkpoint root ``save``; returns a summary (also in motif_model.json)."""
+def grow(
+    load: str | Path, save: str | Path, request: GrowthRequest, allow_partial: bool = False
+) -> dict:
+    """Write the grown checkpoint root ``save``; returns a summary (also in motif_model.json).
+    A training checkpoint cut before its ``--train-iters`` needs ``allow_partial``."""
+    dist.check_complete(load, allow_partial)
     root = dist.root_of(load)
     args = LlamaArgs.load(root)
     reader = dist.CheckpointReader(load)

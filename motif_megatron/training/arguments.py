@@ -135,6 +135,17 @@ class TrainConfig:
         0, "delete older iteration checkpoints under --save, keeping the latest N (0: keep all)"
     )
     no_load_optim: bool = option(False, "resume weights only (e.g. at a different TP/PP)")
+    async_save: bool = option(
+        False,
+        "write checkpoints from forked processes while training goes on (torch_dist); each is "
+        "published when every rank has written it",
+    )
+    ckpt_fully_parallel_save: bool = option(
+        True, "spread the writing of replicated tensors over the data-parallel ranks"
+    )
+    ckpt_fully_parallel_load: bool = option(
+        False, "each data-parallel rank reads part of the checkpoint and they exchange the rest"
+    )
     override_opt_param_scheduler: bool = option(
         False,
         "on resume, take the LR schedule (lr, min-lr, warmup, decay) from the flags, keeping the "
@@ -149,10 +160,19 @@ class TrainConfig:
     exit_signal_handler: bool = option(
         False,
         "on SIGTERM or SIGUSR1 (Slurm's preemption and --signal), finish the iteration, save "
-        "and exit 0",
+        "and exit 3 (stopped before --train-iters; the same command resumes)",
     )
     exit_duration_in_mins: float | None = option(
-        None, "save and exit 0 once the run has trained this many minutes"
+        None, "save and exit 3 once the run has trained this many minutes"
+    )
+    check_for_nan_in_loss_and_grad: bool = option(
+        True, "stop at a NaN/Inf loss or gradient norm, in one line, without saving that iteration"
+    )
+    distributed_timeout_minutes: int = option(
+        10, "timeout of collectives (a rank waiting longer for the others fails the job)"
+    )
+    allow_partial: bool = option(
+        False, "start from a checkpoint saved before its run's --train-iters (a cut run)"
     )
     eval_interval: int | None = option(
         None, "evaluate on the validation split every this many iterations"
@@ -163,7 +183,9 @@ class TrainConfig:
         None, "append one JSON line per iteration (and per evaluation)"
     )
     tensorboard_dir: str | None = option(None, "write TensorBoard events here")
-    exit_interval: int | None = option(None, "stop (after saving) at the first multiple of this")
+    exit_interval: int | None = option(
+        None, "stop (after saving, exit 3) at the first multiple of this iteration"
+    )
 
     @property
     def plan(self) -> tuple[StagePlan, ...]:

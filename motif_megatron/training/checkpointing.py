@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from motif_megatron.checkpoint import dist as ckpt
+from motif_megatron.training import preemption
 
 
 def latest_iteration(root: str | Path | None) -> int | None:
@@ -34,6 +35,8 @@ def _rng_state() -> dict:
         "random": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
+        # the default CUDA generator (NEFTune's noise, dropout outside the tracker's regions)
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
         "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
     }
 
@@ -44,6 +47,8 @@ def _set_rng_state(state: dict) -> None:
     random.setstate(state["random"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
     tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
 
 
@@ -86,14 +91,63 @@ def _sharded(model, optimizer, loop_state: dict | None, is_loading: bool) -> dic
     return state
 
 
-def save(root: str | Path, iteration: int, model, optimizer, loop_state: dict) -> Path:
-    """Everything a bitwise resume needs, published atomically as ``iter_{iteration}``."""
-    return ckpt.save(_sharded(model, optimizer, loop_state, False), root, iteration)
+class Saver:
+    """How a run saves: spread over the data-parallel ranks (Megatron-LM's fully parallel save,
+    ``--ckpt-fully-parallel-save``) and, with ``--async-save``, written by forked processes
+    while training goes on. A save is published only when every rank has written it; the next
+    save, a NaN stop and the end of training wait for the one in flight."""
+
+    def __init__(self, root: str | Path, fully_parallel: bool, asynchronous: bool) -> None:
+        from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
+
+        self.root, self.fully_parallel = root, fully_parallel
+        self.queue = AsyncCallsQueue() if asynchronous else None
+
+    def save(self, iteration: int, model, optimizer, loop_state: dict, published) -> None:
+        """Everything a bitwise resume needs as ``iter_{iteration}``; ``published()`` runs on
+        every rank once it is in place."""
+        from megatron.core import parallel_state as ps
+
+        self.wait()
+        group = ps.get_data_parallel_group(with_context_parallel=True)
+        with preemption.held():
+            request = ckpt.save(
+                _sharded(model, optimizer, loop_state, False),
+                self.root,
+                iteration,
+                group if self.fully_parallel else None,
+                self.queue is not None,
+                published,
+            )
+        if self.queue is not None:
+            self.queue.schedule_async_request(request)
+
+    def poll(self) -> None:
+        """Publish the async saves that every rank has finished (one all-reduce)."""
+        if self.queue is not None:
+            self.queue.maybe_finalize_async_calls(blocking=False)
+
+    def wait(self) -> None:
+        """Block until the save in flight is published."""
+        if self.queue is not None:
+            self.queue.maybe_finalize_async_calls(blocking=True)
+
+
+def remove_unfinished(root: str | Path) -> list[Path]:
+    """Delete the ``iter_*.tmp`` folders of saves that were killed before publishing (rank 0
+    deletes, every rank returns them); call it when no save is in flight."""
+    unfinished = sorted(p for p in Path(root).glob("iter_*.tmp") if p.is_dir())
+    if dist.get_rank() == 0:
+        for folder in unfinished:
+            shutil.rmtree(folder, ignore_errors=True)
+    dist.barrier()
+    return unfinished
 
 
 def retain(root: str | Path, keep: int) -> list[Path]:
     """Delete all but the newest ``keep`` iteration folders under ``root`` (never the one the
-    tracker names); rank 0 deletes, every rank returns the deleted folders."""
+    tracker names) and any unfinished save; rank 0 deletes, every rank returns the deleted
+    folders."""
     latest = latest_iteration(root)
     folders = sorted(
         (p for p in Path(root).glob("iter_*") if p.is_dir() and p.name[5:].isdigit()),
@@ -103,8 +157,7 @@ def retain(root: str | Path, keep: int) -> list[Path]:
     if dist.get_rank() == 0:
         for folder in old:
             shutil.rmtree(folder, ignore_errors=True)
-    dist.barrier()
-    return old
+    return old + remove_unfinished(root)
 
 
 def load_loop_state(root: str | Path, iteration: int) -> dict:
@@ -116,9 +169,18 @@ def load_loop_state(root: str | Path, iteration: int) -> dict:
     ]
 
 
-def load(root: str | Path, iteration: int, model, optimizer, with_rng: bool) -> None:
-    """Restore model (and optimizer and RNG, when given) from a training save, in place."""
+def load(
+    root: str | Path, iteration: int, model, optimizer, with_rng: bool, fully_parallel: bool
+) -> None:
+    """Restore model (and optimizer and RNG, when given) from a training save, in place;
+    ``fully_parallel``: each data-parallel rank reads a part and they exchange the rest
+    (Megatron-LM's ``--ckpt-fully-parallel-load``)."""
     from megatron.core import dist_checkpointing
+    from megatron.core import parallel_state as ps
+    from megatron.core.dist_checkpointing.serialization import get_default_load_sharded_strategy
+    from megatron.core.dist_checkpointing.strategies.fully_parallel import (
+        FullyParallelLoadStrategyWrapper,
+    )
 
     folder = ckpt.iteration_dir(root, iteration)
     if optimizer is None and not with_rng:
@@ -127,7 +189,13 @@ def load(root: str | Path, iteration: int, model, optimizer, with_rng: bool) -> 
     state = _sharded(model, optimizer, None, True)
     if not with_rng:
         state.pop("rng_state")
-    loaded = dist_checkpointing.load(state, str(folder))
+    strategy = None
+    if fully_parallel:
+        strategy = FullyParallelLoadStrategyWrapper(
+            get_default_load_sharded_strategy(str(folder)),
+            ps.get_data_parallel_group(with_context_parallel=True),
+        )
+    loaded = dist_checkpointing.load(state, str(folder), strategy)
     model.load_state_dict(loaded["model"])
     if optimizer is not None:
         optimizer.load_state_dict(loaded["optimizer"])

@@ -137,6 +137,8 @@ def train_step(
         for chunk in model_chunks:
             after_grad_sync(chunk.module)
     update_ok, grad_norm, _ = optimizer.step()
+    if grad_norm is None and update_ok:  # --clip-grad 0: the norm is still reported and checked
+        grad_norm = optimizer.get_grad_norm()
     loss = next(iter(reports.values()))
     return {"loss": loss, "grad_norm": grad_norm, "skipped": not update_ok, "reports": reports}
 

@@ -9,13 +9,19 @@ A run whose ``--save`` root holds a training checkpoint resumes from it (``--loa
 the starting point it had); the batch of iteration ``i`` is a function of ``i``, and optimizer,
 scheduler, RNG, stage and plateau state are restored, so the losses continue bitwise. Optimizer
 and RNG state restore at any data-parallel size; a changed LR schedule needs
-``--override-opt_param-scheduler`` or ``--use-checkpoint-opt_param-scheduler``. With
-``--exit-signal-handler`` / ``--exit-duration-in-mins`` the loop saves and returns early.
+``--override-opt_param-scheduler`` or ``--use-checkpoint-opt_param-scheduler``; a changed
+``--train-iters`` only when the data order stays the same.
+
+A run stopped before ``--train-iters`` (``--exit-signal-handler``, ``--exit-duration-in-mins``,
+``--exit-interval``) saves, keeps its signal handlers until that save is published, and raises
+:class:`StoppedEarly` (exit status 3). A NaN or Inf loss or gradient norm stops the run at once
+with nothing saved (``--check-for-nan-in-loss-and-grad``, on by default as in Megatron-LM).
 """
 
 from __future__ import annotations
 
 import gc
+import math
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -25,7 +31,7 @@ import torch
 
 from motif_megatron import parallel
 from motif_megatron.checkpoint import dist as ckpt
-from motif_megatron.errors import UserError
+from motif_megatron.errors import StoppedEarly, UserError
 from motif_megatron.model import lora, schedule
 from motif_megatron.model.builder import BuildOptions, build_model, model_vocab_size
 from motif_megatron.model.llama import LlamaArgs
@@ -106,7 +112,9 @@ class Trainer:
         cfg = self.cfg
         parallel.initialize(
             parallel.ParallelConfig(
-                cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size
+                cfg.tensor_model_parallel_size,
+                cfg.pipeline_model_parallel_size,
+                cfg.distributed_timeout_minutes,
             ),
             seed=cfg.seed,
         )
@@ -127,13 +135,16 @@ class Trainer:
             raise UserError(
                 "--qlora needs CUDA (bitsandbytes 4-bit kernels); train the LoRA stage without it"
             )
+        if self.resume_iteration is None and cfg.load:
+            ckpt.check_complete(cfg.load, cfg.allow_partial)
         self.dp_rank = parallel_state.get_data_parallel_rank()
         self.dp_size = parallel_state.get_data_parallel_world_size()
         self.is_rank0 = torch.distributed.get_rank() == 0
 
     def _setup_data(self) -> None:
-        from motif_megatron.data.gpt import GPTDataConfig, build_datasets
+        from motif_megatron.data.gpt import GPTDataConfig, build_datasets, data_order
 
+        self.data_order = None  # post-training sources do not depend on --train-iters
         if self.data is not None:
             self.train_data, self.valid_data = self.data(self)
             return
@@ -156,6 +167,7 @@ class Trainer:
             (cfg.train_iters * cfg.global_batch_size, evals * cfg.global_batch_size, 0),
         )
         shape = (cfg.global_batch_size, cfg.micro_batch_size, self.dp_rank, self.dp_size)
+        self.data_order = data_order(train)
         self.train_data = BatchSource(train, *shape)
         self.valid_data = BatchSource(valid, *shape) if valid is not None else None
 
@@ -205,6 +217,8 @@ class Trainer:
             "plateau": self.plateau.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "global_batch_size": self.cfg.global_batch_size,
+            "train_iters": self.cfg.train_iters,
+            "data_order": self.data_order,
             "decoupled_lr": [self.cfg.decoupled_lr, self.cfg.decoupled_min_lr],
             "world": [
                 self.cfg.tensor_model_parallel_size,
@@ -216,6 +230,9 @@ class Trainer:
     def _start(self) -> None:
         """Load the starting weights, or everything from the run's own last checkpoint."""
         cfg = self.cfg
+        if cfg.save and Path(cfg.save).is_dir():
+            for folder in checkpointing.remove_unfinished(cfg.save):
+                self.metrics.event(f"removed {folder.name}, a save killed before it was published")
         if self.resume_iteration is None:
             self._enter_stage(load=cfg.load)
             self.metrics.resume_at(0)
@@ -240,6 +257,7 @@ class Trainer:
             self.model,
             self.optimizer if with_optim else None,
             with_rng=same_mp,
+            fully_parallel=cfg.ckpt_fully_parallel_load,
         )
         folder = ckpt.iteration_dir(cfg.save, self.iteration)
         lora.quantize_base(self.model, ckpt.base_from_checkpoint(self.model, folder, False))
@@ -277,6 +295,14 @@ class Trainer:
             raise UserError(
                 f"--save {cfg.save} was trained with --global-batch-size {saved_gbs}; resume "
                 "with the same (the data position is counted in global batches)"
+            )
+        saved_iters = state.get("train_iters", cfg.train_iters)
+        if saved_iters != cfg.train_iters and state.get("data_order") != self.data_order:
+            raise UserError(
+                f"--save {cfg.save} was trained with --train-iters {saved_iters}; at "
+                f"--train-iters {cfg.train_iters} Megatron's shuffle spans another number of "
+                "epochs and the data order would change: resume with the same --train-iters, "
+                f"or start a new --save with --load {cfg.save} --allow-partial"
             )
         # the optimizer's parameter groups carry these LRs: a changed value would split them
         decoupled = state.get("decoupled_lr", [None, None])
@@ -361,19 +387,22 @@ class Trainer:
         if not self.cfg.save:
             return
         engine.sync_params([self.ddp])
-        checkpointing.save(
-            self.cfg.save, self.iteration, self.model, self.optimizer, self._loop_state()
-        )
-        if self.is_rank0:
-            self.args.save(self.cfg.save)
-            tokenizer = self.root / "tokenizer"
-            if tokenizer.is_dir() and Path(self.cfg.save).resolve() != self.root.resolve():
-                copy_tokenizer(tokenizer, Path(self.cfg.save) / "tokenizer")
-        self.metrics.event(f"saved checkpoint at iteration {self.iteration} to {self.cfg.save}")
-        if self.cfg.keep_latest_checkpoints > 0:
-            removed = checkpointing.retain(self.cfg.save, self.cfg.keep_latest_checkpoints)
-            if removed:
-                self.metrics.event(f"removed old checkpoints {', '.join(p.name for p in removed)}")
+        iteration = self.iteration
+
+        def published() -> None:
+            if self.is_rank0:
+                self.args.save(self.cfg.save)
+                tokenizer = self.root / "tokenizer"
+                if tokenizer.is_dir() and Path(self.cfg.save).resolve() != self.root.resolve():
+                    copy_tokenizer(tokenizer, Path(self.cfg.save) / "tokenizer")
+            self.metrics.event(f"saved checkpoint at iteration {iteration} to {self.cfg.save}")
+            if self.cfg.keep_latest_checkpoints > 0:
+                removed = checkpointing.retain(self.cfg.save, self.cfg.keep_latest_checkpoints)
+                if removed:
+                    names = ", ".join(p.name for p in removed)
+                    self.metrics.event(f"removed old checkpoints {names}")
+
+        self.saver.save(iteration, self.model, self.optimizer, self._loop_state(), published)
 
     def _evaluate(self) -> None:
         if self.valid_data is None:
@@ -406,22 +435,63 @@ class Trainer:
         self.scheduler.step(increment=1)
         return result
 
+    def _check_finite(self, result: dict) -> None:
+        """Megatron-LM's ``--check-for-nan-in-loss-and-grad``: the loss and the global gradient
+        norm (the same on every rank) must be finite; a run that met a NaN stops before logging
+        or saving the iteration, so the checkpoints on disk all predate it."""
+        norm = result["grad_norm"]
+        bad = {"loss": result["loss"], "gradient norm": None if norm is None else float(norm)}
+        bad = {k: v for k, v in bad.items() if v is not None and not math.isfinite(v)}
+        if bad:
+            self.saver.wait()  # an earlier iteration's save in flight is still published
+            found = ", ".join(f"{k} {v}" for k, v in bad.items())
+            last = checkpointing.latest_iteration(self.cfg.save)
+            kept = f"its last checkpoint is iteration {last}" if last else "no checkpoint saved"
+            raise UserError(
+                f"iteration {self.iteration}: {found}; stopped without saving it, {kept} "
+                "(--no-check-for-nan-in-loss-and-grad trains on)"
+            )
+
     def train(self) -> None:
+        cfg = self.cfg
+        # the handlers cover start-up and loading, and stay until the last save is published: a
+        # signal then (the SIGTERM after Slurm's USR1, a scancel) is recorded, not fatal
+        with preemption.ExitConditions(cfg.exit_signal_handler, cfg.exit_duration_in_mins) as exits:
+            self._run(exits)
+
+    def _run(self, exits: preemption.ExitConditions) -> None:
         cfg = self.cfg
         self._setup_parallel()
         self.metrics = Metrics(
             cfg.metrics_file, cfg.tensorboard_dir, cfg.log_interval, cfg.train_iters, self.is_rank0
         )
+        self.metrics.event(
+            f"{parallel.hosts()}: TP={cfg.tensor_model_parallel_size} "
+            f"PP={cfg.pipeline_model_parallel_size} DP={self.dp_size}"
+        )
         self._setup_data()
+        self.saver = checkpointing.Saver(
+            cfg.save, cfg.ckpt_fully_parallel_save, cfg.async_save and bool(cfg.save)
+        )
         self._start()
-        with preemption.ExitConditions(cfg.exit_signal_handler, cfg.exit_duration_in_mins) as exits:
-            self._loop(exits)
-        engine.sync_params([self.ddp])  # callers use the trained model next
-        if cfg.save and not (cfg.save_interval and self.iteration % cfg.save_interval == 0):
-            self._save()
-        self.metrics.close()
+        try:
+            stopped = self._loop(exits)
+            engine.sync_params([self.ddp])  # callers use the trained model next
+            if cfg.save and not (cfg.save_interval and self.iteration % cfg.save_interval == 0):
+                self._save()
+            self.saver.wait()
+        finally:
+            self.metrics.close()
+        if stopped:
+            saved = f"saved to {cfg.save}" if cfg.save else "nothing saved (no --save)"
+            raise StoppedEarly(
+                f"{stopped} at iteration {self.iteration} of --train-iters {cfg.train_iters}; "
+                f"{saved}: the same command resumes it"
+            )
 
-    def _loop(self, exits: preemption.ExitConditions) -> None:
+    def _loop(self, exits: preemption.ExitConditions) -> str | None:
+        """Train to ``--train-iters`` (or the end of the stage schedule); returns why it stopped
+        before, or None."""
         cfg = self.cfg
         tokens_per_iter = cfg.global_batch_size * cfg.seq_length
         while self.iteration < cfg.train_iters:
@@ -433,6 +503,8 @@ class Trainer:
             result = self._step()
             elapsed = time.perf_counter() - start
             self.iteration += 1
+            if cfg.check_for_nan_in_loss_and_grad:
+                self._check_finite(result)
             self.plateau.update(result["loss"])
             self.metrics.iteration(
                 {
@@ -457,10 +529,12 @@ class Trainer:
                 self._evaluate()
             if cfg.save_interval and self.iteration % cfg.save_interval == 0:
                 self._save()
-            if cfg.exit_interval and self.iteration % cfg.exit_interval == 0:
-                return
+            self.saver.poll()
             reason = exits.check()
-            if reason:
+            if cfg.exit_interval and self.iteration % cfg.exit_interval == 0:
+                reason = f"--exit-interval {cfg.exit_interval}"
+            if reason and self.iteration < cfg.train_iters:
                 where = "saving and exiting" if cfg.save else "exiting (no --save: nothing saved)"
                 self.metrics.event(f"{reason} at iteration {self.iteration}: {where}")
-                return
+                return reason
+        return None

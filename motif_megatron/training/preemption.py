@@ -1,23 +1,50 @@
 """When to stop early and save: Megatron-LM's ``--exit-signal-handler`` and
 ``--exit-duration-in-mins``.
 
-A signal handler only sets a flag (the iteration in flight finishes); every iteration the ranks
-agree, through one all-reduce, on whether any of them was signalled or ran out of time, so they all
-save the same iteration and exit 0. SIGTERM is what Slurm sends on preemption, ``scancel`` and at
-the time limit; SIGUSR1 is the usual choice for ``sbatch --signal=USR1@SECONDS``.
+A signal handler only records the signal (the iteration in flight finishes); every iteration the
+ranks agree, through one all-reduce, on whether any of them was signalled or ran out of time, so
+they all save the same iteration and exit 3 (``errors.STOPPED_EARLY``). SIGTERM is what Slurm
+sends on preemption, ``scancel`` and at the time limit; SIGUSR1 is the usual choice for
+``sbatch --signal=USR1@SECONDS``. The handlers go in before the heavy imports (:func:`catch`,
+called by the entry point) and stay until the last save is published, so a signal during
+start-up, checkpoint loading or that save is recorded, never fatal. This module imports torch
+only when it checks, so an entry point can install the handlers first.
 """
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
-
-import torch
-import torch.distributed as dist
-
-from motif_megatron import device
+from collections.abc import Iterator
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+_received: list[int] = []
+
+
+def _record(signum: int, frame: object) -> None:
+    _received.append(signum)
+
+
+def catch(argv: list[str]) -> None:
+    """Install the recording handlers now if ``argv`` asks for ``--exit-signal-handler`` (the
+    entry point calls this before importing torch and Megatron)."""
+    if "--exit-signal-handler" in argv:
+        for sig in SIGNALS:
+            signal.signal(sig, _record)
+
+
+@contextlib.contextmanager
+def held() -> Iterator[None]:
+    """Hold SIGTERM and SIGUSR1 in this thread for the block: the helper processes a save
+    starts (its writers, a multiprocessing queue's server) inherit the mask, so the signal Slurm
+    sends to every process of the step cannot kill them midway; held signals reach this
+    process's handlers when the block ends."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 class ExitConditions:
@@ -25,25 +52,31 @@ class ExitConditions:
 
     def __init__(self, handle_signals: bool, duration_mins: float | None) -> None:
         self.handle_signals, self.duration_mins = handle_signals, duration_mins
-        self.signal: int | None = None
         self.start = time.monotonic()
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> ExitConditions:
         if self.handle_signals:
             for sig in SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._on_signal)
+                self._previous[sig] = signal.signal(sig, _record)
         return self
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
-    def _on_signal(self, signum: int, frame: object) -> None:
-        self.signal = self.signal or signum
+    @property
+    def signal(self) -> int | None:
+        """The first signal recorded in this process, also before the block began."""
+        return _received[0] if _received else None
 
     def check(self) -> str | None:
         """Why every rank should save and stop now, or None (the same answer on every rank)."""
+        import torch
+        import torch.distributed as dist
+
+        from motif_megatron import device
+
         if not self.handle_signals and self.duration_mins is None:
             return None
         elapsed = (time.monotonic() - self.start) / 60
