@@ -271,6 +271,44 @@ def test_a_time_limited_job_requeues_itself_until_the_run_is_complete(
     assert max(abs(a["loss"] - b["loss"]) for a, b in zip(got, whole, strict=True)) < 1e-6
 
 
+def test_the_torchrun_layout_passes_sigusr1_on_and_requeues(slurm, tmp_path, tiny_ckpt, ko_data):
+    """LAUNCHER=torchrun: SIGUSR1 sent to the batch shell (``scancel --signal=USR1 --batch``) is
+    trapped and passed to srun, srun to torchrun, torchrun (--signals-to-handle) to its workers;
+    they save and stop, torchrun reports a failure, the script reads the checkpoint and
+    requeues, and the job ends complete with the uninterrupted run's losses."""
+    flags = ["--train-iters", "60", "--lr", "1e-3", *SMALL]
+    save, log = tmp_path / "cut", tmp_path / "job.out"
+    submitted = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            f"--export=ALL,LAUNCHER=torchrun,LOAD={tiny_ckpt},SAVE={save},DATA={ko_data}",
+            *("--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1"),
+            *("--time=10", "--open-mode=append", f"--output={log}"),
+            *("examples/slurm/pretrain.sbatch", *flags),
+        ],
+        cwd=ROOT,
+        env=CLEAN_ENV,
+        capture_output=True,
+        text=True,
+    )
+    job = ok(submitted).strip().split(";")[0]
+    metrics = save / "metrics.jsonl"
+    deadline = time.time() + 600
+    while time.time() < deadline and not (metrics.exists() and len(records(metrics)) >= 5):
+        time.sleep(0.5)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=CLEAN_ENV, check=True)
+    whole = pretrain(tiny_ckpt, tmp_path / "whole", ko_data, *flags, nproc=2)  # meanwhile
+    state = wait_for_job(job, timeout=900)
+    text = log.read_text()
+    assert "JobState=COMPLETED" in state and "Restarts=1" in state, state + text[-3000:]
+    assert "received SIGUSR1" in text and f"requeueing job {job}" in text, text[-3000:]
+    assert "can't honor" not in text  # one torchrun per node, not one per task
+    got = steps(metrics)
+    assert [r["iteration"] for r in got] == list(range(1, 61))
+    assert max(abs(a["loss"] - b["loss"]) for a, b in zip(got, whole, strict=True)) < 1e-6
+
+
 def test_recipe_chains_dependent_jobs(slurm, tmp_path, tiny_hf, ko_data):
     """examples/slurm/recipe.sh: import -> grow -> train -> finalize -> export, each job waiting
     for the one before; the result is an HF model."""

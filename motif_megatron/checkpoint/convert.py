@@ -134,9 +134,9 @@ def export_hf(
     """Convert a Megatron checkpoint into an HF ``LlamaForCausalLM`` directory at ``out``
     (a training checkpoint cut before its ``--train-iters`` needs ``allow_partial``)."""
     parallel.init_distributed("gloo")  # host memory only, even on a GPU node
-    dist.check_complete(load, allow_partial)
     root, out = dist.root_of(load), Path(out)
     args = LlamaArgs.load(root)
+    dist.check_complete(load, allow_partial)
     reader = dist.CheckpointReader(load)
     dtype = reader.dtypes[layout.EMBEDDING[0]]
     h, v = args.hidden_size, args.vocab_size

@@ -53,9 +53,9 @@ def grow(
 ) -> dict:
     """Write the grown checkpoint root ``save``; returns a summary (also in motif_model.json).
     A training checkpoint cut before its ``--train-iters`` needs ``allow_partial``."""
-    dist.check_complete(load, allow_partial)
     root = dist.root_of(load)
     args = LlamaArgs.load(root)
+    dist.check_complete(load, allow_partial)
     reader = dist.CheckpointReader(load)
     layers = [(i, False) for i in range(args.num_hidden_layers)]
     growth = dict(args.growth)
