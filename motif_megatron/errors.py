@@ -17,7 +17,7 @@ class UserError(Exception):
 STOPPED_EARLY = 3
 """Exit status of a run stopped before ``--train-iters`` (signal, ``--exit-duration-in-mins``,
 ``--exit-interval``) with its checkpoint published: the same command resumes it, and
-``pretrain.sbatch`` requeues itself on it. 0 means complete, 2 bad input or a stopped run."""
+``pretrain.sbatch`` requeues itself on it. 0 means complete, 2 bad input or a NaN stop."""
 
 
 class StoppedEarly(Exception):

@@ -85,8 +85,8 @@ def _expand(expression: str) -> list[str]:
 
 def hostnames(nodelist: str) -> list[str]:
     """Every host of a Slurm hostlist, in Slurm's order (``scontrol show hostnames``):
-    ``gpu[003-004,9],rack[1-2]-n[1-2]`` -> gpu003 gpu004 gpu009 rack1-n1 rack1-n2 rack2-n1
-    rack2-n2."""
+    ``gpu[003-004,9],rack[1-2]-n[1-2]`` -> gpu003 gpu004 gpu9 rack1-n1 rack1-n2 rack2-n1
+    rack2-n2 (each range keeps the width of its own first number)."""
     try:
         hosts = [h for part in _split_top(nodelist.strip()) if part for h in _expand(part)]
     except ValueError:
@@ -109,7 +109,8 @@ def launch_from_env(env: Mapping[str, str] = os.environ) -> Launch | None:
     torchrun wins (``srun torchrun`` is one of the documented layouts); a process started by
     ``srun`` reads ``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID`` and meets its peers at
     ``MASTER_ADDR``/``MASTER_PORT`` if set, else at the step's first node on a port derived from
-    the job and step ids (:func:`slurm_port`). A batch script's own shell (no ``SLURM_STEP_ID``) is a plain process."""
+    the job and step ids (:func:`slurm_port`). A batch script's own shell (no
+    ``SLURM_STEP_ID``) is a plain process."""
     if "RANK" in env and "WORLD_SIZE" in env:
         return Launch(
             int(env["RANK"]),

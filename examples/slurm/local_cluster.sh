@@ -49,7 +49,9 @@ pkill -x slurmd 2>/dev/null || true
 sleep 1
 for ns in $(ip netns list 2>/dev/null | awk '/^motif-n[0-9]+/ {print $1}'); do ip netns del "$ns"; done
 ip link del "$BRIDGE" 2>/dev/null || true
-sed -i '/# motif-local-cluster$/d' /etc/hosts
+# rewritten in place: a container's /etc/hosts is often a bind mount that cannot be replaced
+HOSTS=$(grep -v '# motif-local-cluster$' /etc/hosts || true)
+printf '%s\n' "$HOSTS" >/etc/hosts
 
 HOST=$(hostname -s)
 CONF_DIR=/etc/slurm
