@@ -25,6 +25,7 @@ from conftest import (
     run,
 )
 
+from motif_megatron.checkpoint.dist import stop_reason
 from motif_megatron.errors import UserError
 from motif_megatron.parallel import hostnames, launch_from_env
 
@@ -236,6 +237,26 @@ def wait_for_job(job: str, timeout: float) -> str:
     raise AssertionError(f"job {job} did not end within {timeout} s")
 
 
+def submit(save: Path, log: Path, options: list[str], flags: list[str], env: str) -> str:
+    """``sbatch OPTIONS pretrain.sbatch FLAGS`` with SAVE and ``env`` (``,NAME=value...``)
+    exported; returns the job id."""
+    cmd = ["sbatch", "--parsable", f"--export=ALL,SAVE={save}{env}", "--open-mode=append"]
+    cmd += [f"--output={log}", "--gpus-per-node=0", "--cpus-per-task=1", *options]
+    submitted = subprocess.run(
+        [*cmd, "examples/slurm/pretrain.sbatch", *flags],
+        cwd=ROOT,
+        env=CLEAN_ENV,
+        capture_output=True,
+        text=True,
+    )
+    return ok(submitted).strip().split(";")[0]
+
+
+def signal_batch(job: str, name: str) -> None:
+    """Signal the batch shell only, as ``sbatch --signal=B:NAME@...`` does: its trap passes it on."""
+    subprocess.run(["scancel", f"--signal={name}", "--batch", job], env=CLEAN_ENV, check=True)
+
+
 def test_a_time_limited_job_requeues_itself_until_the_run_is_complete(
     slurm, tmp_path, tiny_ckpt, ko_data
 ):
@@ -246,19 +267,8 @@ def test_a_time_limited_job_requeues_itself_until_the_run_is_complete(
     two_nodes(slurm)
     flags = ["--train-iters", "120", "--lr", "1e-3", "--save-interval", "40", *SMALL]
     save, log = tmp_path / "cut", tmp_path / "job.out"
-    submitted = subprocess.run(
-        [
-            *("sbatch", "--parsable", f"--export=ALL,LOAD={tiny_ckpt},SAVE={save},DATA={ko_data}"),
-            *("--nodes=2", "--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=1"),
-            *("--time=2", "--signal=USR1@30", "--open-mode=append", f"--output={log}"),
-            *("examples/slurm/pretrain.sbatch", *flags),
-        ],
-        cwd=ROOT,
-        env=CLEAN_ENV,
-        capture_output=True,
-        text=True,
-    )
-    job = ok(submitted).strip().split(";")[0]
+    options = ["--nodes=2", "--ntasks-per-node=1", "--time=2", "--signal=USR1@30"]
+    job = submit(save, log, options, flags, f",LOAD={tiny_ckpt},DATA={ko_data}")
     whole = pretrain(tiny_ckpt, tmp_path / "whole", ko_data, *flags, nproc=2)  # meanwhile
     state = wait_for_job(job, timeout=1500)
     text = log.read_text()
@@ -271,39 +281,36 @@ def test_a_time_limited_job_requeues_itself_until_the_run_is_complete(
     assert max(abs(a["loss"] - b["loss"]) for a, b in zip(got, whole, strict=True)) < 1e-6
 
 
-def test_the_torchrun_layout_passes_sigusr1_on_and_requeues(slurm, tmp_path, tiny_ckpt, ko_data):
-    """LAUNCHER=torchrun: SIGUSR1 sent to the batch shell (``scancel --signal=USR1 --batch``) is
-    trapped and passed to srun, srun to torchrun, torchrun (--signals-to-handle) to its workers;
-    they save and stop, torchrun reports a failure, the script reads the checkpoint and
-    requeues, and the job ends complete with the uninterrupted run's losses."""
+def test_two_torchrun_nodes_save_through_sigusr1_and_sigterm_and_requeue(
+    slurm, tmp_path, tiny_ckpt, ko_data
+):
+    """LAUNCHER=torchrun on two nodes (c10d rendezvous between them): SIGUSR1 to the batch shell
+    is passed to every rank; they start their final save (slowed by the test hook), and a
+    SIGTERM sent to the batch shell during it (a preemption, ``scancel``) reaches them too: they
+    record it, publish the save and exit; torchrun reports a failure, the script reads the
+    checkpoint and requeues, and the job ends complete with the uninterrupted run's losses."""
+    two_nodes(slurm)
     flags = ["--train-iters", "60", "--lr", "1e-3", *SMALL]
     save, log = tmp_path / "cut", tmp_path / "job.out"
-    submitted = subprocess.run(
-        [
-            "sbatch",
-            "--parsable",
-            f"--export=ALL,LAUNCHER=torchrun,LOAD={tiny_ckpt},SAVE={save},DATA={ko_data}",
-            *("--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1"),
-            *("--time=10", "--open-mode=append", f"--output={log}"),
-            *("examples/slurm/pretrain.sbatch", *flags),
-        ],
-        cwd=ROOT,
-        env=CLEAN_ENV,
-        capture_output=True,
-        text=True,
-    )
-    job = ok(submitted).strip().split(";")[0]
+    env = f",LAUNCHER=torchrun,LOAD={tiny_ckpt},DATA={ko_data},MOTIF_TEST_SAVE_DELAY=8"
+    job = submit(save, log, ["--nodes=2", "--ntasks-per-node=1", "--time=10"], flags, env)
     metrics = save / "metrics.jsonl"
     deadline = time.time() + 600
     while time.time() < deadline and not (metrics.exists() and len(records(metrics)) >= 5):
         time.sleep(0.5)
-    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=CLEAN_ENV, check=True)
+    signal_batch(job, "USR1")
+    while time.time() < deadline and not list(save.glob("iter_*.tmp")):
+        time.sleep(0.1)
+    signal_batch(job, "TERM")  # during the save
     whole = pretrain(tiny_ckpt, tmp_path / "whole", ko_data, *flags, nproc=2)  # meanwhile
     state = wait_for_job(job, timeout=900)
     text = log.read_text()
     assert "JobState=COMPLETED" in state and "Restarts=1" in state, state + text[-3000:]
-    assert "received SIGUSR1" in text and f"requeueing job {job}" in text, text[-3000:]
-    assert "can't honor" not in text  # one torchrun per node, not one per task
+    assert "2 ranks on 2 hosts" in text and "can't honor" not in text  # one torchrun per node
+    stop = next(x for x in text.splitlines() if x.startswith("stopped: received SIGUSR1"))
+    assert "SIGTERM" in stop.split("resumes it")[1], stop  # recorded during the save
+    cut = int(stop.split(" at iteration ")[1].split()[0])
+    assert f"stopped at iteration {cut} before --train-iters; requeueing job {job}" in text
     got = steps(metrics)
     assert [r["iteration"] for r in got] == list(range(1, 61))
     assert max(abs(a["loss"] - b["loss"]) for a, b in zip(got, whole, strict=True)) < 1e-6
@@ -346,6 +353,60 @@ def test_recipe_chains_dependent_jobs(slurm, tmp_path, tiny_hf, ko_data):
     assert (out / "hf/config.json").is_file(), logs
     assert json.loads((out / "hf/config.json").read_text())["hidden_size"] == 80
     assert len(steps(out / "trained/metrics.jsonl")) == 3
+
+
+def recipe(out: Path, **env: str) -> dict[str, str]:
+    """Submit examples/slurm/recipe.sh's chain; returns the job id of each step it submitted."""
+    result = subprocess.run(
+        ["bash", "examples/slurm/recipe.sh"],
+        cwd=ROOT,
+        env={**CLEAN_ENV, "OUT": str(out), "PYTHON": PYTHON, "SBATCH_ARGS": "--time=15", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    ids = ok(result).strip().splitlines()[-2].split()
+    return {k: v for k, v in (pair.split("=") for pair in ids) if v}
+
+
+def test_recipe_on_two_nodes_stops_at_a_nan_and_refuses_to_finalize_its_checkpoint(
+    slurm, tmp_path, tiny_ckpt, ko_data
+):
+    """recipe.sh from its train step (FROM=train) on two nodes with a planted NaN (--lr 1e30):
+    the train job fails with status 2 and is not requeued, the checkpoint before the NaN is the
+    last one saved, and finalize and export never start. Started again at finalize on that
+    checkpoint, the finalize job refuses it in one line naming both iterations."""
+    two_nodes(slurm)
+    out = tmp_path / "recipe"
+    out.mkdir()
+    (out / "grown").symlink_to(tiny_ckpt)
+    flags = ["--train-iters", "3", "--lr", "1e30", "--save-interval", "1", *SMALL]
+    jobs = recipe(
+        out,
+        FROM="train",
+        DATA=ko_data,
+        TRAIN_SBATCH="--nodes=2 --ntasks-per-node=1 --gpus-per-node=0 --cpus-per-task=1",
+        TRAIN_ARGS=" ".join(flags),
+    )
+    assert list(jobs) == ["train", "finalize", "export"]
+    assert "JobState=CANCELLED" in wait_for_job(jobs["export"], timeout=600)
+    state = wait_for_job(jobs["train"], timeout=60)
+    log = next((out / "logs").glob("train-*.out")).read_text()
+    assert "JobState=FAILED" in state and "ExitCode=2:0" in state, state + log[-3000:]
+    assert "Restarts=0" in state and "requeueing" not in log
+    assert "error: iteration 2: " in log and "its last checkpoint is iteration 1" in log, log
+    assert sorted(p.name for p in (out / "trained").glob("iter_*")) == ["iter_0000001"]
+    assert "JobState=CANCELLED" in wait_for_job(jobs["finalize"], timeout=60)
+
+    jobs = recipe(out, FROM="finalize")
+    assert list(jobs) == ["finalize", "export"]
+    assert "JobState=CANCELLED" in wait_for_job(jobs["export"], timeout=600)
+    state = wait_for_job(jobs["finalize"], timeout=60)
+    log = (out / "logs" / f"finalize-{jobs['finalize']}.out").read_text()
+    last = log.strip().splitlines()[-1]
+    assert "JobState=FAILED" in state and "ExitCode=2:0" in state, state + log[-3000:]
+    assert "iteration 1 of a run with --train-iters 3" in last and "--allow-partial" in last, log
+    assert not (out / "final").exists()
 
 
 # ----------------------------------------------------------------------------- preemption
@@ -392,8 +453,11 @@ def test_sigterm_saves_the_current_iteration_and_resumes_bitwise(tmp_path, tiny_
             f"stopped: received SIGTERM at iteration {stopped_at} of --train-iters 8; saved to"
         )
     )
+    later = stderr.strip().splitlines()[-1].split("resumes it")[1]
+    assert "SIGTERM" in later and "SIGUSR1" in later, later  # recorded during the save
     assert (save / "latest_checkpointed_iteration.txt").read_text().strip() == str(stopped_at)
     assert "received SIGTERM" in stdout and not list(save.glob("*.tmp"))
+    assert stop_reason(save) == "received SIGTERM"  # how pretrain.sbatch tells a stop
 
     refused = run(["tools/convert_hf.py", "export", "--load", str(save), "--out", str(tmp_path)])
     last = refused.stderr.strip().splitlines()[-1]
@@ -517,6 +581,7 @@ def test_a_nan_stops_the_run_before_it_is_saved(tmp_path, tiny_ckpt, ko_data):
     assert (save / "latest_checkpointed_iteration.txt").read_text().strip() == "1"
     assert sorted(p.name for p in save.glob("iter_*")) == ["iter_0000001"]
     assert [r["iteration"] for r in records(Path(f"{save}.jsonl"))] == [1]
+    assert stop_reason(save) is None  # a periodic save: pretrain.sbatch never requeues this
     unchecked = pretrain_records(
         tiny_ckpt, tmp_path / "unchecked", ko_data, *flags, "--no-check-for-nan-in-loss-and-grad"
     )
@@ -525,9 +590,28 @@ def test_a_nan_stops_the_run_before_it_is_saved(tmp_path, tiny_ckpt, ko_data):
 
 
 def test_keep_latest_checkpoints(tmp_path, tiny_ckpt, ko_data):
-    save = tmp_path / "run"
+    """Retention keeps the newest two saves and also removes the unfinished save of a killed
+    writer that appears mid-run (planted after iteration 1; each save slowed by the test
+    hook so that later ones remain)."""
+    save, metrics = tmp_path / "run", tmp_path / "run.jsonl"
     flags = ["--train-iters", "5", "--save-interval", "1", "--keep-latest-checkpoints", "2"]
-    pretrain(tiny_ckpt, save, ko_data, *flags)
+    cmd = [PYTHON, "pretrain_motif.py", "--load", str(tiny_ckpt), "--data-path", ko_data]
+    cmd += ["--save", str(save), "--metrics-file", str(metrics), *SMALL, *flags]
+    proc = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env={**CLEAN_ENV, "MOTIF_TEST_SAVE_DELAY": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics.exists() and records(metrics)):
+        time.sleep(0.02)
+    (save / "iter_0000099.tmp").mkdir(parents=True)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "iter_0000099.tmp" in stdout and not (save / "iter_0000099.tmp").exists(), stdout
     assert sorted(p.name for p in save.glob("iter_*")) == ["iter_0000004", "iter_0000005"]
     assert (save / "latest_checkpointed_iteration.txt").read_text().strip() == "5"
 

@@ -69,15 +69,27 @@ def check_complete(load: str | Path, allow_partial: bool = False) -> None:
     """Refuse a training checkpoint saved before its run's ``--train-iters`` (a run cut by its
     time limit: schedule, MSG ramp and data unfinished) unless ``allow_partial``; converted,
     grown and complete checkpoints pass."""
-    from megatron.core import dist_checkpointing
-
-    loop = dist_checkpointing.load_common_state_dict(str(resolve(load))).get("loop") or {}
+    loop = _loop_state(load)
     done, total = loop.get("iteration"), loop.get("train_iters")
     if total is not None and done < total and not allow_partial:
         raise UserError(
             f"{load} is iteration {done} of a run with --train-iters {total}, stopped before its "
             "end: resume that run to finish it, or pass --allow-partial to use it as it is"
         )
+
+
+def stop_reason(load: str | Path) -> str | None:
+    """Why the run that saved ``load`` stopped before its ``--train-iters`` when this is the save
+    that stop made (``received SIGUSR1`` ...); None for any other checkpoint (complete,
+    converted, grown, or a periodic save of a run that went on and failed later)."""
+    return _loop_state(load).get("stopped")
+
+
+def _loop_state(load: str | Path) -> dict:
+    """A checkpoint's training loop state; empty for converted and grown checkpoints."""
+    from megatron.core import dist_checkpointing
+
+    return dist_checkpointing.load_common_state_dict(str(resolve(load))).get("loop") or {}
 
 
 def root_of(load: str | Path) -> Path:

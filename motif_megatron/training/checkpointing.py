@@ -10,8 +10,10 @@ format), so they restore at any data-parallel size but only at the TP/PP they we
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import random
 import shutil
+from multiprocessing.managers import SyncManager
 from pathlib import Path
 
 import numpy as np
@@ -91,17 +93,38 @@ def _sharded(model, optimizer, loop_state: dict | None, is_loading: bool) -> dic
     return state
 
 
+def _start_results_queue() -> None:
+    """Megatron's torch_dist writer returns its write results through a Manager process that it
+    spawns at the first save and keeps. Slurm signals every process of a step (SIGUSR1 before
+    the time limit, SIGTERM on preemption), which would end that helper and fail the save in
+    progress or the next one: start it now, ignoring those signals. A signal that ends it before
+    it ignores them (its first fraction of a second) only costs a retry."""
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    for _ in range(3):
+        if filesystem_async._results_queue is not None:
+            return
+        manager = SyncManager(ctx=mp.get_context("spawn"))
+        try:
+            manager.start(preemption.ignore)
+        except EOFError:
+            continue
+        filesystem_async._results_queue = manager.Queue()
+
+
 class Saver:
     """How a run saves: spread over the data-parallel ranks (Megatron-LM's fully parallel save,
     ``--ckpt-fully-parallel-save``) and, with ``--async-save``, written by forked processes
     while training goes on. A save is published only when every rank has written it; the next
     save, a NaN stop and the end of training wait for the one in flight."""
 
-    def __init__(self, root: str | Path, fully_parallel: bool, asynchronous: bool) -> None:
+    def __init__(self, root: str | Path | None, fully_parallel: bool, asynchronous: bool) -> None:
         from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue
 
         self.root, self.fully_parallel = root, fully_parallel
         self.queue = AsyncCallsQueue() if asynchronous else None
+        if root:
+            _start_results_queue()
 
     def save(self, iteration: int, model, optimizer, loop_state: dict, published) -> None:
         """Everything a bitwise resume needs as ``iter_{iteration}``; ``published()`` runs on

@@ -14,7 +14,8 @@ and RNG state restore at any data-parallel size; a changed LR schedule needs
 
 A run stopped before ``--train-iters`` (``--exit-signal-handler``, ``--exit-duration-in-mins``,
 ``--exit-interval``) saves, keeps its signal handlers until that save is published, and raises
-:class:`StoppedEarly` (exit status 3). A NaN or Inf loss or gradient norm stops the run at once
+:class:`StoppedEarly` (exit status 3); that save records why it was made, which is how
+``pretrain.sbatch`` tells a stop from a failure when a launcher hides the status. A NaN or Inf loss or gradient norm stops the run at once
 with nothing saved (``--check-for-nan-in-loss-and-grad``, on by default as in Megatron-LM).
 """
 
@@ -96,6 +97,7 @@ class Trainer:
             use_distributed_optimizer=config.use_distributed_optimizer,
         )
         self.iteration = 0
+        self.stopped: str | None = None  # why this run stops before --train-iters
         self.stage_index = 0
         self.stage_start = 0
         self.plateau = self._new_plateau()
@@ -218,6 +220,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "global_batch_size": self.cfg.global_batch_size,
             "train_iters": self.cfg.train_iters,
+            "stopped": self.stopped,
             "data_order": self.data_order,
             "decoupled_lr": [self.cfg.decoupled_lr, self.cfg.decoupled_min_lr],
             "world": [
@@ -475,23 +478,25 @@ class Trainer:
         )
         self._start()
         try:
-            stopped = self._loop(exits)
+            self._loop(exits)
             engine.sync_params([self.ddp])  # callers use the trained model next
-            if cfg.save and not (cfg.save_interval and self.iteration % cfg.save_interval == 0):
+            periodic = cfg.save_interval and self.iteration % cfg.save_interval == 0
+            if cfg.save and not (periodic or self.stopped):
                 self._save()
             self.saver.wait()
         finally:
             self.metrics.close()
-        if stopped:
+        if self.stopped:
             saved = f"saved to {cfg.save}" if cfg.save else "nothing saved (no --save)"
+            later = f" ({', '.join(exits.later)} recorded after it)" if exits.later else ""
             raise StoppedEarly(
-                f"{stopped} at iteration {self.iteration} of --train-iters {cfg.train_iters}; "
-                f"{saved}: the same command resumes it"
+                f"{self.stopped} at iteration {self.iteration} of --train-iters {cfg.train_iters}; "
+                f"{saved}: the same command resumes it{later}"
             )
 
-    def _loop(self, exits: preemption.ExitConditions) -> str | None:
-        """Train to ``--train-iters`` (or the end of the stage schedule); returns why it stopped
-        before, or None."""
+    def _loop(self, exits: preemption.ExitConditions) -> None:
+        """Train to ``--train-iters`` (or the end of the stage schedule), or until a stop
+        (``self.stopped``), whose iteration it saves."""
         cfg = self.cfg
         tokens_per_iter = cfg.global_batch_size * cfg.seq_length
         while self.iteration < cfg.train_iters:
@@ -527,14 +532,15 @@ class Trainer:
             )
             if cfg.eval_interval and self.iteration % cfg.eval_interval == 0:
                 self._evaluate()
-            if cfg.save_interval and self.iteration % cfg.save_interval == 0:
-                self._save()
-            self.saver.poll()
             reason = exits.check()
             if cfg.exit_interval and self.iteration % cfg.exit_interval == 0:
                 reason = f"--exit-interval {cfg.exit_interval}"
             if reason and self.iteration < cfg.train_iters:
+                self.stopped = reason
                 where = "saving and exiting" if cfg.save else "exiting (no --save: nothing saved)"
                 self.metrics.event(f"{reason} at iteration {self.iteration}: {where}")
-                return reason
-        return None
+            if self.stopped or (cfg.save_interval and self.iteration % cfg.save_interval == 0):
+                self._save()
+            self.saver.poll()
+            if self.stopped:
+                return

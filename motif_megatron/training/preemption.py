@@ -34,6 +34,13 @@ def catch(argv: list[str]) -> None:
             signal.signal(sig, _record)
 
 
+def ignore() -> None:
+    """Ignore SIGTERM and SIGUSR1 in this process: for a save's long-lived helper processes,
+    which Slurm signals along with every other process of the step."""
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 @contextlib.contextmanager
 def held() -> Iterator[None]:
     """Hold SIGTERM and SIGUSR1 in this thread for the block: the helper processes a save
@@ -69,6 +76,11 @@ class ExitConditions:
     def signal(self) -> int | None:
         """The first signal recorded in this process, also before the block began."""
         return _received[0] if _received else None
+
+    @property
+    def later(self) -> list[str]:
+        """The signals recorded after the first (those that arrived during the final save)."""
+        return [signal.Signals(sig).name for sig in _received[1:]]
 
     def check(self) -> str | None:
         """Why every rank should save and stop now, or None (the same answer on every rank)."""
