@@ -3,6 +3,7 @@ common steps, and Slurm scripts chained by dependencies (run on the real one-nod
 
 from __future__ import annotations
 
+import fcntl
 import json
 import subprocess
 import time
@@ -15,7 +16,7 @@ from conftest import ROOT, ok, run
 STEP = """
 import argparse, pathlib
 p = argparse.ArgumentParser()
-p.add_argument("--out"); p.add_argument("--src"); p.add_argument("--text")
+p.add_argument("--out"); p.add_argument("--src"); p.add_argument("--text"); p.add_argument("--config")
 p.add_argument("--fail-if", default="")
 a = p.parse_args()
 if a.fail_if and pathlib.Path(a.fail_if).exists():
@@ -110,6 +111,76 @@ def test_arms_share_the_steps_they_agree_on(tmp_path):
     assert _value(out, "x", "third") == "ab1" and _value(out, "y", "third") == "ab2"
 
 
+def test_force_and_from_rerun_finished_steps(tmp_path):
+    """--force STEP reruns STEP and every step that reads it (its folder emptied first);
+    --from STEP reruns STEP and every later step; unknown names stop in one line."""
+    recipe, out = _recipe(tmp_path), tmp_path / "out"
+    base = ["tools/run_recipe.py", str(recipe), "--out", str(out)]
+    ok(run(base))
+    second = Path(json.loads((out / "arms" / "main.json").read_text())["second"])
+    (second / "stale.txt").write_text("from an earlier run")
+    ok(run([*base, "--force", "second"]))
+    assert _runs(out) == ["first", "second", "third", "second", "third"]
+    assert not (second / "stale.txt").exists() and _value(out, "main", "third") == "ab1"
+    ok(run([*base, "--from", "third"]))
+    assert _runs(out)[5:] == ["third"]
+    refused = run([*base, "--force", "fourth"])
+    assert refused.returncode == 2
+    assert (
+        refused.stderr.strip().splitlines()[-1] == "error: --force/--from fourth: not a step of toy"
+    )
+
+
+def test_one_runner_at_a_time_and_no_set_that_an_arm_drops(tmp_path):
+    recipe, out = _recipe(tmp_path, 'arms: {x: {}, y: {lr: "2"}}\n'), tmp_path / "out"
+    out.mkdir()
+    with open(out / ".run_recipe.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another runner holds the folder
+        busy = run(["tools/run_recipe.py", str(recipe), "--out", str(out)])
+    last = busy.stderr.strip().splitlines()[-1]
+    assert busy.returncode == 2 and "is in use by another run_recipe.py" in last, last
+    assert not (out / "steps").exists()
+    dropped = run(["tools/run_recipe.py", str(recipe), "--out", str(out), "--set", "lr=5"])
+    last = dropped.stderr.strip().splitlines()[-1]
+    assert dropped.returncode == 2
+    assert (
+        last
+        == "error: --set lr: arm y sets lr itself, which --set cannot replace; change it in recipe.yaml"
+    )
+
+
+def test_the_code_version_and_config_files_are_part_of_a_steps_identity(tmp_path, monkeypatch):
+    """A step's hash changes with the project's git commit (or dirty state) and with the
+    contents of a ``--config`` file its command names; step.json records the version."""
+    from motif_megatron.recipe import runner
+    from motif_megatron.recipe.spec import Recipe
+
+    config = tmp_path / "train.yaml"
+    config.write_text("lr: 1\n")
+    recipe_file = _recipe(tmp_path)
+    text = recipe_file.read_text().replace("--text {lr}", f"--text {{lr}} --config {config}")
+    recipe_file.write_text(text)
+    recipe, out = Recipe.load(recipe_file), tmp_path / "out"
+
+    def digests() -> dict[str, str]:
+        return {j.name: j.digest for j in runner.jobs(recipe, "main", out)}
+
+    before = digests()
+    config.write_text("lr: 2\n")
+    assert digests()["third"] != before["third"] and digests()["second"] == before["second"]
+    version = runner.code_version()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    assert version["commit"] == head.stdout.strip() and isinstance(version["dirty"], bool)
+    changed = {**version, "dirty": not version["dirty"]}
+    monkeypatch.setattr(runner, "code_version", lambda: changed)
+    assert all(digests()[name] != before[name] for name in before)
+    monkeypatch.undo()
+    ok(run(["tools/run_recipe.py", str(recipe_file), "--out", str(out)]))
+    folder = Path(json.loads((out / "arms" / "main.json").read_text())["first"])
+    marker = json.loads((folder / "step.json").read_text())
+    assert marker["code"] == version and marker["allocations"] == 1 and marker["seconds"] > 0
+
+
 def test_slurm_scripts_run_in_dependency_order(tmp_path, slurm):
     recipe, out = (
         _recipe(tmp_path, 'arms: {x: {}, y: {lr: "2"}}\nslurm: {time: "0:05:00"}\n'),
@@ -133,6 +204,9 @@ def test_slurm_scripts_run_in_dependency_order(tmp_path, slurm):
     assert _runs(out)[:2] == ["first", "second"]
     again = ok(run(["tools/run_recipe.py", str(recipe), "--out", str(out), "--dry-run"]))
     assert again.count(": done (") + again.count("shared with") == 6  # Slurm's markers count
+    for marker in (out / "steps").glob("*/step.json"):  # written as a local run writes it
+        record = json.loads(marker.read_text())
+        assert record["allocations"] == 1 and record["seconds"] > 0 and record["nodes"], record
 
 
 def test_the_motif_recipe_dry_runs_with_shared_data_steps(tmp_path):

@@ -1,28 +1,56 @@
 """Run a recipe's arms: each step once per distinct hash, finished steps skipped, or Slurm scripts.
 
-A step runs in ``DIR/steps/<name>-<hash>``; its marker ``step.json`` (hash, command, seconds) is
-written only after the command succeeds, so a failed or interrupted recipe resumes at that step,
-and a recipe extended with new steps or arms runs only what is new. A sweep's candidates run
+A step runs in ``DIR/steps/<name>-<hash>``; its marker ``step.json`` (hash, command, code
+version, nodes, allocations, seconds) is written only after the command succeeds, so a failed or
+interrupted recipe resumes at that step, and a recipe extended with new steps or arms runs only
+what is new. The hash covers the command, the dependencies' hashes, the launcher, the contents of
+the declared inputs and the project's code version (git commit and whether tracked files differ
+from it, else the package version): new code reruns every step. ``--force`` and ``--from`` rerun
+finished steps; one runner at a time holds ``DIR`` (a lock file). A sweep's candidates run
 first (``DIR/sweep.json`` records every score and the value kept per arm); each arm then runs with
 its kept value, so the candidate's steps are reused and only what follows the select step runs.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
 import hashlib
 import json
 import math
+import os
 import shlex
+import shutil
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import motif_megatron
 from motif_megatron.errors import UserError
 from motif_megatron.recipe.spec import Planned, Recipe, fingerprint, render
 
 MARKER = "step.json"
+JOB = "job.json"
+"""What a step runs (hash, argv), written before it starts: the Slurm scripts run it from there."""
+LOCK = ".run_recipe.lock"
+
+
+@functools.cache
+def code_version() -> dict:
+    """The project's version as a step's identity sees it: this checkout's git commit and
+    whether tracked files differ from it, else the installed package's version."""
+    root = Path(motif_megatron.__file__).resolve().parents[1]
+    git = ["git", "-C", str(root)]
+    head = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True)
+    if (root / ".git").exists() and head.returncode == 0:
+        dirty = subprocess.run([*git, "diff", "--quiet", "HEAD", "--"], capture_output=True)
+        return {"commit": head.stdout.strip(), "dirty": dirty.returncode != 0}
+    return {"package": motif_megatron.__version__}
 
 
 @dataclass(frozen=True)
@@ -67,6 +95,7 @@ def jobs(
             ),
             "torchrun": planned.step.torchrun,
             "inputs": [fingerprint(Path(i)) for i in planned.inputs],
+            "code": code_version(),
         }
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
         digests[planned.step.name] = digest
@@ -78,24 +107,91 @@ def _folders(arm_jobs: list[Job]) -> dict[str, str]:
     return {j.name: str(j.folder) for j in arm_jobs}
 
 
-def execute(job: Job, folders: dict[str, str], arm: str) -> None:
+def prepare(job: Job, folders: dict[str, str], again: bool) -> list[str]:
+    """The step's folder with its ``job.json`` (emptied first when it runs ``again``)."""
+    if again and job.folder.exists():
+        shutil.rmtree(job.folder)
     job.folder.mkdir(parents=True, exist_ok=True)
     argv = job.argv(folders)
-    print(f"[{arm}] {job.name}: {shlex.join(argv)}", flush=True)
+    (job.folder / JOB).write_text(json.dumps({"hash": job.digest, "argv": argv}, indent=2))
+    return argv
+
+
+def run_step(folder: Path) -> None:
+    """Run the step prepared in ``folder`` (output to ``log.txt`` and stdout) and write its
+    marker; here or in a Slurm job, where the marker names the job's nodes and allocations."""
+    job = json.loads((folder / JOB).read_text())
     start = time.time()
-    with open(job.folder / "log.txt", "ab") as log:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    with open(folder / "log.txt", "ab") as log:
+        proc = subprocess.Popen(job["argv"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         for line in proc.stdout:
             log.write(line)
             sys.stdout.buffer.write(line)
         sys.stdout.flush()
         if proc.wait():
             raise UserError(
-                f"step {job.name} failed (exit {proc.returncode}): see {job.folder / 'log.txt'}; "
-                "rerun the recipe to resume from it"
+                f"step {folder.name.rsplit('-', 1)[0]} failed (exit {proc.returncode}): see "
+                f"{folder / 'log.txt'}; rerun the recipe to resume from it"
             )
-    marker = {"hash": job.digest, "argv": argv, "seconds": round(time.time() - start, 3)}
-    (job.folder / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    marker = {
+        **job,
+        "code": code_version(),
+        "nodes": os.environ.get("SLURM_JOB_NODELIST", socket.gethostname()),
+        "allocations": int(os.environ.get("SLURM_RESTART_COUNT", "0")) + 1,
+        "seconds": round(time.time() - start, 3),
+    }
+    (folder / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+
+
+def execute(job: Job, folders: dict[str, str], arm: str, again: bool = False) -> None:
+    argv = prepare(job, folders, again)
+    print(f"[{arm}] {job.name}: {shlex.join(argv)}", flush=True)
+    run_step(job.folder)
+
+
+@dataclass(frozen=True)
+class Rerun:
+    """Finished steps to run again: ``force`` (and every step that reads them), and every step
+    from ``start`` on."""
+
+    force: frozenset[str] = frozenset()
+    start: str | None = None
+
+    def check(self, recipe: Recipe) -> None:
+        for name in (*self.force, *([self.start] if self.start else [])):
+            if name not in recipe.steps:
+                raise UserError(f"--force/--from {name}: not a step of {recipe.name}")
+
+    def names(self, arm_jobs: list[Job]) -> set[str]:
+        """The steps of an arm (in run order) to run again."""
+        order = [j.name for j in arm_jobs]
+        again = set(self.force)
+        if self.start in order:
+            again |= set(order[order.index(self.start) :])
+        for job in arm_jobs:
+            if again & set(job.planned.deps):
+                again.add(job.name)
+        return again
+
+
+@contextlib.contextmanager
+def locked(out: Path) -> Iterator[None]:
+    """Hold ``out`` for this runner: a second one on the same folder stops in one line."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise UserError(
+                f"{out} is in use by another run_recipe.py ({handle.read().strip()}): wait for it "
+                "to end, or use another --out"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {time.ctime()}\n")
+        handle.flush()
+        yield
 
 
 def _preview(job: Job, folders: dict[str, str], label: str) -> None:
@@ -108,19 +204,19 @@ def _preview(job: Job, folders: dict[str, str], label: str) -> None:
         print(f"[{label}] {job.name}: preview failed, going on: {lines[-1] if lines else ''}")
 
 
-def _run_arm(label: str, arm_jobs: list[Job], ran: set[str], dry_run: bool) -> None:
-    folders = _folders(arm_jobs)
+def _run_arm(label: str, arm_jobs: list[Job], ran: set[str], dry_run: bool, rerun: Rerun) -> None:
+    folders, again = _folders(arm_jobs), rerun.names(arm_jobs)
     for job in arm_jobs:
-        if job.done():
-            print(f"[{label}] {job.name}: done ({job.folder})")
-        elif job.digest in ran:
+        if job.digest in ran:
             print(f"[{label}] {job.name}: shared with an earlier arm ({job.folder})")
+        elif job.done() and job.name not in again:
+            print(f"[{label}] {job.name}: done ({job.folder})")
         elif dry_run and job.planned.step.dry_run:
             _preview(job, folders, label)
         elif dry_run:
             print(f"[{label}] {job.name}: {shlex.join(job.argv(folders))}")
         else:
-            execute(job, folders, label)
+            execute(job, folders, label, again=job.name in again)
         ran.add(job.digest)
 
 
@@ -172,9 +268,12 @@ def _kept(recipe: Recipe, chosen: dict | None) -> dict[str, dict]:
     return {arm: {recipe.sweep["setting"]: c["kept"]} for arm, c in chosen.items()}
 
 
-def run(recipe: Recipe, out: Path, dry_run: bool = False) -> dict[str, list[Job]]:
+def run(
+    recipe: Recipe, out: Path, dry_run: bool = False, rerun: Rerun = Rerun()
+) -> dict[str, list[Job]]:
     """Every arm's steps in order (after the sweep's candidates, if any); returns the jobs per
     arm (``DIR/arms/<arm>.json`` too)."""
+    rerun.check(recipe)
     ran: set[str] = set()
     chosen = None
     if recipe.sweep:
@@ -182,7 +281,8 @@ def run(recipe: Recipe, out: Path, dry_run: bool = False) -> dict[str, list[Job]
         arm_candidates = candidates(recipe, out)
         for arm, by_value in arm_candidates.items():
             for value, arm_jobs in by_value.items():
-                _run_arm(f"{arm} {recipe.sweep['setting']}={value}", arm_jobs, ran, dry_run)
+                label = f"{arm} {recipe.sweep['setting']}={value}"
+                _run_arm(label, arm_jobs, ran, dry_run, rerun)
         chosen = None if dry_run else choose(recipe, out, arm_candidates)
     kept = _kept(recipe, chosen)
     plans = {arm: jobs(recipe, arm, out, kept.get(arm)) for arm in recipe.arm_names()}
@@ -190,7 +290,7 @@ def run(recipe: Recipe, out: Path, dry_run: bool = False) -> dict[str, list[Job]
         if dry_run and recipe.sweep:
             print(f"[{arm}] then the steps after {recipe.sweep['select']} with the kept value")
             continue
-        _run_arm(arm, arm_jobs, ran, dry_run)
+        _run_arm(arm, arm_jobs, ran, dry_run, rerun)
         folders = _folders(arm_jobs)
         if not dry_run:
             (out / "arms").mkdir(parents=True, exist_ok=True)
@@ -224,9 +324,11 @@ def _slurm_units(recipe: Recipe, out: Path) -> list[tuple[str, list[Job]]]:
     return [(arm, jobs(recipe, arm, out)) for arm in recipe.arm_names()]
 
 
-def write_slurm(recipe: Recipe, out: Path) -> Path:
+def write_slurm(recipe: Recipe, out: Path, rerun: Rerun = Rerun()) -> Path:
     """One sbatch script per step not yet done (shared steps once) and ``submit.sh``, which
-    submits them in order, each after the jobs of its dependencies (``afterok``)."""
+    submits them in order, each after the jobs of its dependencies (``afterok``). A script runs
+    its step as the local runner does (:func:`run_step`: same log and marker)."""
+    rerun.check(recipe)
     folder = out / "slurm"
     folder.mkdir(parents=True, exist_ok=True)
     lines = [
@@ -236,20 +338,19 @@ def write_slurm(recipe: Recipe, out: Path) -> Path:
     ]
     options = "".join(f"#SBATCH --{k.replace('_', '-')}={v}\n" for k, v in recipe.slurm.items())
     submitted: dict[str, str] = {}
+    runner = [sys.executable, str(Path(__file__).resolve().parents[2] / "tools/run_recipe.py")]
     for arm, arm_jobs in _slurm_units(recipe, out):
         folders, by_name = _folders(arm_jobs), {j.name: j for j in arm_jobs}
+        again = rerun.names(arm_jobs)
         for job in arm_jobs:
-            if job.done() or job.digest in submitted:
+            if (job.done() and job.name not in again) or job.digest in submitted:
                 continue
-            argv = job.argv(folders)
-            job.folder.mkdir(parents=True, exist_ok=True)  # Slurm opens --output before the job
-            marker = json.dumps({"hash": job.digest, "argv": argv})
+            prepare(job, folders, job.name in again)  # Slurm opens --output before the job
             script = folder / f"{job.name}-{job.digest}.sbatch"
             script.write_text(
                 f"#!/usr/bin/env bash\n#SBATCH --job-name={recipe.name}-{job.name}\n"
                 f"#SBATCH --output={job.folder}/slurm-%j.out\n{options}set -euo pipefail\n"
-                f"{shlex.join(argv)}\n"
-                f"echo {shlex.quote(marker)} > {shlex.quote(str(job.folder / MARKER))}\n"
+                f"{shlex.join([*runner, '--run-step', str(job.folder)])}\n"
             )
             deps = [
                 submitted[by_name[d].digest]

@@ -16,14 +16,15 @@ a step's input. Each arm runs the steps its targets reach (an arm's own ``target
 recipe's). A ``sweep`` runs every arm up to its ``select`` step once per value of one setting and
 keeps, per arm, the value whose ``select`` step ended with the lowest ``metric`` (default
 ``eval_loss``, the last one in the step's ``metrics.jsonl``). A step is identified by a hash of its
-command with every dependency replaced by that dependency's hash, its launcher and the contents of
-its ``inputs``: arms that agree on a step share it, and a step whose hash has a finished folder is
-not run again.
+command with every dependency replaced by that dependency's hash, its launcher, the contents of
+its ``inputs`` and of every ``--config`` file its command names, and the project's code version:
+arms that agree on a step share it, and a step whose hash has a finished folder is not run again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -104,9 +105,7 @@ class Recipe:
             )
         arms = {k: dict(v or {}) for k, v in (raw.get("arms") or {}).items()}
         settings = dict(raw.get("settings") or {})
-        unknown = sorted(set(overrides or {}) - set(settings))
-        if unknown:
-            raise UserError(f"--set {unknown[0]}: not a setting of {path.name}")
+        _check_overrides(overrides or {}, settings, arms, dict(raw.get("sweep") or {}), path)
         recipe = cls(
             raw.get("name", path.stem),
             steps,
@@ -205,11 +204,39 @@ class Recipe:
             inputs = [self.expand(i, settings) for i in step.inputs]
             if any(d in self.steps for i in inputs for d in _FIELD.findall(i)):
                 raise UserError(f"step {name}: inputs are files; a step's folder is a dependency")
-            order.append(Planned(step, self.expand(step.run, settings), inputs, deps))
+            command = self.expand(step.run, settings)
+            inputs += [c for c in _config_files(command) if c not in inputs]
+            order.append(Planned(step, command, inputs, deps))
 
         for target in targets or self.arm_targets.get(arm, self.targets):
             visit(target, ())
         return order
+
+
+def _check_overrides(
+    overrides: dict, settings: dict, arms: dict[str, dict], sweep: dict, path: Path
+) -> None:
+    """``--set`` names a setting that no arm or sweep replaces (it would be dropped there)."""
+    for name in overrides:
+        if name not in settings:
+            raise UserError(f"--set {name}: not a setting of {path.name}")
+        owners = [arm for arm, values in arms.items() if name in values]
+        if owners:
+            raise UserError(
+                f"--set {name}: arm {owners[0]} sets {name} itself, which --set cannot replace; "
+                f"change it in {path.name}"
+            )
+        if sweep.get("setting") == name:
+            raise UserError(f"--set {name}: the sweep tries its own values of {name}")
+
+
+def _config_files(command: str) -> list[str]:
+    """The files a command's ``--config`` flags name (a step's folder is a dependency instead;
+    a file not there yet, as in a dry run before the data exists, is the command's to report)."""
+    words = shlex.split(command)
+    named = [b for a, b in itertools.pairwise(words) if a == "--config"]
+    named += [w.split("=", 1)[1] for w in words if w.startswith("--config=")]
+    return [c for c in named if not _FIELD.search(c) and Path(c).is_file()]
 
 
 def fingerprint(path: Path) -> str:
