@@ -74,8 +74,9 @@ def test_memory_equals_megatron_lms(row):
     (tests/scripts/megatron_memory_table.py, Megatron-LM core_v0.16.1)."""
     h, f, layers, heads, groups, vocab, tied = TABLE["models"][row["model"]]
     args = LlamaArgs(vocab, h, f, layers, heads, groups, h // heads, tie_word_embeddings=tied)
-    tp, pp, dp, dist_opt, recompute, mbs, seq, microbatches = row["layout"]
-    layout = memory.Layout(tp, pp, dp, dist_opt, recompute)
+    tp, pp, dp, dist_opt, sp, mbs, seq, microbatches, *vpp = row["layout"]
+    # Megatron-LM's rows pair sequence parallelism with selective recomputation
+    layout = memory.Layout(tp, pp, dp, dist_opt, sp, "selective" if sp else "none", *vpp)
     weights = memory.weight_optimizer_bytes(args, layout)
     activations = memory.activation_bytes(args, layout, seq, mbs, microbatches)
     assert weights == pytest.approx(row["weight_optimizer_bytes"], rel=1e-12)
@@ -85,28 +86,50 @@ def test_memory_equals_megatron_lms(row):
 def test_layouts_divide_the_model_and_the_recommended_one_fits_first(tmp_path):
     cluster = ["--gpus", "64", "--global-batch-size", "256", "--train-tokens", "194e9", *CLUSTER]
     plan = _plan(tmp_path, LLAMA3_70B, *MOTIF, *cluster)
-    keys = {"tp", "pp", "dp", "distributed_optimizer", "recompute", "weight_optimizer_bytes"}
-    assert all(keys | {"activation_bytes", "fits"} <= set(r) for r in plan["layouts"])
+    keys = {"tp", "pp", "dp", "vpp", "cp", "sp", "distributed_optimizer", "recompute"}
+    keys |= {"weight_optimizer_bytes", "activation_bytes", "efficiency", "fits"}
+    assert all(keys <= set(r) for r in plan["layouts"])
     for r in plan["layouts"]:
-        assert r["tp"] * r["pp"] * r["dp"] == 64 and r["tp"] <= 8
-        assert 72 % r["tp"] == 0 and 8 % r["tp"] == 0 and 96 % r["pp"] == 0
+        assert r["tp"] * r["cp"] * r["pp"] * r["dp"] == 64 and r["tp"] <= 8
+        assert 72 % r["tp"] == 0 and 8 % r["tp"] == 0 and 96 % (r["pp"] * r["vpp"]) == 0
+        assert 8192 % (2 * r["cp"]) == 0 and r["sp"] == (r["tp"] > 1)
         total = r["weight_optimizer_bytes"] + r["activation_bytes"]
         assert r["fits"] == (total <= 0.9 * 80 * 1024**3)
+        bubble = (r["pp"] - 1) / (r["vpp"] * 256 // r["dp"])
+        recompute = 0.75 if r["recompute"] == "full" else 1
+        assert r["efficiency"] == pytest.approx(recompute / (1 + bubble))
+    kinds = {(r["vpp"] > 1, r["cp"] > 1, r["recompute"]) for r in plan["layouts"]}
+    assert {(True, False, "none"), (False, True, "none"), (False, False, "full")} <= kinds
     best = plan["recommended"]
     assert best in plan["layouts"] and best["fits"]
     fitting = [r for r in plan["layouts"] if r["fits"]]
-    assert all(best["tp"] * best["pp"] <= r["tp"] * r["pp"] for r in fitting)
-    # the distributed optimizer shrinks only the optimizer part: 6 + 12/dp bytes against 18
-    pair = [
-        r
-        for r in plan["layouts"]
-        if (r["tp"], r["pp"], r["recompute"]) == (best["tp"], best["pp"], best["recompute"])
-    ]
+    size = best["tp"] * best["cp"] * best["pp"]
+    assert all(size <= r["tp"] * r["cp"] * r["pp"] for r in fitting)
+    assert all(
+        best["efficiency"] >= r["efficiency"]
+        for r in fitting
+        if r["tp"] * r["cp"] * r["pp"] == size
+    )
+    # the distributed optimizer shrinks only the optimizer part: 6 + 12/(dp cp) bytes against 18
+    same = ("tp", "cp", "pp", "vpp", "recompute")
+    pair = [r for r in plan["layouts"] if all(r[k] == best[k] for k in same)]
     ratio = pair[1]["weight_optimizer_bytes"] / pair[0]["weight_optimizer_bytes"]
-    assert ratio == pytest.approx((6 + 12 / best["dp"]) / 18)
-    # time: Megatron-LM's FLOPs per token at the stated MFU of the data-sheet peak
+    assert ratio == pytest.approx((6 + 12 / (best["dp"] * best["cp"])) / 18)
+    # full recomputation keeps each layer's input and one layer's activations; CP halves the
+    # sequence each GPU holds
+    layout = {k: best[k] for k in ("tp", "pp", "dp", "distributed_optimizer", "sp", "vpp")}
+    args = LlamaArgs(128256, 9216, 30720, 96, 72, 8, 128)
+    micro = 256 // best["dp"]
+    none = memory.activation_bytes(args, memory.Layout(**layout), 8192, 1, micro)
+    full = memory.activation_bytes(args, memory.Layout(**layout, recompute="full"), 8192, 1, micro)
+    halved = memory.activation_bytes(args, memory.Layout(**layout, cp=2), 8192, 1, micro)
+    assert full < none / 5 and halved == pytest.approx(none / 2)
+    # time: Megatron-LM's FLOPs per token at the stated MFU of the data-sheet peak, times the
+    # share the pipeline bubble and recomputation leave
     speed = plan["throughput"]
-    assert speed["tokens_per_s"] == pytest.approx(64 * 989.4e12 * 0.4 / speed["flops_per_token"])
+    assert plan["flops_per_token"] == speed["flops_per_token"]
+    expected = 64 * 989.4e12 * 0.4 / speed["flops_per_token"] * best["efficiency"]
+    assert speed["tokens_per_s"] == pytest.approx(expected)
     assert plan["train_days"] * 86400 * speed["tokens_per_s"] == pytest.approx(194e9)
 
 

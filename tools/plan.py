@@ -78,10 +78,12 @@ def summary(plan: dict) -> list[str]:
         lines.append("recommended: none fits; add GPUs or lower --micro-batch-size/--seq-length")
     else:
         lines.append(
-            f"recommended: TP={best['tp']} PP={best['pp']} DP={best['dp']} distributed optimizer "
-            f"{'on' if best['distributed_optimizer'] else 'off'}, recompute "
-            f"{'selective' if best['recompute'] else 'none'}: weights+optimizer "
-            f"{_gb(best['weight_optimizer_bytes'])} + activations {_gb(best['activation_bytes'])}"
+            f"recommended: TP={best['tp']} CP={best['cp']} PP={best['pp']} VPP={best['vpp']} "
+            f"DP={best['dp']}, sequence parallel {'on' if best['sp'] else 'off'}, distributed "
+            f"optimizer {'on' if best['distributed_optimizer'] else 'off'}, recompute "
+            f"{best['recompute']}: weights+optimizer {_gb(best['weight_optimizer_bytes'])} + "
+            f"activations {_gb(best['activation_bytes'])}, {best['efficiency']:.1%} of the time "
+            "on model FLOPs"
         )
         speed = plan["throughput"]
         line = f"{speed['tokens_per_s']:,.0f} tokens/s at MFU {plan['assumptions']['mfu']:g}"

@@ -1,11 +1,15 @@
 """Every parallel layout of a cluster for a model, whether it fits, and the one to start with.
 
-A layout is ``TP x PP x DP = GPUs`` with TP inside a node dividing the heads, the KV groups and the
-FFN, PP dividing the layers, and the global batch a multiple of ``micro batch x DP``; each comes
-with and without the distributed optimizer and selective recomputation. The recommended one fits
-with the least model parallelism (``TP x PP``), then the fewest pipeline stages, then without
-recomputation (no recompute cost), then with the distributed optimizer (Megatron-LM's default
-for large models).
+A layout is ``TP x CP x PP x DP = GPUs`` with TP inside a node dividing the heads, the KV groups
+and the FFN, CP splitting the sequence into ``2 x CP`` chunks (Megatron's load balancing), PP
+dividing the layers into ``PP x VPP`` virtual stages, and the global batch a multiple of ``micro
+batch x DP``. Sequence parallelism is on wherever TP > 1 (as everyone runs it); each layout comes
+with and without the distributed optimizer and with no or full recomputation (selective
+recomputation frees nothing more under flash attention, see :mod:`memory`). Its ``efficiency`` is
+the share of the GPUs' time spent on model FLOPs that the schedule leaves: the pipeline bubble
+``(PP - 1) / (VPP x micro batches)`` and full recomputation's extra forward (3/4). The
+recommended layout fits with the least model parallelism (``TP x CP x PP``), then the highest
+efficiency, then the fewest pipeline stages, then with the distributed optimizer.
 """
 
 from __future__ import annotations
@@ -46,30 +50,50 @@ def shapes_allow(args: LlamaArgs, tp: int, pp: int) -> bool:
     return all(x % tp == 0 for x in by_tp) and args.num_hidden_layers % pp == 0
 
 
+def efficiency(layout: memory.Layout, microbatches: int) -> float:
+    """The share of time a step spends on model FLOPs under this schedule (bubble, recompute)."""
+    bubble = (layout.pp - 1) / (layout.vpp * microbatches)
+    return (0.75 if layout.recompute == "full" else 1.0) / (1 + bubble)
+
+
+def _parallel_sizes(args: LlamaArgs, cluster: Cluster):
+    """(tp, cp, pp, vpp, dp) of every split of the cluster the model and batch allow."""
+    for tp in _divisors(min(cluster.gpus, cluster.gpus_per_node)):
+        for cp in _divisors(cluster.gpus // tp):
+            if cluster.seq_length % (2 * cp) or cluster.gpus % (tp * cp):
+                continue
+            for pp in _divisors(cluster.gpus // (tp * cp)):
+                dp = cluster.gpus // (tp * cp * pp)
+                if not shapes_allow(args, tp, pp):
+                    continue
+                if cluster.global_batch_size % (cluster.micro_batch_size * dp):
+                    continue
+                per_stage = args.num_hidden_layers // pp
+                for vpp in _divisors(per_stage) if pp > 1 else [1]:
+                    if vpp <= 8:
+                        yield tp, cp, pp, vpp, dp
+
+
 def layouts(args: LlamaArgs, cluster: Cluster) -> list[dict]:
-    """Every layout with its memory (bytes, most loaded GPU) and whether it fits."""
+    """Every layout with its memory (bytes, most loaded GPU), whether it fits, and its
+    efficiency."""
     rows = []
     budget = cluster.usable_fraction * cluster.gpu_memory_gb * GIB
-    for tp in _divisors(cluster.gpus):
-        for pp in _divisors(cluster.gpus // tp):
-            dp = cluster.gpus // (tp * pp)
-            if tp > cluster.gpus_per_node or not shapes_allow(args, tp, pp):
-                continue
-            if cluster.global_batch_size % (cluster.micro_batch_size * dp):
-                continue
-            micro = memory.num_microbatches(cluster.global_batch_size, cluster.micro_batch_size, dp)
-            for dist_opt in (False, True):
-                for recompute in (False, True):
-                    layout = memory.Layout(tp, pp, dp, dist_opt, recompute)
-                    weights = memory.weight_optimizer_bytes(args, layout)
-                    acts = memory.activation_bytes(
-                        args, layout, cluster.seq_length, cluster.micro_batch_size, micro
-                    )
-                    row = asdict(layout) | {
-                        "weight_optimizer_bytes": weights,
-                        "activation_bytes": acts,
-                    }
-                    rows.append(row | {"fits": weights + acts <= budget})
+    for tp, cp, pp, vpp, dp in _parallel_sizes(args, cluster):
+        micro = memory.num_microbatches(cluster.global_batch_size, cluster.micro_batch_size, dp)
+        for dist_opt in (False, True):
+            for recompute in ("none", "full"):
+                layout = memory.Layout(tp, pp, dp, dist_opt, tp > 1, recompute, vpp, cp)
+                weights = memory.weight_optimizer_bytes(args, layout)
+                acts = memory.activation_bytes(
+                    args, layout, cluster.seq_length, cluster.micro_batch_size, micro
+                )
+                row = asdict(layout) | {
+                    "weight_optimizer_bytes": weights,
+                    "activation_bytes": acts,
+                    "efficiency": efficiency(layout, micro),
+                }
+                rows.append(row | {"fits": weights + acts <= budget})
     if not rows:
         raise UserError(
             f"no layout of {cluster.gpus} GPUs divides this model (heads "
@@ -85,16 +109,26 @@ def recommend(rows: list[dict]) -> dict | None:
         return None
     return min(
         fitting,
-        key=lambda r: (r["tp"] * r["pp"], r["pp"], r["recompute"], not r["distributed_optimizer"]),
+        key=lambda r: (
+            r["tp"] * r["cp"] * r["pp"],
+            -r["efficiency"],
+            r["pp"],
+            not r["distributed_optimizer"],
+        ),
     )
 
 
+def flops_per_token(args: LlamaArgs, seq: int, tp: int) -> float:
+    """Megatron-LM's training FLOPs per token at ``seq`` (the vocabulary padded as at ``tp``)."""
+    return train_flops(args, 1, seq, padded_vocab(args, tp)) / seq
+
+
 def throughput(args: LlamaArgs, cluster: Cluster, row: dict, mfu: float, peak: float) -> dict:
-    """Tokens/s of the cluster at ``mfu`` of ``peak`` FLOP/s per GPU (Megatron-LM's FLOPs per
-    step; selective recomputation is not counted, as Megatron-LM does not)."""
-    vocab = padded_vocab(args, row["tp"])
-    per_token = train_flops(args, 1, cluster.seq_length, vocab) / cluster.seq_length
-    tokens_per_s = cluster.gpus * peak * mfu / per_token
+    """Tokens/s of the cluster at ``mfu`` of ``peak`` FLOP/s per GPU while it computes (Megatron-
+    LM's FLOPs per step, recomputation not counted, as Megatron-LM does not), times the
+    layout's efficiency (pipeline bubble, full recomputation)."""
+    per_token = flops_per_token(args, cluster.seq_length, row["tp"])
+    tokens_per_s = cluster.gpus * peak * mfu / per_token * row["efficiency"]
     return {"flops_per_token": per_token, "tokens_per_s": tokens_per_s}
 
 
@@ -144,6 +178,7 @@ def build(
         "cluster": asdict(cluster),
         "layouts": rows,
         "recommended": best,
+        "flops_per_token": flops_per_token(grown, cluster.seq_length, best["tp"] if best else 1),
         "tools": tool_costs(base, grown),
         "assumptions": {
             "mfu": mfu,

@@ -1,17 +1,24 @@
-"""GPU memory of one layout by Megatron-LM's theoretical formulas.
+"""GPU memory of one layout by Megatron-LM's theoretical formulas, extended where they stop.
 
 The formulas are those of ``megatron/training/theoretical_memory_usage.py`` at Megatron-LM
 ``core_v0.16.1`` (the release of the megatron-core we run), for a dense Llama (GQA, SwiGLU,
-RMSNorm, no MoE/MTP, no virtual pipeline):
+RMSNorm, no MoE/MTP):
 
 - weights + gradients + optimizer (``compute_weight_and_optimizer_memory``): the parameters of the
   most loaded shard, ``(layers/pp + embedding) / tp`` plus the output layer when untied and
   ``pp == 1``, times 18 bytes (bf16 weights, fp32 main gradients, fp32 main weights and Adam
-  moments) or ``6 + 12/dp`` with the distributed optimizer;
-- activations of the first pipeline stage: ``compute_activation_memory_without_sp`` (Korthikanti
-  et al. 2022 without sequence parallelism, 5% overhead) when nothing is recomputed, and
-  ``compute_activation_memory`` (Table 2 with sequence parallelism and selective recomputation)
-  with ``recompute``, the combination Megatron-LM's report uses that formula for.
+  moments) or ``6 + 12/(dp x cp)`` with the distributed optimizer (which shards over the
+  data-parallel group with its context-parallel ranks);
+- activations of the first pipeline stage, with the interleaved schedule's penalty
+  ``1 + (pp - 1)/(pp x vpp)`` for a virtual pipeline: ``compute_activation_memory`` (Korthikanti
+  et al. 2022, Table 2, sequence parallelism) with ``sp``, ``compute_activation_memory_without_sp``
+  without. Megatron-LM picks the first only with selective recomputation; with flash attention
+  (TE's or PyTorch's) no ``s^2`` score tensor is stored, so selective recomputation saves nothing
+  more and both formulas hold with or without it.
+
+Beyond Megatron-LM's formulas: context parallelism divides the sequence each GPU holds
+(``seq / cp``); full recomputation stores each layer's input (``2 s b h`` bytes, ``/ tp`` with
+sequence parallelism) plus one layer's activations while it is recomputed.
 
 ``tests/test_plan.py`` holds Megatron-LM's own outputs for a set of shapes and layouts.
 """
@@ -23,6 +30,8 @@ from dataclasses import dataclass
 from motif_megatron.model.llama import LlamaArgs
 from motif_megatron.plan.model import padded_vocab
 
+RECOMPUTE = ("none", "selective", "full")
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -30,8 +39,14 @@ class Layout:
     pp: int
     dp: int
     distributed_optimizer: bool
-    recompute: bool
-    """Selective activation recomputation with sequence parallelism."""
+    sp: bool
+    """Sequence parallelism (with TP > 1)."""
+    recompute: str = "none"
+    """``none``, ``selective`` (core attention) or ``full`` (every layer)."""
+    vpp: int = 1
+    """Virtual pipeline stages per pipeline rank (interleaved schedule; 1: none)."""
+    cp: int = 1
+    """Context-parallel ranks (the sequence split across them)."""
 
 
 def weight_optimizer_bytes(args: LlamaArgs, layout: Layout, divisible_by: int = 128) -> float:
@@ -44,12 +59,21 @@ def weight_optimizer_bytes(args: LlamaArgs, layout: Layout, divisible_by: int = 
     shard = (block / layout.pp + embedding) / layout.tp
     if not args.tie_word_embeddings and layout.pp == 1:
         shard += embedding / layout.tp
-    per_param = 6 + 12 / layout.dp if layout.distributed_optimizer else 18
+    sharded = layout.dp * layout.cp
+    per_param = 6 + 12 / sharded if layout.distributed_optimizer else 18
     return shard * per_param
 
 
 def num_microbatches(global_batch: int, micro_batch: int, dp: int) -> int:
     return global_batch // (micro_batch * dp)
+
+
+def _layer_bytes(args: LlamaArgs, layout: Layout, s: float, b: int) -> float:
+    """Activation bytes one layer keeps for its backward pass (all ``/ tp`` with ``sp``)."""
+    h, t = args.hidden_size, layout.tp
+    if layout.sp:
+        return s * b * h * (18 + 4 * args.intermediate_size / h) / t
+    return s * b * h * (10 + 24 / t)
 
 
 def activation_bytes(
@@ -60,19 +84,24 @@ def activation_bytes(
     microbatches: int,
     divisible_by: int = 128,
 ) -> float:
-    s, b, h, t, p = seq, micro_batch, args.hidden_size, layout.tp, layout.pp
+    s, b, h, t, p = seq / layout.cp, micro_batch, args.hidden_size, layout.tp, layout.pp
     vocab = padded_vocab(args, t, divisible_by)
-    if layout.recompute:
-        per_layer = s * b * h * (18 + 4 * args.intermediate_size / h)
+    per_layer = _layer_bytes(args, layout, s, b)
+    if layout.recompute == "full":
+        stored = 2 * s * b * h / (t if layout.sp else 1)
+        memory = stored * args.num_hidden_layers + per_layer
     else:
-        per_layer = s * b * h * (10 + 24 / t)
-    memory = per_layer * args.num_hidden_layers + 8 * s * b * p + s * b * h * p
-    if p > 1:
+        memory = per_layer * args.num_hidden_layers
+    scale = t if layout.sp else 1  # Megatron-LM divides the SP formula's sum by tp at the end
+    memory += (8 * s * b * p + s * b * h * p) / scale
+    if layout.vpp > 1:
+        memory *= 1 + (p - 1) / (p * layout.vpp)
+    elif p > 1:
         memory *= min(1, microbatches / p)
-    if layout.recompute:
+    if layout.sp:
         if p == 1:
-            memory += s * b * h * 4 * (1 + vocab / h)
-        return memory / t
+            memory += s * b * h * 4 * (1 + vocab / h) / t
+        return memory
     if p == 1:
         memory += (s * b * vocab / t + s * b * h) * 2
     return memory * 1.05

@@ -29,6 +29,7 @@ MODELS = {
     "tied-1b": (2048, 8192, 16, 32, 8, 128256, True),
 }
 # tp, pp, dp, distributed optimizer, selective recompute + SP, micro batch, seq, micro batches
+# [, virtual pipeline stages]
 LAYOUTS = [
     (1, 1, 8, False, False, 1, 8192, 16),
     (2, 1, 4, True, False, 2, 4096, 8),
@@ -36,6 +37,8 @@ LAYOUTS = [
     (8, 4, 8, True, True, 1, 8192, 8),
     (4, 8, 2, False, True, 1, 4096, 4),
     (8, 2, 16, True, False, 1, 8192, 32),
+    (8, 4, 8, True, True, 1, 8192, 8, 2),
+    (4, 8, 2, False, False, 1, 4096, 16, 4),
 ]
 
 
@@ -53,7 +56,7 @@ def load(checkout: Path) -> types.ModuleType:
 
 def megatron_args(model: tuple, layout: tuple) -> types.SimpleNamespace:
     h, f, layers, heads, groups, vocab, tied = model
-    tp, pp, dp, dist_opt, recompute, mbs, seq, _ = layout
+    tp, pp, dp, dist_opt, recompute, mbs, seq, _, *vpp = layout
     multiple = 128 * tp
     return types.SimpleNamespace(
         hidden_size=h,
@@ -75,7 +78,7 @@ def megatron_args(model: tuple, layout: tuple) -> types.SimpleNamespace:
         tensor_model_parallel_size=tp,
         pipeline_model_parallel_size=pp,
         data_parallel_size=dp,
-        virtual_pipeline_model_parallel_size=None,
+        virtual_pipeline_model_parallel_size=vpp[0] if vpp else None,
         use_distributed_optimizer=dist_opt,
         sequence_parallel=recompute,
         recompute_granularity="selective" if recompute else None,
