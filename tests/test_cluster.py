@@ -412,6 +412,19 @@ def test_recipe_on_two_nodes_stops_at_a_nan_and_refuses_to_finalize_its_checkpoi
 # ----------------------------------------------------------------------------- preemption
 
 
+def slowed(cmd: list[str], delay: float) -> subprocess.Popen:
+    """A training process whose saves each wait ``delay`` s before they are published (the
+    test hook), so that a test can act during one."""
+    return subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env={**CLEAN_ENV, "MOTIF_TEST_SAVE_DELAY": str(delay)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def test_sigterm_saves_the_current_iteration_and_resumes_bitwise(tmp_path, tiny_ckpt, ko_data):
     """SIGTERM mid-run: the iteration finishes and is saved; a second SIGTERM and a SIGUSR1
     during that (slowed) save are recorded, not fatal; the run exits 3 with its checkpoint
@@ -422,14 +435,7 @@ def test_sigterm_saves_the_current_iteration_and_resumes_bitwise(tmp_path, tiny_
     metrics, save = tmp_path / "cut.jsonl", tmp_path / "cut"
     cmd = [PYTHON, str(ROOT / "pretrain_motif.py"), "--load", str(tiny_ckpt), "--data-path"]
     cmd += [ko_data, "--save", str(save), "--metrics-file", str(metrics), *flags]
-    proc = subprocess.Popen(
-        [*cmd, "--exit-signal-handler", "--distributed-timeout-minutes", "5"],
-        cwd=ROOT,
-        env={**CLEAN_ENV, "MOTIF_TEST_SAVE_DELAY": "4"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = slowed([*cmd, "--exit-signal-handler", "--distributed-timeout-minutes", "5"], 4)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
@@ -597,14 +603,7 @@ def test_keep_latest_checkpoints(tmp_path, tiny_ckpt, ko_data):
     flags = ["--train-iters", "5", "--save-interval", "1", "--keep-latest-checkpoints", "2"]
     cmd = [PYTHON, "pretrain_motif.py", "--load", str(tiny_ckpt), "--data-path", ko_data]
     cmd += ["--save", str(save), "--metrics-file", str(metrics), *SMALL, *flags]
-    proc = subprocess.Popen(
-        cmd,
-        cwd=ROOT,
-        env={**CLEAN_ENV, "MOTIF_TEST_SAVE_DELAY": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = slowed(cmd, 1)
     deadline = time.time() + 300
     while time.time() < deadline and not (metrics.exists() and records(metrics)):
         time.sleep(0.02)

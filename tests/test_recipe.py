@@ -209,6 +209,62 @@ def test_slurm_scripts_run_in_dependency_order(tmp_path, slurm):
         assert record["allocations"] == 1 and record["seconds"] > 0 and record["nodes"], record
 
 
+def _losses(folder: Path) -> list[float]:
+    records = map(json.loads, (folder / "metrics.jsonl").read_text().splitlines())
+    return [r["loss"] for r in records if "loss" in r]
+
+
+def test_a_step_with_ranks_runs_on_its_nodes_through_the_shared_launch(
+    tmp_path, slurm, tiny_ckpt, ko_data
+):
+    """A step's resources become its sbatch options: a training step on two nodes x one rank
+    runs its ranks with srun through examples/slurm/launch.sh (the launch pretrain.sbatch uses)
+    and its marker names both nodes; a CPU step asks for one task with the recipe's CPU
+    defaults. Locally the same step runs both ranks under one torchrun."""
+    from conftest import SLURM_NODES, SMALL
+
+    if SLURM_NODES < 2:
+        pytest.skip(f"the local Slurm cluster has {SLURM_NODES} node (SLURM_NODES)")
+    recipe = tmp_path / "ranked.yaml"
+    train = f"pretrain_motif.py --load {tiny_ckpt} --save {{out}} --data-path {ko_data} "
+    train += "--train-iters 3 --lr 1e-3 --tensor-model-parallel-size 2 --exit-signal-handler "
+    train += "--metrics-file {out}/metrics.jsonl " + " ".join(SMALL)
+    recipe.write_text(
+        yaml.safe_dump(
+            {
+                "name": "ranked",
+                "resources": {"cpu": {"cpus_per_task": 1, "mem": "1G"}, "ranked": {"time": 10}},
+                "slurm": {"gpus-per-node": 0},
+                "steps": [
+                    {"name": "train", "run": train, "nodes": 2, "tasks_per_node": 1},
+                    {"name": "note", "run": "touch {out}/seen {train}/metrics.jsonl"},
+                ],
+            }
+        )
+    )
+    out = tmp_path / "out"
+    ok(run(["tools/run_recipe.py", str(recipe), "--out", str(out), "--slurm", "--wait"]))
+    scripts = {p.name.split("-")[0]: p.read_text() for p in (out / "slurm").glob("*.sbatch")}
+    assert "#SBATCH --nodes=2\n#SBATCH --ntasks-per-node=1\n" in scripts["train"]
+    assert "#SBATCH --requeue" in scripts["train"] and "#SBATCH --time=10" in scripts["train"]
+    assert "examples/slurm/launch.sh\nlaunch pretrain_motif.py " in scripts["train"]
+    assert "#SBATCH --ntasks=1\n#SBATCH --cpus-per-task=1\n#SBATCH --mem=1G" in scripts["note"]
+    folders = {p.name.split("-")[0]: p for p in (out / "steps").iterdir()}
+    assert json.loads((out / "arms" / "main.json").read_text())["train"] == str(folders["train"])
+    logs = "".join(p.read_text()[-3000:] for p in (out / "steps").glob("*/slurm-*.out"))
+    marker = json.loads((folders["train"] / "step.json").read_text())
+    assert marker["nodes"] == "motif-n[1-2]" and marker["allocations"] == 1, logs
+    assert "2 ranks on 2 hosts" in logs
+    slurm_losses = _losses(folders["train"])
+    local = tmp_path / "local"
+    printed = ok(run(["tools/run_recipe.py", str(recipe), "--out", str(local)]))
+    assert "--nproc_per_node=2 pretrain_motif.py" in printed
+    train_local = next(p for p in (local / "steps").iterdir() if p.name.startswith("train-"))
+    local_losses = _losses(train_local)
+    assert train_local.name == folders["train"].name  # the same step, whatever runs it
+    assert max(abs(a - b) for a, b in zip(slurm_losses, local_losses, strict=True)) < 1e-6
+
+
 def test_the_motif_recipe_dry_runs_with_shared_data_steps(tmp_path):
     """examples/recipes/motif-102b.yaml at its published sizes: every arm's commands, the data
     and import steps shared by all arms, the depth-only arm's growth flags its own."""
@@ -229,7 +285,8 @@ def test_the_motif_recipe_dry_runs_with_shared_data_steps(tmp_path):
     assert "--hidden-size" not in depth and "--depth-add 16" in depth
     assert "[depth_only] finalize" not in printed  # no MSG masks: SFT starts from the trained model
     ratio = next(line for line in printed.splitlines() if line.startswith("[ratio_8_2] train:"))
-    assert "--data-path 8 " in ratio and "torchrun --nproc_per_node=8 pretrain_motif.py" in ratio
+    assert "--data-path 8 " in ratio and "train: 32 nodes x 8 GPUs: " in ratio
+    assert "torchrun --nproc_per_node=256 pretrain_motif.py" in ratio  # all ranks, one machine
     assert "[motif] plan: preview failed, going on: " in printed  # no base model here
 
 

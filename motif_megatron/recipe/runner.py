@@ -69,11 +69,23 @@ class Job:
         marker = self.folder / MARKER
         return marker.is_file() and json.loads(marker.read_text())["hash"] == self.digest
 
+    def asks(self) -> str:
+        """What a step with ranks asks for (``32 nodes x 8 GPUs: ``); empty for a process."""
+        r = self.planned.step.resources
+        unit = "GPUs" if r.gpus_per_node else "ranks"
+        nodes = f"{r.nodes} node{'s' if r.nodes > 1 else ''}"
+        return f"{nodes} x {r.ranks_per_node} {unit}: " if r.ranks else ""
+
+    def args(self, folders: dict[str, str]) -> list[str]:
+        """The step's command (a ``.py`` script first for a step with ranks)."""
+        return render(self.planned.command, folders, str(self.folder))
+
     def argv(self, folders: dict[str, str]) -> list[str]:
-        args = render(self.planned.command, folders, str(self.folder))
-        if self.planned.step.torchrun:
+        """How this machine runs it: every rank of every node under one torchrun."""
+        args, ranks = self.args(folders), self.planned.step.resources.ranks
+        if ranks:
             torchrun = str(Path(sys.executable).with_name("torchrun"))
-            return [torchrun, f"--nproc_per_node={self.planned.step.torchrun}", *args]
+            return [torchrun, f"--nproc_per_node={ranks}", *args]
         return [sys.executable, *args] if args and args[0].endswith(".py") else args
 
 
@@ -93,7 +105,7 @@ def jobs(
             "run": render(
                 planned.command, {d: f"<{d}:{digests[d]}>" for d in planned.deps}, "<out>"
             ),
-            "torchrun": planned.step.torchrun,
+            "ranks": planned.step.resources.ranks,
             "inputs": [fingerprint(Path(i)) for i in planned.inputs],
             "code": code_version(),
         }
@@ -133,12 +145,18 @@ def run_step(folder: Path) -> None:
                 f"step {folder.name.rsplit('-', 1)[0]} failed (exit {proc.returncode}): see "
                 f"{folder / 'log.txt'}; rerun the recipe to resume from it"
             )
+    mark_done(folder, time.time() - start)
+
+
+def mark_done(folder: Path, seconds: float) -> None:
+    """Write the step's marker: it ran to its end (in a Slurm job: on which nodes, in how many
+    allocations)."""
     marker = {
-        **job,
+        **json.loads((folder / JOB).read_text()),
         "code": code_version(),
         "nodes": os.environ.get("SLURM_JOB_NODELIST", socket.gethostname()),
         "allocations": int(os.environ.get("SLURM_RESTART_COUNT", "0")) + 1,
-        "seconds": round(time.time() - start, 3),
+        "seconds": round(seconds, 3),
     }
     (folder / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
 
@@ -214,7 +232,7 @@ def _run_arm(label: str, arm_jobs: list[Job], ran: set[str], dry_run: bool, reru
         elif dry_run and job.planned.step.dry_run:
             _preview(job, folders, label)
         elif dry_run:
-            print(f"[{label}] {job.name}: {shlex.join(job.argv(folders))}")
+            print(f"[{label}] {job.name}: {job.asks()}{shlex.join(job.argv(folders))}")
         else:
             execute(job, folders, label, again=job.name in again)
         ran.add(job.digest)
@@ -324,10 +342,41 @@ def _slurm_units(recipe: Recipe, out: Path) -> list[tuple[str, list[Job]]]:
     return [(arm, jobs(recipe, arm, out)) for arm in recipe.arm_names()]
 
 
+ROOT = Path(__file__).resolve().parents[2]
+STOP_SIGNAL = "B:USR1@300"
+"""``--signal`` of a step with ranks unless the recipe's ``slurm`` options set one: SIGUSR1 to
+the batch shell five minutes before the time limit (launch.sh passes it to the ranks)."""
+
+
+def step_script(recipe: Recipe, job: Job, folders: dict[str, str]) -> str:
+    """The sbatch script of one step: its resources, then a step with ranks through
+    ``examples/slurm/launch.sh`` (srun per rank, signals, requeue on a stop; the folder is its
+    ``SAVE``), any other step through :func:`run_step`; both end by writing the marker. It
+    runs in the folder the runner ran in, as the step's command would here."""
+    resources = job.planned.step.resources
+    options = {"job-name": f"{recipe.name}-{job.name}", "output": f"{job.folder}/slurm-%j.out"}
+    options |= {k.replace("_", "-"): v for k, v in recipe.slurm.items()} | resources.sbatch()
+    runner = [sys.executable, str(ROOT / "tools/run_recipe.py")]
+    if resources.ranks:
+        options = {"open-mode": "append", "requeue": None, "signal": STOP_SIGNAL} | options
+        env = f"export PYTHON={shlex.quote(sys.executable)} SAVE={shlex.quote(str(job.folder))}"
+        body = [
+            env,
+            f"source {shlex.quote(str(ROOT / 'examples/slurm/launch.sh'))}",
+            f"launch {shlex.join(job.args(folders))}",
+            shlex.join([*runner, "--mark-done", str(job.folder)]) + ' --seconds "$SECONDS"',
+        ]
+    else:
+        body = [shlex.join([*runner, "--run-step", str(job.folder)])]
+    header = [f"#SBATCH --{k}" + ("" if v is None else f"={v}") for k, v in options.items()]
+    lines = ["#!/usr/bin/env bash", *header, "set -euo pipefail", f"cd {shlex.quote(os.getcwd())}"]
+    return "\n".join([*lines, *body]) + "\n"
+
+
 def write_slurm(recipe: Recipe, out: Path, rerun: Rerun = Rerun()) -> Path:
-    """One sbatch script per step not yet done (shared steps once) and ``submit.sh``, which
-    submits them in order, each after the jobs of its dependencies (``afterok``). A script runs
-    its step as the local runner does (:func:`run_step`: same log and marker)."""
+    """One sbatch script per step not yet done (shared steps once, :func:`step_script`) and
+    ``submit.sh``, which submits them in order, each after the jobs of its dependencies
+    (``afterok``: a requeued step's dependents wait for its real end)."""
     rerun.check(recipe)
     folder = out / "slurm"
     folder.mkdir(parents=True, exist_ok=True)
@@ -336,9 +385,7 @@ def write_slurm(recipe: Recipe, out: Path, rerun: Rerun = Rerun()) -> Path:
         "# submits the recipe's steps, each after its dependencies",
         "set -euo pipefail",
     ]
-    options = "".join(f"#SBATCH --{k.replace('_', '-')}={v}\n" for k, v in recipe.slurm.items())
     submitted: dict[str, str] = {}
-    runner = [sys.executable, str(Path(__file__).resolve().parents[2] / "tools/run_recipe.py")]
     for arm, arm_jobs in _slurm_units(recipe, out):
         folders, by_name = _folders(arm_jobs), {j.name: j for j in arm_jobs}
         again = rerun.names(arm_jobs)
@@ -347,11 +394,7 @@ def write_slurm(recipe: Recipe, out: Path, rerun: Rerun = Rerun()) -> Path:
                 continue
             prepare(job, folders, job.name in again)  # Slurm opens --output before the job
             script = folder / f"{job.name}-{job.digest}.sbatch"
-            script.write_text(
-                f"#!/usr/bin/env bash\n#SBATCH --job-name={recipe.name}-{job.name}\n"
-                f"#SBATCH --output={job.folder}/slurm-%j.out\n{options}set -euo pipefail\n"
-                f"{shlex.join([*runner, '--run-step', str(job.folder)])}\n"
-            )
+            script.write_text(step_script(recipe, job, folders))
             deps = [
                 submitted[by_name[d].digest]
                 for d in job.planned.deps
@@ -360,9 +403,28 @@ def write_slurm(recipe: Recipe, out: Path, rerun: Rerun = Rerun()) -> Path:
             after = f"--dependency=afterok:{':'.join(f'${v}' for v in deps)} " if deps else ""
             var = f"job_{len(submitted)}"
             lines.append(f"{var}=$(sbatch --parsable {after}{shlex.quote(str(script))})")
-            lines.append(f'echo "{arm}/{job.name}: job ${var}"')
+            folder_q = shlex.quote(str(job.folder))
+            lines.append(f'printf "%s\\t%s\\t%s\\n" "{arm}/{job.name}" "${var}" {folder_q}')
             submitted[job.digest] = var
     submit = folder / "submit.sh"
     submit.write_text("\n".join(lines) + "\n")
     submit.chmod(0o755)
     return submit
+
+
+def submit_and_wait(submit: Path, poll: float = 5.0) -> list[str]:
+    """Run ``submit.sh`` and wait until none of its jobs is queued or running any more (a
+    requeued job comes back as pending); returns the steps that did not complete (no marker),
+    as ``arm/step``."""
+    printed = subprocess.run(["bash", str(submit)], capture_output=True, text=True)
+    if printed.returncode:
+        raise UserError(f"{submit} failed: {printed.stderr.strip().splitlines()[-1:]}")
+    print(printed.stdout, end="", flush=True)
+    submitted = [line.split("\t") for line in printed.stdout.splitlines() if "\t" in line]
+    ids = ",".join(job for _, job, _ in submitted)
+    while ids:
+        queued = subprocess.run(["squeue", "-h", "-j", ids, "-o", "%i"], capture_output=True)
+        if queued.returncode == 0 and not queued.stdout.strip():
+            break
+        time.sleep(poll)
+    return [step for step, _, folder in submitted if not (Path(folder) / MARKER).is_file()]

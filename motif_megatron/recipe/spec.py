@@ -5,18 +5,21 @@
   steps:
     - {name: import, run: "tools/convert_hf.py import --hf-dir {base} --out {out}", inputs: ["{base}"]}
     - {name: grow, run: "tools/expand_checkpoint.py --load {import} --save {out} --depth-add 2"}
-    - {name: train, run: "pretrain_motif.py --load {train_from} --save {out} --lr {lr}", torchrun: 2}
+    - {name: train, run: "pretrain_motif.py --load {train_from} --save {out} --lr {lr}",
+       tasks_per_node: 2}
   targets: [train]
   arms: {baseline: {train_from: "{import}"}, low_lr: {lr: 1.0e-4}, main: {targets: [train, export]}}
   sweep: {setting: lr, values: [1.0e-4, 3.0e-4], select: train}
 
+A step's ``nodes``, ``gpus_per_node`` or ``tasks_per_node``, ``cpus_per_task``, ``mem`` and
+``time`` say what it runs on, over the recipe's ``resources`` defaults (:mod:`resources`).
 In a command, ``{out}`` is the step's own folder, ``{NAME}`` of a step is that step's folder (a
 dependency), and any other name is a setting; settings are templates too, so an arm can reroute
 a step's input. Each arm runs the steps its targets reach (an arm's own ``targets`` replace the
 recipe's). A ``sweep`` runs every arm up to its ``select`` step once per value of one setting and
 keeps, per arm, the value whose ``select`` step ended with the lowest ``metric`` (default
 ``eval_loss``, the last one in the step's ``metrics.jsonl``). A step is identified by a hash of its
-command with every dependency replaced by that dependency's hash, its launcher, the contents of
+command with every dependency replaced by that dependency's hash, its number of ranks, the contents of
 its ``inputs`` and of every ``--config`` file its command names, and the project's code version:
 arms that agree on a step share it, and a step whose hash has a finished folder is not run again.
 """
@@ -33,6 +36,8 @@ from pathlib import Path
 import yaml
 
 from motif_megatron.errors import UserError
+from motif_megatron.recipe import resources
+from motif_megatron.recipe.resources import Resources
 
 _FIELD = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 MAIN_ARM = "main"
@@ -42,8 +47,8 @@ MAIN_ARM = "main"
 class Step:
     name: str
     run: str
-    torchrun: int = 0
-    """Processes per node under torchrun (0: a plain process)."""
+    resources: Resources = field(default_factory=Resources)
+    """Nodes, ranks per node (0: a plain process), CPUs, memory, time (:mod:`resources`)."""
     inputs: tuple[str, ...] = ()
     """Files or folders whose contents are part of the step's identity."""
     dry_run: bool = False
@@ -87,19 +92,20 @@ class Recipe:
             raise UserError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(raw, dict) or not isinstance(raw.get("steps"), list):
             raise UserError(f"{path}: a recipe needs a 'steps' list")
-        steps = {}
+        steps, defaults = {}, resources.defaults(raw.get("resources"), str(path))
         for entry in raw["steps"]:
-            unknown = set(entry) - {"name", "run", "torchrun", "inputs", "dry_run"}
+            unknown = set(entry) - {"name", "run", "inputs", "dry_run"} - resources.NAMES
             if unknown or "name" not in entry or "run" not in entry:
                 raise UserError(
                     f"{path}: step {entry.get('name', '?')}: needs name and run, got {sorted(unknown)}"
                 )
             if entry["name"] in steps:
                 raise UserError(f"{path}: two steps are named {entry['name']!r}")
+            where = f"{path}: step {entry['name']}"
             steps[entry["name"]] = Step(
                 entry["name"],
                 entry["run"],
-                int(entry.get("torchrun", 0)),
+                resources.step_resources(entry, defaults, where),
                 tuple(entry.get("inputs", ())),
                 bool(entry.get("dry_run", False)),
             )
@@ -205,6 +211,9 @@ class Recipe:
             if any(d in self.steps for i in inputs for d in _FIELD.findall(i)):
                 raise UserError(f"step {name}: inputs are files; a step's folder is a dependency")
             command = self.expand(step.run, settings)
+            first = (shlex.split(command) or [""])[0]
+            if step.resources.ranks and not first.endswith(".py"):
+                raise UserError(f"step {name}: a step with ranks runs a .py script, not {first!r}")
             inputs += [c for c in _config_files(command) if c not in inputs]
             order.append(Planned(step, command, inputs, deps))
 
