@@ -30,8 +30,6 @@ from dataclasses import dataclass
 from motif_megatron.model.llama import LlamaArgs
 from motif_megatron.plan.model import padded_vocab
 
-RECOMPUTE = ("none", "selective", "full")
-
 
 @dataclass(frozen=True)
 class Layout:

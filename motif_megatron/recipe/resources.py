@@ -57,9 +57,8 @@ def step_resources(step: dict, defaults: dict[str, dict], where: str) -> Resourc
     if step.get("gpus_per_node") and step.get("tasks_per_node"):
         raise UserError(f"{where}: gpus_per_node or tasks_per_node, not both")
     kind = "ranked" if step.get("gpus_per_node") or step.get("tasks_per_node") else "cpu"
-    base = {k: v for k, v in defaults.get(kind, {}).items()}
     own = {k: step[k] for k in NAMES if k in step}
-    return Resources(**(base | own))
+    return Resources(**(defaults.get(kind, {}) | own))
 
 
 def defaults(raw: object, where: str) -> dict[str, dict]:

@@ -19,9 +19,10 @@ a step's input. Each arm runs the steps its targets reach (an arm's own ``target
 recipe's). A ``sweep`` runs every arm up to its ``select`` step once per value of one setting and
 keeps, per arm, the value whose ``select`` step ended with the lowest ``metric`` (default
 ``eval_loss``, the last one in the step's ``metrics.jsonl``). A step is identified by a hash of its
-command with every dependency replaced by that dependency's hash, its number of ranks, the contents of
-its ``inputs`` and of every ``--config`` file its command names, and the project's code version:
-arms that agree on a step share it, and a step whose hash has a finished folder is not run again.
+command with every dependency replaced by that dependency's hash, its number of ranks, the
+contents of its ``inputs`` and of every ``--config`` file its command names, and the project's
+code version: arms that agree on a step share it, and a step whose hash has a finished folder is
+not run again.
 """
 
 from __future__ import annotations

@@ -15,8 +15,9 @@ and RNG state restore at any data-parallel size; a changed LR schedule needs
 A run stopped before ``--train-iters`` (``--exit-signal-handler``, ``--exit-duration-in-mins``,
 ``--exit-interval``) saves, keeps its signal handlers until that save is published, and raises
 :class:`StoppedEarly` (exit status 3); that save records why it was made, which is how
-``pretrain.sbatch`` tells a stop from a failure when a launcher hides the status. A NaN or Inf loss or gradient norm stops the run at once
-with nothing saved (``--check-for-nan-in-loss-and-grad``, on by default as in Megatron-LM).
+``examples/slurm/launch.sh`` tells a stop from a failure when a launcher hides the status. A NaN
+or Inf loss or gradient norm stops the run at once with nothing saved
+(``--check-for-nan-in-loss-and-grad``, on by default as in Megatron-LM).
 """
 
 from __future__ import annotations
