@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from motif_megatron.errors import STOPPED_EARLY  # noqa: E402
-from motif_megatron.plan.model import PEAK_BF16, train_flops  # noqa: E402
+from motif_megatron.model.flops import train_flops  # noqa: E402
+from motif_megatron.plan.model import PEAK_BF16  # noqa: E402
 
 
 @dataclass(frozen=True)

@@ -57,9 +57,9 @@ def main() -> None:
     from motif_megatron import parallel
     from motif_megatron.errors import quiet_library_warnings
     from motif_megatron.model.builder import BuildOptions, build_model
+    from motif_megatron.model.flops import train_flops
     from motif_megatron.model.llama import LlamaArgs
     from motif_megatron.model.schedule import Batch
-    from motif_megatron.plan.model import train_flops
     from motif_megatron.training.engine import (
         OptimConfig,
         build_optimizer,
@@ -98,8 +98,8 @@ def main() -> None:
         llama, BuildOptions(params_dtype=torch.float32, make_vocab_size_divisible_by=1)
     )
     optim = OptimConfig(lr=1e-4)
-    ddp = wrap_ddp(model, optim)
-    optimizer = build_optimizer([ddp], optim)
+    ddps = wrap_ddp([model], optim)
+    optimizer = build_optimizer(ddps, optim)
     batch = Batch(
         tokens=tokens[:, :-1],
         labels=tokens[:, 1:],
@@ -108,7 +108,7 @@ def main() -> None:
     )
 
     def our_step() -> None:
-        train_step([ddp], optimizer, batch, args.batch)
+        train_step(ddps, optimizer, batch, args.batch)
 
     for step in (our_step, hf_step):  # warm up allocator and kernels
         step()

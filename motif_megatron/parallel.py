@@ -32,6 +32,8 @@ class ParallelConfig:
     pp: int = 1
     timeout_minutes: float = 10.0
     """How long a collective waits for the other ranks (``--distributed-timeout-minutes``)."""
+    vpp: int = 1
+    """Model chunks per pipeline rank (the interleaved schedule when above 1)."""
 
     def check(self, world_size: int) -> None:
         if self.tp < 1 or self.pp < 1:
@@ -180,6 +182,7 @@ def initialize(config: ParallelConfig, seed: int = 1234, backend: str | None = N
         same = (
             parallel_state.get_tensor_model_parallel_world_size() == config.tp
             and parallel_state.get_pipeline_model_parallel_world_size() == config.pp
+            and (parallel_state.get_virtual_pipeline_model_parallel_world_size() or 1) == config.vpp
         )
         if same:
             return
@@ -187,6 +190,7 @@ def initialize(config: ParallelConfig, seed: int = 1234, backend: str | None = N
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=config.tp,
         pipeline_model_parallel_size=config.pp,
+        virtual_pipeline_model_parallel_size=config.vpp if config.vpp > 1 else None,
         distributed_timeout_minutes=int(config.timeout_minutes),
     )
     set_seed(seed)

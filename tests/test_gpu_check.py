@@ -51,9 +51,9 @@ def test_flops_are_megatron_lms():
     """12 B s L h^2 (...) equals 6 B s (linear parameters) + 6 B s^2 L h (attention scores and
     their product with values, fwd + bwd, half of them under the causal mask: Megatron-LM
     core_v0.16.1's ``num_floating_point_operations``), derived independently for Llama-3.1-8B."""
+    from motif_megatron.model.flops import train_flops
     from motif_megatron.model.llama import LlamaArgs
     from motif_megatron.model.presets import hf_config
-    from motif_megatron.plan.model import train_flops
 
     args = LlamaArgs.from_hf_config({"model_type": "llama", **hf_config("llama3.1-8b", 128256)})
     h, f, L, V = 4096, 14336, 32, 128256

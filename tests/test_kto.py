@@ -118,7 +118,7 @@ def write_kto(path, n: int = 18, labels=None):
     return path
 
 
-def kto_run(tmp_path, ckpt, name, *flags):
+def kto_run(tmp_path, ckpt, name, *flags, nproc: int = 1):
     import json
 
     from conftest import ok, run
@@ -129,7 +129,7 @@ def kto_run(tmp_path, ckpt, name, *flags):
     args = ["posttrain_motif.py", "kto", "--load", str(ckpt), "--save", str(tmp_path / name)]
     args += ["--kto-data", str(tmp_path / "kto.jsonl"), "--safety-prompts", str(prompts)]
     args += ["--seq-length", "32", "--micro-batch-size", "2", "--global-batch-size", "4"]
-    ok(run([*args, "--lr", "3e-3", "--metrics-file", str(metrics), *flags]))
+    ok(run([*args, "--lr", "3e-3", "--metrics-file", str(metrics), *flags], nproc=nproc))
     return [json.loads(x) for x in metrics.read_text().splitlines()]
 
 
@@ -149,6 +149,17 @@ def test_kto_run_widens_the_reward_margin_with_cached_reference(tmp_path, tiny_c
     # the naive way (a reference model held in memory, run on every batch) gives the same bits
     online = kto_run(tmp_path, tiny_ckpt, "online", "--train-iters", "6", "--no-ref-cache")
     assert [r["loss"] for r in online] == [r["loss"] for r in cached]
+
+
+def test_kto_through_the_interleaved_pipeline_follows_one_process(tmp_path, tiny_ckpt):
+    """PP2 x VPP2: each example's row and its KL row cross the stages together (the p2p shapes
+    hold both), and the reference pass pads its one-row batches to the schedule's groups."""
+    write_kto(tmp_path / "kto.jsonl")
+    one = kto_run(tmp_path, tiny_ckpt, "one", "--train-iters", "3")
+    vpp = ["--pipeline-model-parallel-size", "2", "--num-layers-per-virtual-pipeline-stage", "1"]
+    two = kto_run(tmp_path, tiny_ckpt, "vpp", "--train-iters", "3", *vpp, nproc=2)
+    assert len(two) == 3
+    assert max(abs(a["loss"] - b["loss"]) for a, b in zip(one, two, strict=True)) < 1e-5
 
 
 def test_kto_refuses_one_sided_data(tmp_path, tiny_ckpt):

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -32,6 +33,15 @@ def test_loss_falls_on_korean_shards(tmp_path, tiny_ckpt, ko_data):
     curve = losses(records)
     assert [r["iteration"] for r in records] == list(range(1, 25))
     assert sum(curve[-4:]) / 4 < sum(curve[:4]) / 4 - 1.0, curve
+    # TFLOP/s per GPU: Megatron-LM's FLOPs count of the step (the planner's) over its time
+    from motif_megatron.model.builder import BuildOptions, model_vocab_size
+    from motif_megatron.model.flops import train_flops
+    from motif_megatron.model.llama import LlamaArgs
+
+    args = LlamaArgs.load(tiny_ckpt)
+    per_token = train_flops(args, 4, 64, model_vocab_size(args, BuildOptions())) / (4 * 64)
+    for r in records:
+        assert r["tflops_per_gpu"] == pytest.approx(per_token * r["tokens_per_s"] / 1e12)
 
 
 @pytest.mark.parametrize(
@@ -40,8 +50,10 @@ def test_loss_falls_on_korean_shards(tmp_path, tiny_ckpt, ko_data):
         ["--tensor-model-parallel-size", "2"],
         ["--pipeline-model-parallel-size", "2"],
         [],  # two processes, neither TP nor PP: data parallel
+        # the interleaved schedule: two chunks of one layer on each of the two stages
+        ["--pipeline-model-parallel-size", "2", "--num-layers-per-virtual-pipeline-stage", "1"],
     ],
-    ids=["tp2", "pp2", "dp2"],
+    ids=["tp2", "pp2", "dp2", "pp2-vpp2"],
 )
 def test_parallel_layouts_follow_tp1(tmp_path, tiny_ckpt, ko_data, tp1_reference, layout):
     reference = losses(tp1_reference)
@@ -175,6 +187,56 @@ def test_sigkill_and_resume_is_bitwise(tmp_path, grown, grown_data):
     assert [json.loads(x)["stage"] for x in resumed] == ["eeve-1"] * 3 + ["full"] * 5
 
 
+HELPER = """
+from motif_megatron.training import checkpointing
+checkpointing._start_results_queue()
+print("started", flush=True)
+import time; time.sleep(120)
+"""
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_the_save_helper_ignores_slurm_signals_and_dies_with_its_rank():
+    """Megatron's results-queue Manager (started at the trainer's start) survives the SIGTERM
+    and SIGUSR1 Slurm sends every process of a step, but a rank killed outright takes it along:
+    an orphan would hold the step's output open and hang whoever reads it."""
+    rank = subprocess.Popen([PYTHON, "-c", HELPER], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert rank.stdout.readline().strip() == "started"
+    helpers = [
+        p for p in _children(rank.pid) if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text()
+    ]
+    assert len(helpers) == 1, _children(rank.pid)
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        os.kill(helpers[0], sig)
+    time.sleep(1)
+    assert _alive(helpers[0])
+    rank.kill()
+    rank.wait()
+    deadline = time.time() + 10
+    while _alive(helpers[0]) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _alive(helpers[0])
+
+
 def test_plateau_advances_the_stage(tmp_path, tiny_ckpt, ko_data):
     config = tmp_path / "run.yaml"
     config.write_text(
@@ -220,7 +282,7 @@ def test_msg_masks_ramp_to_one_and_finalize(tmp_path, widened, ko_data):
 @pytest.mark.parametrize(
     ("flags", "needle"),
     [
-        ([], "--data-path is required"),
+        ([], "--data-path (or --data-args-path) is required"),
         (["--data-path", "x", "--qlora", "--lora-rank", "4"], "--qlora needs CUDA"),
         (["--data-path", "x", "--stage", "sideways"], "unknown stage 'sideways'"),
         (
@@ -233,6 +295,11 @@ def test_msg_masks_ramp_to_one_and_finalize(tmp_path, widened, ko_data):
         (
             ["--data-path", "x", "--global-batch-size", "3", "--micro-batch-size", "2"],
             "not a multiple",
+        ),
+        (["--data-path", "x", "--context-parallel-size", "2"], "--context-parallel-size 2:"),
+        (
+            ["--data-path", "x", "--num-layers-per-virtual-pipeline-stage", "1"],
+            "needs --pipeline-model-parallel-size > 1",
         ),
     ],
 )
@@ -371,6 +438,26 @@ def test_resume_at_another_layout_takes_the_weights(tmp_path, tiny_ckpt, ko_data
     # the weights were resumed: iteration 3's loss (before its update) is the uninterrupted run's
     whole = train(tiny_ckpt, tmp_path / "whole", ko_data, "--train-iters", "4", *flags)
     assert abs(records[2]["loss"] - whole[2]["loss"]) < 1e-5
+
+
+def test_interleaved_pipeline_resumes_and_saves_for_every_layout(
+    tmp_path, tiny_ckpt, ko_data, tp1_reference
+):
+    """PP2 x VPP2 (four one-layer chunks): a stop at iteration 2 and its resume give the
+    one-process run's losses, and its save holds the one-process run's weights under the same
+    keys (global layer numbers), so any layout loads it."""
+    vpp = ["--pipeline-model-parallel-size", "2", "--num-layers-per-virtual-pipeline-stage", "1"]
+    run_dir = tmp_path / "vpp"
+    train(tiny_ckpt, run_dir, ko_data, *TP1_FLAGS, *vpp, "--exit-interval", "2", nproc=2, cut=True)
+    records = train(tiny_ckpt, run_dir, ko_data, *TP1_FLAGS, *vpp, nproc=2)
+    assert [r["iteration"] for r in records if "loss" in r] == [1, 2, 3, 4]
+    reference = losses(tp1_reference)
+    assert max(abs(a - b) for a, b in zip(reference, losses(records), strict=True)) < 1e-5
+    whole = tmp_path / "whole"
+    train(tiny_ckpt, whole, ko_data, *TP1_FLAGS)
+    ours, theirs = CheckpointReader(run_dir), CheckpointReader(whole)
+    assert ours.shapes == theirs.shapes
+    assert max(float((ours.get(k) - theirs.get(k)).abs().max()) for k in theirs.shapes) < 1e-5
 
 
 def test_decoupled_lr_drives_only_the_embedding_and_output_layer(tmp_path, tiny_ckpt, ko_data):

@@ -2,10 +2,11 @@
 """Megatron ``--data-path`` weights for a target token ratio across groups of shards.
 
   python tools/mix_data.py --group ko 9 data/ko_text_document --group en 1 data/en_text_document \
-      --train-tokens 1000000000 --output blend.json
+      --train-tokens 1000000000 --output blend.json --data-args-path blend.txt
 
 Prints the ``--data-path`` value (``w1 p1 w2 p2 ...``) and, per shard, its tokens and how many epochs
-``--train-tokens`` would take over it; ``--output`` saves the same as JSON.
+``--train-tokens`` would take over it; ``--output`` saves the same as JSON, ``--data-args-path``
+the value alone for the trainer's ``--data-args-path`` (so a recipe's train step reads its blend).
 """
 
 import argparse
@@ -30,6 +31,10 @@ def parse_args() -> argparse.Namespace:
         "--train-tokens", type=int, help="planned training tokens (for epoch counts)"
     )
     parser.add_argument("--output", help="write the blend as JSON here")
+    parser.add_argument(
+        "--data-args-path",
+        help="write the --data-path value here (the trainer's --data-args-path, Megatron-LM's)",
+    )
     return parser.parse_args()
 
 
@@ -54,6 +59,9 @@ def main() -> None:
     if args.output:
         with open(args.output, "w") as f:
             json.dump({"data_path": path, "shards": [e.__dict__ for e in entries]}, f, indent=2)
+    if args.data_args_path:
+        with open(args.data_args_path, "w") as f:
+            f.write(" ".join(path) + "\n")
     print("--data-path " + " ".join(path))
 
 

@@ -175,29 +175,37 @@ def checkpoint_keys(ckpt_dir: str | Path) -> set[str]:
     return set(FileSystemReader(str(ckpt_dir)).read_metadata().state_dict_metadata)
 
 
-def load_model(model: torch.nn.Module, load: str | Path, strict: bool = True) -> Path:
-    """Load model weights from a checkpoint saved at any TP/PP into this (sharded) model."""
+def load_model(model, load: str | Path, strict: bool = True) -> Path:
+    """Load model weights from a checkpoint saved at any TP/PP into this (sharded) model, or
+    into all of its chunks at once (the interleaved schedule's: one read covers the stacked
+    layers of every chunk)."""
     from megatron.core import dist_checkpointing
     from megatron.core.dist_checkpointing.mapping import ShardedObject
 
+    from motif_megatron.model.schedule import as_chunks
+
     ckpt = resolve(load)
-    sharded = model.sharded_state_dict()
+    chunks = as_chunks(model)
     # TE modules keep fp8 metadata in ``_extra_state``; a checkpoint from the local spec has none.
     stored = checkpoint_keys(ckpt)
-    sharded = {
-        k: v
-        for k, v in sharded.items()
-        if not (
-            isinstance(v, ShardedObject)
-            and k.endswith("_extra_state")
-            and not any(s.startswith(v.key) for s in stored)
-        )
-    }
-    state = dist_checkpointing.load(sharded, str(ckpt))
-    state = {k: v for k, v in state.items() if k in sharded}  # not a training save's loop state
-    model.load_state_dict(state, strict=strict and len(state) == len(model.state_dict()))
-    if any(k.endswith(".lora_a") for k in stored):  # a LoRA checkpoint: the adapted weights
-        adapters.fold(model, CheckpointReader(ckpt, merge_adapters=False))
+    sharded = [
+        {
+            k: v
+            for k, v in chunk.sharded_state_dict().items()
+            if not (
+                isinstance(v, ShardedObject)
+                and k.endswith("_extra_state")
+                and not any(s.startswith(v.key) for s in stored)
+            )
+        }
+        for chunk in chunks
+    ]
+    state = dist_checkpointing.load({str(i): sd for i, sd in enumerate(sharded)}, str(ckpt))
+    for i, chunk in enumerate(chunks):
+        weights = {k: v for k, v in state[str(i)].items() if k in sharded[i]}
+        chunk.load_state_dict(weights, strict=strict and len(weights) == len(chunk.state_dict()))
+        if any(k.endswith(".lora_a") for k in stored):  # a LoRA checkpoint: the adapted weights
+            adapters.fold(chunk, CheckpointReader(ckpt, merge_adapters=False))
     return ckpt
 
 

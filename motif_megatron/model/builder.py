@@ -30,6 +30,8 @@ class BuildOptions:
 
     tp: int = 1
     pp: int = 1
+    vpp: int = 1
+    """Model chunks per pipeline rank (``--num-layers-per-virtual-pipeline-stage``)."""
     spec: SpecName = "auto"
     params_dtype: torch.dtype | None = None
     """Parameter dtype; None keeps the checkpoint's native dtype."""
@@ -71,7 +73,7 @@ def uses_te(model: torch.nn.Module) -> bool:
     )
 
 
-def check_parallel_shapes(args: LlamaArgs, tp: int, pp: int) -> None:
+def check_parallel_shapes(args: LlamaArgs, tp: int, pp: int, vpp: int = 1) -> None:
     """Refuse a TP/PP split the model cannot take, with one line naming the numbers."""
     problems = []
     if args.num_attention_heads % tp:
@@ -84,8 +86,9 @@ def check_parallel_shapes(args: LlamaArgs, tp: int, pp: int) -> None:
         )
     if args.intermediate_size % tp:
         problems.append(f"intermediate_size={args.intermediate_size} is not divisible by tp={tp}")
-    if args.num_hidden_layers % pp:
-        problems.append(f"num_hidden_layers={args.num_hidden_layers} is not divisible by pp={pp}")
+    if args.num_hidden_layers % (pp * vpp):
+        split = f"pp={pp}" if vpp == 1 else f"pp*vpp={pp}*{vpp}"
+        problems.append(f"num_hidden_layers={args.num_hidden_layers} is not divisible by {split}")
     if problems:
         raise UserError("; ".join(problems))
 
@@ -94,7 +97,7 @@ def transformer_config(args: LlamaArgs, options: BuildOptions):
     """The Megatron-Core ``TransformerConfig`` for a Llama with these args."""
     from megatron.core.transformer import TransformerConfig
 
-    check_parallel_shapes(args, options.tp, options.pp)
+    check_parallel_shapes(args, options.tp, options.pp, options.vpp)
     if options.sequence_parallel and not te_available():
         raise UserError(
             "sequence parallel needs Transformer Engine or apex norms, which need CUDA; "
@@ -127,6 +130,12 @@ def transformer_config(args: LlamaArgs, options: BuildOptions):
         attention_softmax_in_fp32=True,
         tensor_model_parallel_size=options.tp,
         pipeline_model_parallel_size=options.pp,
+        virtual_pipeline_model_parallel_size=options.vpp if options.vpp > 1 else None,
+        # Megatron-LM's interleaved defaults: unbatched p2p overlapped with compute (batched,
+        # a PP=2 pipeline would pair one rank's activation send with the other's gradient
+        # receive)
+        overlap_p2p_comm=options.vpp > 1,
+        batch_p2p_comm=options.vpp == 1,
         sequence_parallel=options.sequence_parallel,
         perform_initialization=options.initialize,
         # every loss function here returns (sum, count): gradients are those of the global
@@ -155,8 +164,17 @@ def layer_spec(spec: Literal["te", "local"]):
     return gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
 
 
-def build_model(args: LlamaArgs, options: BuildOptions):
-    """One ``GPTModel`` chunk for this process's pipeline stage (model-parallel state must exist)."""
+def build_chunks(args: LlamaArgs, options: BuildOptions) -> list:
+    """This pipeline rank's model chunks: one, or ``options.vpp`` for the interleaved schedule
+    (chunk ``i`` holds virtual stage ``i``, as Megatron-LM's ``get_model`` builds them)."""
+    if options.vpp == 1:
+        return [build_model(args, options)]
+    return [build_model(args, options, vp_stage=i) for i in range(options.vpp)]
+
+
+def build_model(args: LlamaArgs, options: BuildOptions, vp_stage: int | None = None):
+    """One ``GPTModel`` chunk for this process's pipeline stage (model-parallel state must exist);
+    ``vp_stage`` picks the virtual stage when the model is split into chunks."""
     from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
 
@@ -168,7 +186,8 @@ def build_model(args: LlamaArgs, options: BuildOptions):
 
         if options.lora is not None:
             raise UserError("LoRA on an MSG-masked model: finalize the width growth first")
-        spec = masked.masked_spec(layer_spec(impl), config, msg, get_num_layers_to_build(config))
+        layers = get_num_layers_to_build(config, vp_stage=vp_stage)
+        spec = masked.masked_spec(layer_spec(impl), config, msg, layers)
     else:
         spec = layer_spec(impl)
     if options.lora is not None:
@@ -178,11 +197,12 @@ def build_model(args: LlamaArgs, options: BuildOptions):
         transformer_layer_spec=spec,
         vocab_size=model_vocab_size(args, options),
         max_sequence_length=args.max_position_embeddings,
-        pre_process=parallel_state.is_pipeline_first_stage(),
-        post_process=parallel_state.is_pipeline_last_stage(),
+        pre_process=parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
+        post_process=parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
         share_embeddings_and_output_weights=args.tie_word_embeddings,
         position_embedding_type="rope",
         rotary_base=int(args.rope_theta),
+        vp_stage=vp_stage,
     )
     # Megatron-Core fixes the Llama-3 scaling constants and truncates rope_theta to int; set the
     # inverse frequencies HF computes so any config is exact.

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import torch
 
-from motif_megatron.model.schedule import Batch, forward_only
+from motif_megatron.model.schedule import Batch, as_chunks, forward_only
 
 
-def forward_logits(model: torch.nn.Module, tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Logits ``[batch, seq, vocab_size]`` (padding columns dropped) for ``tokens [batch, seq]``."""
+def forward_logits(model, tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Logits ``[batch, seq, vocab_size]`` (padding columns dropped) for ``tokens [batch, seq]``
+    from a model or its list of chunks."""
     batch, seq = tokens.shape
     inputs = Batch(
         tokens=tokens,
@@ -25,6 +26,8 @@ def forward_logits(model: torch.nn.Module, tokens: torch.Tensor, vocab_size: int
 
     def objective(chunk, mb: Batch):
         output = chunk(mb.tokens, mb.position_ids, None, runtime_gather_output=True)
-        return output, lambda out: (out, {"logits": out[..., :vocab_size].float()})
+        # a copy: Megatron's forward-only step divides the output by the microbatch count in
+        # place (and the interleaved schedule may run padding microbatches)
+        return output, lambda out: (out, {"logits": out[..., :vocab_size].float().clone()})
 
-    return forward_only([model], inputs, batch, objective)[0]["logits"]
+    return forward_only(as_chunks(model), inputs, batch, objective)[0]["logits"]

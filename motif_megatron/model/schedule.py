@@ -58,9 +58,9 @@ def lm_objective(model, mb: Batch):
     return output, lambda out: _loss_func(mb.loss_mask, out)
 
 
-def _microbatches(batch, micro_batch_size: int, thd: bool):
+def _microbatches(batch, micro_batch_size: int, thd: bool, repeat_last: int = 0):
     """Slices of every tensor field of a batch dataclass along the batch axis, on the device,
-    with the attention inputs of packed rows."""
+    with the attention inputs of packed rows; the last one ``repeat_last`` more times."""
     tensors = [
         f.name
         for f in dataclasses.fields(batch)
@@ -71,7 +71,10 @@ def _microbatches(batch, micro_batch_size: int, thd: bool):
         mb = dataclasses.replace(
             batch, **{name: device.to_device(getattr(batch, name)[sl]) for name in tensors}
         )
-        yield _packed_attention(mb, thd) if getattr(mb, "segments", None) is not None else mb
+        mb = _packed_attention(mb, thd) if getattr(mb, "segments", None) is not None else mb
+        yield mb
+    for _ in range(repeat_last):
+        yield mb
 
 
 def _packed_attention(mb: Batch, thd: bool) -> Batch:
@@ -107,19 +110,29 @@ def run_schedule(
     def step(data_iterator, model):
         return objective(model, next(data_iterator))
 
-    # THD microbatches are one sequence of all their rows (the p2p shapes follow)
+    # THD microbatches are one sequence of all their rows (the p2p shapes follow); a sample may
+    # run as several rows (KTO: an example and its KL row)
     thd = getattr(batch, "segments", None) is not None and uses_te(model_chunks[0])
-    rows = 1 if thd else micro_batch_size
+    rows = 1 if thd else micro_batch_size * getattr(batch, "rows_per_sample", 1)
+    count = -(-batch.tokens.shape[0] // micro_batch_size)
+    # the interleaved schedule runs microbatches in groups of PP (training batches are checked
+    # to fill them): a forward-only batch is padded with copies of its last microbatch, whose
+    # reports are dropped
+    pad = 0
+    if forward_only and len(model_chunks) > 1:
+        pad = -count % parallel_state.get_pipeline_model_parallel_world_size()
+    # the interleaved schedule reads one iterator per chunk, each over every microbatch
+    iterators = [_microbatches(batch, micro_batch_size, thd, pad) for _ in model_chunks]
     reports = get_forward_backward_func()(
         forward_step_func=step,
-        data_iterator=_microbatches(batch, micro_batch_size, thd),
+        data_iterator=iterators if len(iterators) > 1 else iterators[0],
         model=model_chunks,
-        num_microbatches=batch.tokens.shape[0] // micro_batch_size,
-        seq_length=batch.tokens.shape[1] * micro_batch_size // rows,
+        num_microbatches=count + pad,
+        seq_length=batch.tokens.shape[1] * (micro_batch_size if thd else 1),
         micro_batch_size=rows,
         forward_only=forward_only,
     )
-    return _from_last_stage(reports if parallel_state.is_pipeline_last_stage() else None)
+    return _from_last_stage(reports if parallel_state.is_pipeline_last_stage() else None)[:count]
 
 
 def _from_last_stage(reports: list[dict] | None) -> list[dict[str, torch.Tensor]]:
@@ -154,6 +167,12 @@ def reduce_reports(reports: list[dict[str, torch.Tensor]]) -> dict[str, float]:
     totals = torch.stack([torch.stack([r[n].double() for n in names]) for r in reports]).sum(0)
     dist.all_reduce(totals, group=parallel_state.get_data_parallel_group())
     return {n: float(t[0] / t[1].clamp(min=1)) for n, t in zip(names, totals, strict=True)}
+
+
+def as_chunks(model) -> list:
+    """A model's chunks: a list of chunks (the interleaved schedule's) as it is, one model as a
+    list of one."""
+    return model if isinstance(model, list) else [model]
 
 
 def forward_only(

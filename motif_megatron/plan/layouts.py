@@ -17,9 +17,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from motif_megatron.errors import UserError
+from motif_megatron.model.flops import train_flops
 from motif_megatron.model.llama import LlamaArgs
 from motif_megatron.plan import memory
-from motif_megatron.plan.model import padded_vocab, param_counts, train_flops
+from motif_megatron.plan.model import padded_vocab, param_counts
 
 GIB = 1024**3
 

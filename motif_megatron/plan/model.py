@@ -1,4 +1,4 @@
-"""The shapes a plan is made for: the base, the grown model, their exact parameter counts, FLOPs.
+"""The shapes a plan is made for: the base, the grown model, their exact parameter counts.
 
 Counts come from the tensor shapes (our Megatron layout: fused QKV, fused gate/up, RMSNorm without
 bias) with the vocabulary padded as Megatron-LM pads it (``--make-vocab-size-divisible-by``), so
@@ -87,16 +87,3 @@ def param_counts(args: LlamaArgs, tp: int = 1, divisible_by: int = 128) -> dict[
         "final_norm": args.hidden_size,
     }
     return {**counts, "total": sum(counts.values())}
-
-
-def train_flops(args: LlamaArgs, batch: int, seq: int, vocab: int) -> float:
-    """FLOPs of one training step by Megatron-LM core_v0.16.1's ``num_floating_point_operations``
-    (megatron/training/training.py, dense GQA + SwiGLU branch, core attention halved for the
-    causal mask): 12 B s L h^2 ((1 + g/n + s/(2h)) q/h + 1.5 f/h + V / (2 L h))."""
-    h, n, g = args.hidden_size, args.num_attention_heads, args.num_key_value_heads
-    layers = args.num_hidden_layers
-    q_ratio = args.head_dim * n / h
-    attention = (1 + g / n + seq / (2 * h)) * q_ratio
-    mlp = 1.5 * args.intermediate_size / h
-    logits = vocab / (2 * layers * h)
-    return 12 * batch * seq * layers * h * h * (attention + mlp + logits)

@@ -96,6 +96,9 @@ class KTOBatch:
     desirable: torch.Tensor
     ref_logps: torch.Tensor
     ref_kl_logps: torch.Tensor
+    rows_per_sample: int = 2
+    """Each example's row and its KL row run through the model together (the pipeline's
+    activations hold both)."""
 
 
 @dataclass
@@ -181,13 +184,13 @@ def sequence_logps(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed completion log-probs of every row and KL row under ``model`` (no gradients), the
     same on every rank: the trainer's forward-only path."""
-    from motif_megatron.model.schedule import forward_only
+    from motif_megatron.model.schedule import as_chunks, forward_only
 
     out = []
     for tokens, labels, mask in (data.rows, data.kl_rows):
         positions = torch.arange(tokens.shape[1]).expand(tokens.shape[0], -1)
         rows = Batch(tokens=tokens, labels=labels, loss_mask=mask, position_ids=positions)
-        reports = forward_only([model], rows, micro_batch_size, _logps_objective)
+        reports = forward_only(as_chunks(model), rows, micro_batch_size, _logps_objective)
         out.append(torch.cat([r["logps"] for r in reports]).cpu())
     return out[0], out[1]
 
@@ -197,9 +200,7 @@ class ReferenceLogps:
     reference model is freed before training), or from a reference model kept in memory and
     run on every batch. Both run each row alone, so both give the same bits."""
 
-    def __init__(
-        self, data: KTOData, build_reference: Callable[[], torch.nn.Module], cache: Path | None
-    ):
+    def __init__(self, data: KTOData, build_reference: Callable[[], list], cache: Path | None):
         self.data, self.model, self.table = data, None, None
         if cache is None:
             self.model = build_reference()
@@ -349,7 +350,7 @@ def run(train: TrainConfig, kto: KTOConfig) -> dict:
     """KTO from ``train.load`` (also the reference) with the trainer's loop; returns the safety
     watch (before/after) it writes to ``SAVE/safety_watch.json``."""
     from motif_megatron.checkpoint import dist as ckpt
-    from motif_megatron.model.builder import build_model
+    from motif_megatron.model.builder import build_chunks
     from motif_megatron.posttrain import safety
     from motif_megatron.posttrain.chat import ChatEncoder
     from motif_megatron.training.loop import Trainer
@@ -369,10 +370,10 @@ def run(train: TrainConfig, kto: KTOConfig) -> dict:
             with open(Path(train.save) / "kto_rejects.jsonl", "w") as f:
                 f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects)
 
-        def reference() -> torch.nn.Module:
-            model = build_model(trainer.args, trainer.options)
-            ckpt.load_model(model, train.load)
-            return model
+        def reference() -> list:
+            chunks = build_chunks(trainer.args, trainer.options)
+            ckpt.load_model(chunks, train.load)
+            return chunks
 
         ref_model = reference()
         watch["before"] = safety.watch(
@@ -391,7 +392,7 @@ def run(train: TrainConfig, kto: KTOConfig) -> dict:
     trainer = Trainer(train, data=data, objective=objective(kto))
     trainer.train()
     watch["after"] = safety.watch(
-        trainer.model,
+        trainer.chunks,
         trainer.encoder,
         trainer.args.vocab_size,
         kto.safety_prompts,

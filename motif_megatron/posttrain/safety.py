@@ -37,7 +37,6 @@ def generate(model, prompt_ids: list[int], vocab_size: int, max_new_tokens: int,
         if token in stop:
             break
         ids.append(token)
-    model.train()
     return ids[len(prompt_ids) :]
 
 

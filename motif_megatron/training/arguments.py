@@ -44,6 +44,12 @@ class TrainConfig:
     )
     tensor_model_parallel_size: int = option(1, "tensor-parallel size")
     pipeline_model_parallel_size: int = option(1, "pipeline-parallel size")
+    num_layers_per_virtual_pipeline_stage: int | None = option(
+        None, "layers per virtual pipeline stage: the interleaved schedule's model chunks"
+    )
+    context_parallel_size: int = option(
+        1, "context-parallel size (split each sequence over ranks; not on the local spec)"
+    )
     transformer_impl: str = option(
         "auto",
         "layer implementation: transformer_engine (GPU), local, or auto (TE when CUDA has it)",
@@ -74,6 +80,9 @@ class TrainConfig:
     # data
     data_path: tuple[str, ...] = option(
         (), "blend: 'w1 prefix1 w2 prefix2 ...' or prefixes", nargs="+"
+    )
+    data_args_path: str | None = option(
+        None, "file holding the --data-path value (tools/mix_data.py --data-args-path)"
     )
     split: str = option("969,30,1", "train,valid,test proportions of each shard")
     data_cache_path: str | None = option(None, "where Megatron's dataset index caches go")
@@ -187,6 +196,15 @@ class TrainConfig:
         None, "stop (after saving, exit 3) at the first multiple of this iteration"
     )
 
+    def blend(self) -> tuple[str, ...]:
+        """``--data-path``, or the words of ``--data-args-path`` (Megatron-LM's format)."""
+        if not self.data_args_path:
+            return self.data_path
+        try:
+            return tuple(Path(self.data_args_path).read_text().split())
+        except OSError as exc:
+            raise UserError(f"--data-args-path {self.data_args_path}: {exc.strerror}") from None
+
     @property
     def plan(self) -> tuple[StagePlan, ...]:
         """The stage schedule: the YAML list, or ``--stage`` for all ``train_iters``."""
@@ -195,8 +213,10 @@ class TrainConfig:
     def check(self, world_size: int, require_data_path: bool = True) -> None:
         """Gather every problem with the configuration and raise them together."""
         problems = []
-        if not self.data_path and require_data_path:
-            problems.append("--data-path is required")
+        if self.data_path and self.data_args_path:
+            problems.append("--data-path and --data-args-path exclude each other")
+        elif not self.blend() and require_data_path:
+            problems.append("--data-path (or --data-args-path) is required")
         if self.load is None and not (
             self.save and (Path(self.save) / "motif_model.json").exists()
         ):
@@ -210,6 +230,10 @@ class TrainConfig:
                 f"--global-batch-size {self.global_batch_size} is not a multiple of "
                 f"--micro-batch-size {self.micro_batch_size} x data-parallel size {dp}"
             )
+        elif dp:
+            problems += self._check_interleaved(
+                self.global_batch_size // self.micro_batch_size // dp
+            )
         from motif_megatron.training.stages import NAMES, known, uses_lora
 
         for plan in self.plan:
@@ -220,6 +244,13 @@ class TrainConfig:
             if plan.iters is None and not plan.plateau and plan is not self.plan[-1]:
                 problems.append(f"stage {plan.name}: give 'iters' or 'plateau: true'")
         problems += self._check_recompute()
+        if self.context_parallel_size != 1:
+            problems.append(
+                f"--context-parallel-size {self.context_parallel_size}: this trainer does not "
+                "split sequences over ranks (Megatron-Core does it only in Transformer Engine's "
+                "attention, with batches and losses split per CP rank, not wired here); "
+                "train at --context-parallel-size 1"
+            )
         if self.override_opt_param_scheduler and self.use_checkpoint_opt_param_scheduler:
             problems.append(
                 "--override-opt_param-scheduler and --use-checkpoint-opt_param-scheduler "
@@ -237,6 +268,38 @@ class TrainConfig:
             )
         if problems:
             raise UserError("; ".join(problems))
+
+    def _check_interleaved(self, microbatches: int) -> list[str]:
+        """Megatron-Core's interleaved schedule runs the microbatches in groups of PP."""
+        pp = self.pipeline_model_parallel_size
+        if self.num_layers_per_virtual_pipeline_stage is None or pp == 1:
+            return []
+        if microbatches % pp:
+            return [
+                f"the interleaved schedule runs microbatches in groups of PP={pp}; this batch has "
+                f"{microbatches} per rank (--global-batch-size / (--micro-batch-size x DP)): "
+                f"make it a multiple of {pp}"
+            ]
+        return []
+
+    def virtual_pipeline_size(self, num_layers: int) -> int:
+        """Model chunks per pipeline rank (Megatron-LM's ``virtual_pipeline_model_parallel_size``)
+        for a model of ``num_layers``; 1 without ``--num-layers-per-virtual-pipeline-stage``."""
+        per_chunk = self.num_layers_per_virtual_pipeline_stage
+        if per_chunk is None:
+            return 1
+        if self.pipeline_model_parallel_size == 1:
+            raise UserError(
+                "--num-layers-per-virtual-pipeline-stage needs --pipeline-model-parallel-size > 1"
+            )
+        per_stage, rest = divmod(num_layers, self.pipeline_model_parallel_size)
+        if rest or per_chunk < 1 or per_stage % per_chunk:
+            raise UserError(
+                f"--num-layers-per-virtual-pipeline-stage {per_chunk} must divide the "
+                f"{num_layers} layers / --pipeline-model-parallel-size "
+                f"{self.pipeline_model_parallel_size} of each pipeline stage"
+            )
+        return per_stage // per_chunk
 
     def _check_recompute(self) -> list[str]:
         """Megatron-Core's rules for the recompute flags, as flag names."""

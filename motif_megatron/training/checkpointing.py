@@ -69,10 +69,18 @@ def _per_model_rank(key: str, value) -> object:
     )
 
 
-def _sharded(model, optimizer, loop_state: dict | None, is_loading: bool) -> dict:
-    model_sd = model.sharded_state_dict()
-    state = {"model": model_sd}
-    frozen = any(not p.requires_grad for p in model.parameters())
+def _model_keys(count: int) -> list[str]:
+    """Megatron-LM's keys: ``model``, or ``model0``, ``model1``, ... for the chunks of the
+    interleaved schedule; the tensors inside carry global layer numbers, so every layout
+    reads them."""
+    return ["model"] if count == 1 else [f"model{i}" for i in range(count)]
+
+
+def _sharded(chunks: list, optimizer, loop_state: dict | None, is_loading: bool) -> dict:
+    state = {
+        k: c.sharded_state_dict() for k, c in zip(_model_keys(len(chunks)), chunks, strict=True)
+    }
+    frozen = any(not p.requires_grad for chunk in chunks for p in chunk.parameters())
     if optimizer is not None and frozen and not optimizer.config.use_distributed_optimizer:
         # a partial stage has moments for some layers of a stacked tensor only, which the
         # torch_dist format cannot describe: keep the (data-parallel replicated) state as one
@@ -85,7 +93,7 @@ def _sharded(model, optimizer, loop_state: dict | None, is_loading: bool) -> dic
         # format that reshards over data parallel
         metadata = {"distrib_optim_sharding_type": "dp_reshardable"} if frozen else None
         state["optimizer"] = optimizer.sharded_state_dict(
-            model_sd, is_loading=is_loading, metadata=metadata
+            dict(state), is_loading=is_loading, metadata=metadata
         )
     state["rng_state"] = _per_model_rank("rng_state", None if is_loading else _rng_state())
     if loop_state is not None:
@@ -126,7 +134,7 @@ class Saver:
         if root:
             _start_results_queue()
 
-    def save(self, iteration: int, model, optimizer, loop_state: dict, published) -> None:
+    def save(self, iteration: int, chunks: list, optimizer, loop_state: dict, published) -> None:
         """Everything a bitwise resume needs as ``iter_{iteration}``; ``published()`` runs on
         every rank once it is in place."""
         from megatron.core import parallel_state as ps
@@ -135,7 +143,7 @@ class Saver:
         group = ps.get_data_parallel_group(with_context_parallel=True)
         with preemption.held():
             request = ckpt.save(
-                _sharded(model, optimizer, loop_state, False),
+                _sharded(chunks, optimizer, loop_state, False),
                 self.root,
                 iteration,
                 group if self.fully_parallel else None,
@@ -193,9 +201,9 @@ def load_loop_state(root: str | Path, iteration: int) -> dict:
 
 
 def load(
-    root: str | Path, iteration: int, model, optimizer, with_rng: bool, fully_parallel: bool
+    root: str | Path, iteration: int, chunks: list, optimizer, with_rng: bool, fully_parallel: bool
 ) -> None:
-    """Restore model (and optimizer and RNG, when given) from a training save, in place;
+    """Restore the model chunks (and optimizer and RNG, when given) from a training save, in place;
     ``fully_parallel``: each data-parallel rank reads a part and they exchange the rest
     (Megatron-LM's ``--ckpt-fully-parallel-load``)."""
     from megatron.core import dist_checkpointing
@@ -207,9 +215,9 @@ def load(
 
     folder = ckpt.iteration_dir(root, iteration)
     if optimizer is None and not with_rng:
-        ckpt.load_model(model, folder)
+        ckpt.load_model(chunks, folder)
         return
-    state = _sharded(model, optimizer, None, True)
+    state = _sharded(chunks, optimizer, None, True)
     if not with_rng:
         state.pop("rng_state")
     strategy = None
@@ -219,7 +227,8 @@ def load(
             ps.get_data_parallel_group(with_context_parallel=True),
         )
     loaded = dist_checkpointing.load(state, str(folder), strategy)
-    model.load_state_dict(loaded["model"])
+    for chunk, key in zip(chunks, _model_keys(len(chunks)), strict=True):
+        chunk.load_state_dict(loaded[key])
     if optimizer is not None:
         optimizer.load_state_dict(loaded["optimizer"])
     if with_rng:

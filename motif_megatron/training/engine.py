@@ -43,11 +43,12 @@ class Overlap:
     param_gather: bool = False
 
 
-def wrap_ddp(model: torch.nn.Module, optim: OptimConfig, overlap: Overlap = Overlap()):
-    """Megatron DDP (contiguous fp32 grad buffers over the data-parallel group), with the model
-    config pointed at Megatron-Core's ``finalize_model_grads``: after the schedule's backward it
-    reduces the gradients over DP, the tied word embedding between the first and last pipeline
-    stages and norms under sequence parallel, then divides by the global batch's loss tokens."""
+def wrap_ddp(chunks: list, optim: OptimConfig, overlap: Overlap = Overlap()) -> list:
+    """Megatron DDP around each model chunk (contiguous fp32 grad buffers over the
+    data-parallel group), with the model config pointed at Megatron-Core's
+    ``finalize_model_grads``: after the schedule's backward it reduces the gradients over DP, the
+    tied word embedding between the first and last pipeline stages and norms under sequence
+    parallel, then divides by the global batch's loss tokens."""
     from megatron.core.distributed import (
         DistributedDataParallel,
         DistributedDataParallelConfig,
@@ -60,14 +61,22 @@ def wrap_ddp(model: torch.nn.Module, optim: OptimConfig, overlap: Overlap = Over
         overlap_param_gather=overlap.param_gather,
         use_distributed_optimizer=optim.use_distributed_optimizer,
     )
-    ddp = DistributedDataParallel(config=model.config, ddp_config=ddp_config, module=model)
-    config = model.config
+    # as megatron/training/training.py: the later chunks of the interleaved schedule keep one
+    # bucket each, reduced as their backward ends
+    ddps = [
+        DistributedDataParallel(
+            config=chunk.config, ddp_config=ddp_config, module=chunk, disable_bucketing=i > 0
+        )
+        for i, chunk in enumerate(chunks)
+    ]
+    config = chunks[0].config  # the schedule reads the first chunk's
     config.finalize_model_grads_func = finalize_model_grads
-    # as megatron/training/training.py: with overlap the schedule defers and launches the
-    # bucket reductions itself
-    config.no_sync_func = ddp.no_sync if overlap.grad_reduce else None
-    config.grad_sync_func = ddp.start_grad_sync if overlap.grad_reduce else None
-    return ddp
+    # with overlap the schedule defers and launches the bucket reductions itself
+    no_sync = [d.no_sync for d in ddps] if overlap.grad_reduce else None
+    grad_sync = [d.start_grad_sync for d in ddps] if overlap.grad_reduce else None
+    config.no_sync_func = no_sync[0] if no_sync and len(ddps) == 1 else no_sync
+    config.grad_sync_func = grad_sync[0] if grad_sync and len(ddps) == 1 else grad_sync
+    return ddps
 
 
 def sync_params(model_chunks: list) -> None:
@@ -122,20 +131,21 @@ def train_step(
     optimizer,
     batch,
     micro_batch_size: int,
-    after_grad_sync: Callable[[torch.nn.Module], None] | None = None,
+    after_grad_sync: Callable[[int, torch.nn.Module], None] | None = None,
     objective=lm_objective,
 ) -> dict:
     """Forward, backward, ``finalize_model_grads`` (in the schedule), clip and one update.
 
-    ``after_grad_sync(chunk)`` may edit the reduced gradients (row masks) before the update.
+    ``after_grad_sync(i, chunk)`` may edit chunk ``i``'s reduced gradients (row masks) before
+    the update.
     Returns ``loss`` (the objective's first report), ``grad_norm``, ``skipped`` and ``reports``."""
     for chunk in model_chunks:
         chunk.zero_grad_buffer()
     optimizer.zero_grad()
     reports = reduce_reports(run_schedule(model_chunks, batch, micro_batch_size, False, objective))
     if after_grad_sync is not None:
-        for chunk in model_chunks:
-            after_grad_sync(chunk.module)
+        for i, chunk in enumerate(model_chunks):
+            after_grad_sync(i, chunk.module)
     update_ok, grad_norm, _ = optimizer.step()
     if grad_norm is None and update_ok:  # --clip-grad 0: the norm is still reported and checked
         grad_norm = optimizer.get_grad_norm()

@@ -22,6 +22,7 @@ or Inf loss or gradient norm stops the run at once with nothing saved
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import time
@@ -35,13 +36,18 @@ from motif_megatron import parallel
 from motif_megatron.checkpoint import dist as ckpt
 from motif_megatron.errors import StoppedEarly, UserError
 from motif_megatron.model import lora, schedule
-from motif_megatron.model.builder import BuildOptions, build_model, model_vocab_size
+from motif_megatron.model.builder import BuildOptions, build_chunks, model_vocab_size
+from motif_megatron.model.flops import train_flops
 from motif_megatron.model.llama import LlamaArgs
 from motif_megatron.tokenizer.files import copy_tokenizer
 from motif_megatron.training import checkpointing, engine, preemption, schedules, stages
 from motif_megatron.training.arguments import StagePlan, TrainConfig
 from motif_megatron.training.batches import BatchSource
 from motif_megatron.training.metrics import Metrics
+
+
+def _layout(tp: int, pp: int, vpp: int) -> str:
+    return f"TP={tp} PP={pp}" + (f" VPP={vpp}" if vpp > 1 else "")
 
 
 def _eod(args: LlamaArgs) -> int:
@@ -73,9 +79,11 @@ class Trainer:
         self.args = LlamaArgs.load(self.root)
         dtype = torch.bfloat16 if config.bf16 else torch.float32
         spec = {"transformer_engine": "te"}.get(config.transformer_impl, config.transformer_impl)
+        self.vpp = config.virtual_pipeline_size(self.args.num_hidden_layers)
         self.options = BuildOptions(
             tp=config.tensor_model_parallel_size,
             pp=config.pipeline_model_parallel_size,
+            vpp=self.vpp,
             spec=spec,
             params_dtype=dtype,
             make_vocab_size_divisible_by=config.make_vocab_size_divisible_by,
@@ -102,7 +110,7 @@ class Trainer:
         self.stage_index = 0
         self.stage_start = 0
         self.plateau = self._new_plateau()
-        self.model = self.ddp = self.optimizer = self.scheduler = self.stage = None
+        self._release_fields()
 
     # ----------------------------------------------------------------------------- setup
     def _new_plateau(self) -> schedules.Plateau:
@@ -118,6 +126,7 @@ class Trainer:
                 cfg.tensor_model_parallel_size,
                 cfg.pipeline_model_parallel_size,
                 cfg.distributed_timeout_minutes,
+                self.vpp,
             ),
             seed=cfg.seed,
         )
@@ -158,7 +167,7 @@ class Trainer:
         cache = cfg.data_cache_path or (str(Path(cfg.save) / "data_cache") if cfg.save else None)
         train, valid, _ = build_datasets(
             GPTDataConfig(
-                data_path=cfg.data_path,
+                data_path=cfg.blend(),
                 seq_length=cfg.seq_length,
                 eod=_eod(self.args),
                 vocab_size=model_vocab_size(self.args, self.options),
@@ -174,9 +183,10 @@ class Trainer:
         self.train_data = BatchSource(train, *shape)
         self.valid_data = BatchSource(valid, *shape) if valid is not None else None
 
-    def _enter_stage(self, weights: dict | None = None, load: str | None = None) -> None:
-        """Build the model chunk for the current stage from in-memory ``weights`` or a ``load``
-        checkpoint (or neither, when a training checkpoint is loaded next)."""
+    def _enter_stage(self, weights: list[dict] | None = None, load: str | None = None) -> None:
+        """Build the model chunks for the current stage from in-memory ``weights`` (one state
+        dict per chunk) or a ``load`` checkpoint (or neither, when a training checkpoint is
+        loaded next)."""
         plan = self.plan[self.stage_index]
         cfg = self.cfg
         adapters = None
@@ -184,22 +194,27 @@ class Trainer:
             adapters = lora.LoRAConfig(
                 cfg.lora_rank, cfg.lora_alpha, cfg.lora_target_modules, cfg.seed, cfg.qlora
             )
-        self.model = None
-        self.model = build_model(self.args, replace(self.options, lora=adapters))
-        if weights is not None:
-            lora.load_base(self.model, weights)
-            lora.quantize_base(self.model, lora.base_from_state_dict(weights))
-        elif load is not None:
-            with lora.base_checkpoint(self.model):
-                ckpt.load_model(self.model, load)
-            lora.quantize_base(self.model, ckpt.base_from_checkpoint(self.model, load, True))
-        for hook in self.model_hooks:
-            hook(self.model)
-        self.stage = stages.resolve(plan.name, self.model, self.args)
-        self.stage.apply(self.model)
-        self.ddp = engine.wrap_ddp(self.model, self.optim, self.overlap)
+        self.chunks = build_chunks(self.args, replace(self.options, lora=adapters))
+        if load is not None:
+            with contextlib.ExitStack() as stack:
+                for chunk in self.chunks:
+                    stack.enter_context(lora.base_checkpoint(chunk))
+                ckpt.load_model(self.chunks, load)
+        for i, chunk in enumerate(self.chunks):
+            if weights is not None:
+                lora.load_base(chunk, weights[i])
+                lora.quantize_base(chunk, lora.base_from_state_dict(weights[i]))
+            elif load is not None:
+                lora.quantize_base(chunk, ckpt.base_from_checkpoint(chunk, load, True))
+            for hook in self.model_hooks:
+                hook(chunk)
+        self.stages = [stages.resolve(plan.name, chunk, self.args) for chunk in self.chunks]
+        for stage, chunk in zip(self.stages, self.chunks, strict=True):
+            stage.apply(chunk)
+        self.ddps = engine.wrap_ddp(self.chunks, self.optim, self.overlap)
+        row_masks = {name for stage in self.stages for name in stage.row_masks}
         self.optimizer = engine.build_optimizer(
-            [self.ddp], replace(self.optim, lr=plan.lr or self.optim.lr), set(self.stage.row_masks)
+            self.ddps, replace(self.optim, lr=plan.lr or self.optim.lr), row_masks
         )
         stage_iters = plan.iters or (self.cfg.train_iters - self.stage_start)
         self.scheduler = schedules.build_lr_scheduler(
@@ -229,6 +244,7 @@ class Trainer:
                 self.cfg.pipeline_model_parallel_size,
                 self.dp_size,
             ],
+            "vpp": self.vpp,
         }
 
     def _start(self) -> None:
@@ -253,18 +269,21 @@ class Trainer:
         self.plateau = schedules.Plateau(**state["plateau"])
         self._enter_stage()
         tp, pp, dp = state["world"]
-        same_mp = [tp, pp] == [cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size]
+        vpp = state.get("vpp", 1)
+        now = [cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size, self.vpp]
+        same_mp = [tp, pp, vpp] == now
         with_optim = same_mp and not cfg.no_load_optim
         checkpointing.load(
             cfg.save,
             self.iteration,
-            self.model,
+            self.chunks,
             self.optimizer if with_optim else None,
             with_rng=same_mp,
             fully_parallel=cfg.ckpt_fully_parallel_load,
         )
         folder = ckpt.iteration_dir(cfg.save, self.iteration)
-        lora.quantize_base(self.model, ckpt.base_from_checkpoint(self.model, folder, False))
+        for chunk in self.chunks:
+            lora.quantize_base(chunk, ckpt.base_from_checkpoint(chunk, folder, False))
         loaded = ["weights", "stage", "data position"]
         missing = []
         if with_optim:
@@ -273,17 +292,16 @@ class Trainer:
             missing.append("optimizer state, RNG and LR schedule (--no-load-optim)")
         else:
             missing.append(
-                f"optimizer state and RNG (saved at TP={tp} PP={pp}: they reshard over data "
-                "parallel only)"
+                f"optimizer state and RNG (saved at {_layout(tp, pp, vpp)}: they reshard over "
+                "data parallel only)"
             )
         if not cfg.no_load_optim:
             loaded.append(self._load_scheduler(state["scheduler"]))
         self.metrics.resume_at(self.iteration)
         self.metrics.event(
             f"resumed {cfg.save} at iteration {self.iteration}, stage "
-            f"{self.plan[self.stage_index].name}; saved at TP={tp} PP={pp} DP={dp}, now "
-            f"TP={cfg.tensor_model_parallel_size} PP={cfg.pipeline_model_parallel_size} "
-            f"DP={self.dp_size}; loaded: {', '.join(loaded)}"
+            f"{self.plan[self.stage_index].name}; saved at {_layout(tp, pp, vpp)} DP={dp}, now "
+            f"{_layout(*now)} DP={self.dp_size}; loaded: {', '.join(loaded)}"
             + (f"; not loaded: {'; '.join(missing)}" if missing else "")
         )
 
@@ -351,11 +369,14 @@ class Trainer:
         if self.stage_index + 1 >= len(self.plan):
             return False
         reason = "plateau" if self.plan[self.stage_index].plateau else "iterations"
-        engine.sync_params([self.ddp])
-        weights = {
-            k: v.detach().cpu() if isinstance(v, torch.Tensor) else v
-            for k, v in lora.merged_state_dict(self.model).items()
-        }
+        engine.sync_params(self.ddps)
+        weights = [
+            {
+                k: v.detach().cpu() if isinstance(v, torch.Tensor) else v
+                for k, v in lora.merged_state_dict(chunk).items()
+            }
+            for chunk in self.chunks
+        ]
         self._release()
         self.stage_index += 1
         self.stage_start = self.iteration
@@ -369,9 +390,14 @@ class Trainer:
     def _release(self) -> None:
         """Free the stage's model, DDP buffers, optimizer and schedule before the next stage
         builds its own (they hold several copies of the weights)."""
-        self.model = self.ddp = self.optimizer = self.scheduler = self.stage = None
+        self._release_fields()
         gc.collect()  # DDP hooks and the model config's sync functions form reference cycles
         torch.cuda.empty_cache()
+
+    def _release_fields(self) -> None:
+        """No model chunks, DDP wrappers, per-chunk stages, optimizer or schedule."""
+        self.chunks, self.ddps, self.stages = [], [], []
+        self.optimizer = self.scheduler = None
 
     def _set_msg_mask(self) -> float | None:
         if not self.args.growth.get("msg"):
@@ -379,18 +405,15 @@ class Trainer:
         from motif_megatron.model.masked import mask_value, set_mask
 
         if self.cfg.msg_ramp_iters > 0:
-            set_mask(
-                self.model,
-                schedules.msg_mask(
-                    self.iteration, self.cfg.msg_ramp_start, self.cfg.msg_ramp_iters
-                ),
-            )
-        return mask_value(self.model)
+            m = schedules.msg_mask(self.iteration, self.cfg.msg_ramp_start, self.cfg.msg_ramp_iters)
+            for chunk in self.chunks:
+                set_mask(chunk, m)
+        return mask_value(self.chunks[0])
 
     def _save(self) -> None:
         if not self.cfg.save:
             return
-        engine.sync_params([self.ddp])
+        engine.sync_params(self.ddps)
         iteration = self.iteration
 
         def published() -> None:
@@ -406,15 +429,15 @@ class Trainer:
                     names = ", ".join(p.name for p in removed)
                     self.metrics.event(f"removed old checkpoints {names}")
 
-        self.saver.save(iteration, self.model, self.optimizer, self._loop_state(), published)
+        self.saver.save(iteration, self.chunks, self.optimizer, self._loop_state(), published)
 
     def _evaluate(self) -> None:
         if self.valid_data is None:
             return
-        engine.sync_params([self.ddp])
+        engine.sync_params(self.ddps)
         losses = [
             engine.eval_loss(
-                [self.ddp],
+                self.ddps,
                 self.valid_data.batch(
                     self.iteration // self.cfg.eval_interval * self.cfg.eval_iters + i
                 ),
@@ -427,13 +450,12 @@ class Trainer:
 
     def _step(self) -> dict:
         batch = self.train_data.batch(self.iteration)
-        stage = self.stage
         result = engine.train_step(
-            [self.ddp],
+            self.ddps,
             self.optimizer,
             batch,
             self.cfg.micro_batch_size,
-            stage.mask_gradients,
+            lambda i, chunk: self.stages[i].mask_gradients(chunk),
             self.objective,
         )
         self.scheduler.step(increment=1)
@@ -470,8 +492,9 @@ class Trainer:
             cfg.metrics_file, cfg.tensorboard_dir, cfg.log_interval, cfg.train_iters, self.is_rank0
         )
         self.metrics.event(
-            f"{parallel.hosts()}: TP={cfg.tensor_model_parallel_size} "
-            f"PP={cfg.pipeline_model_parallel_size} DP={self.dp_size}"
+            f"{parallel.hosts()}: "
+            f"{_layout(cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size, self.vpp)}"
+            f" DP={self.dp_size}"
         )
         self._setup_data()
         self.saver = checkpointing.Saver(
@@ -480,7 +503,7 @@ class Trainer:
         self._start()
         try:
             self._loop(exits)
-            engine.sync_params([self.ddp])  # callers use the trained model next
+            engine.sync_params(self.ddps)  # callers use the trained model next
             periodic = cfg.save_interval and self.iteration % cfg.save_interval == 0
             if cfg.save and not (periodic or self.stopped):
                 self._save()
@@ -500,6 +523,10 @@ class Trainer:
         (``self.stopped``), whose iteration it saves."""
         cfg = self.cfg
         tokens_per_iter = cfg.global_batch_size * cfg.seq_length
+        vocab = model_vocab_size(self.args, self.options)
+        flops_per_gpu = train_flops(self.args, cfg.global_batch_size, cfg.seq_length, vocab) / (
+            torch.distributed.get_world_size()
+        )
         while self.iteration < cfg.train_iters:
             if self._stage_done() and not self._advance_stage():
                 break
@@ -520,9 +547,11 @@ class Trainer:
                     "grad_norm": None
                     if result["grad_norm"] is None
                     else float(result["grad_norm"]),
-                    "stage": self.stage.name,
+                    "stage": self.stages[0].name,
                     "msg_mask": mask,
                     "tokens_per_s": tokens_per_iter / elapsed,
+                    # Megatron-LM's "throughput per GPU": its FLOPs count over the step's time
+                    "tflops_per_gpu": flops_per_gpu / elapsed / 1e12,
                     "tokens": self.iteration * tokens_per_iter,
                     "skipped": result["skipped"],
                     **{

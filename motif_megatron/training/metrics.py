@@ -58,7 +58,7 @@ class Metrics:
         self._append(record)
         it = record["iteration"]
         if self.writer is not None:
-            for key in ("loss", "lr", "grad_norm", "tokens_per_s", "msg_mask"):
+            for key in ("loss", "lr", "grad_norm", "tokens_per_s", "tflops_per_gpu", "msg_mask"):
                 if record.get(key) is not None:
                     self.writer.add_scalar(f"train/{key}", record[key], it)
         if it % self.log_interval == 0 or it == self.total:
@@ -68,7 +68,8 @@ class Metrics:
                 f" iteration {it:8d}/{self.total:8d} | stage {record['stage']} | "
                 f"lm loss {record['loss']:.6E} | lr {record['lr']:.3E} | "
                 f"grad norm {grad if grad is None else f'{grad:.3f}'} | "
-                f"tokens/s {record['tokens_per_s']:.1f}"
+                f"tokens/s {record['tokens_per_s']:.1f} | "
+                f"TFLOP/s/GPU {record['tflops_per_gpu']:.3g}"
                 + ("" if mask is None else f" | msg mask {mask:.3f}"),
                 flush=True,
             )

@@ -14,7 +14,9 @@ only when it checks, so an entry point can install the handlers first.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import signal
+import sys
 import time
 from collections.abc import Iterator
 
@@ -34,11 +36,18 @@ def catch(argv: list[str]) -> None:
             signal.signal(sig, _record)
 
 
+PR_SET_PDEATHSIG = 1
+
+
 def ignore() -> None:
     """Ignore SIGTERM and SIGUSR1 in this process: for a save's long-lived helper processes,
-    which Slurm signals along with every other process of the step."""
+    which Slurm signals along with every other process of the step. Such a helper is killed
+    when its rank dies (Linux's parent-death signal): a rank killed before its cleanup would
+    otherwise leave it running, holding the step's output open."""
     for sig in SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
 
 
 @contextlib.contextmanager

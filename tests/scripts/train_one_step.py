@@ -49,12 +49,12 @@ def main() -> None:
         loss_mask=torch.ones(4, 32),
         position_ids=torch.arange(32).expand(4, -1),
     )
-    ddp = wrap_ddp(model, OptimConfig())
-    result = {"loss_before": eval_loss([ddp], batch, args.micro_batch_size)}
+    ddps = wrap_ddp([model], OptimConfig())
+    result = {"loss_before": eval_loss(ddps, batch, args.micro_batch_size)}
     if not args.eval_only:
-        optimizer = build_optimizer([ddp], OptimConfig(lr=1e-3))
-        result.update(train_step([ddp], optimizer, batch, args.micro_batch_size))
-        result["loss_after"] = eval_loss([ddp], batch, args.micro_batch_size)
+        optimizer = build_optimizer(ddps, OptimConfig(lr=1e-3))
+        result.update(train_step(ddps, optimizer, batch, args.micro_batch_size))
+        result["loss_after"] = eval_loss(ddps, batch, args.micro_batch_size)
     if args.save:
         ckpt.save(model.sharded_state_dict(), args.save, iteration=1)
         if parallel.rank() == 0:
