@@ -281,6 +281,55 @@ def test_a_time_limited_job_requeues_itself_until_the_run_is_complete(
     assert max(abs(a["loss"] - b["loss"]) for a, b in zip(got, whole, strict=True)) < 1e-6
 
 
+def test_the_motif_rehearsal_runs_on_two_nodes_as_it_runs_here(slurm, tmp_path):
+    """examples/recipes/motif-rehearsal.yaml, the 102B recipe's steps and flags at toy size, as
+    chained Slurm jobs (--slurm --wait): the plan lays the grown model over both nodes (TP2 PP2
+    VPP4), training is cut by its 3-minute limit and requeued until it completes, and the chain
+    goes on to the evaluation, which equals that of the same recipe run here (run meanwhile):
+    the same step folders (hashes), the same losses, the same perplexities."""
+    two_nodes(slurm)
+    recipe, out, local = (
+        ROOT / "examples/recipes/motif-rehearsal.yaml",
+        tmp_path / "s",
+        tmp_path / "l",
+    )
+    cmd = [PYTHON, "tools/run_recipe.py", str(recipe), "--out"]
+    chain = subprocess.Popen(
+        [*cmd, str(out), "--slurm", "--wait"],
+        cwd=ROOT,
+        env=CLEAN_ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    ok(run(["tools/run_recipe.py", str(recipe), "--out", str(local)]))
+    printed = chain.communicate(timeout=1800)[0]
+    logs = "".join(p.read_text()[-2000:] for p in out.glob("steps/*/slurm-*.out"))
+    assert chain.returncode == 0, printed[-3000:] + logs
+    report, here = (json.loads((d / "report.json").read_text()) for d in (out, local))
+    steps = {s["name"]: s for s in report["steps"]}
+    assert set(steps) == {s["name"] for s in here["steps"]} and len(steps) == 19
+    assert all(set(s) == {"name", "nodes", "allocations", "seconds"} for s in report["steps"])
+    for name in ("train", "sft", "kto"):
+        assert steps[name]["nodes"] == "motif-n[1-2]", steps[name]
+    assert steps["train"]["allocations"] >= 2, logs  # cut by its time limit at least once
+    assert steps["train"]["seconds"] > 30 * steps["train"]["allocations"]  # from its first start
+    assert steps["corpus_ko"]["nodes"] in ("motif-n1", "motif-n2")
+    train = {p.name: p for p in out.glob("steps/train-*")}
+    assert train.keys() == {p.name for p in local.glob("steps/train-*")}  # the same step
+    (name,) = train
+    ours, theirs = (
+        [r for r in records(d / name / "metrics.jsonl") if "loss" in r]
+        for d in (out / "steps", local / "steps")
+    )
+    assert [r["iteration"] for r in ours] == list(range(1, 97))
+    assert max(abs(a["loss"] - b["loss"]) for a, b in zip(ours, theirs, strict=True)) < 1e-6
+    train_log = "".join(p.read_text() for p in train[name].glob("slurm-*.out"))
+    assert "4 ranks on 2 hosts (motif-n1 x2, motif-n2 x2): TP=2 PP=2 VPP=4 DP=1" in train_log
+    for key in ("korean_ppl", "english_ppl"):
+        assert report["evaluation"][key] == pytest.approx(here["evaluation"][key], rel=1e-6)
+
+
 def test_two_torchrun_nodes_save_through_sigusr1_and_sigterm_and_requeue(
     slurm, tmp_path, tiny_ckpt, ko_data
 ):

@@ -102,7 +102,8 @@ def test_layouts_divide_the_model_and_the_recommended_one_fits_first(tmp_path):
     assert {(True, False, "none"), (False, True, "none"), (False, False, "full")} <= kinds
     best = plan["recommended"]
     assert best in plan["layouts"] and best["fits"]
-    fitting = [r for r in plan["layouts"] if r["fits"]]
+    assert best["cp"] == 1  # the trainer refuses context parallelism: CP layouts are listed only
+    fitting = [r for r in plan["layouts"] if r["fits"] and r["cp"] == 1]
     size = best["tp"] * best["cp"] * best["pp"]
     assert all(size <= r["tp"] * r["cp"] * r["pp"] for r in fitting)
     assert all(
@@ -149,3 +150,28 @@ def test_not_a_llama_is_one_line(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("error: not a Llama config")
+
+
+def test_the_plan_says_how_to_launch_its_layout_and_what_a_cpu_rehearsal_can_run(tmp_path):
+    """``launch``: nodes, ranks per node and the trainer's flags of the recommended layout; a
+    CPU rehearsal (local spec, no CUDA) gets layouts without sequence parallelism and without
+    the distributed optimizer; ``--train-iters`` counts tokens as the trainer does."""
+    cluster = ["--gpus", "256", "--global-batch-size", "512", "--train-iters", "46250", *CLUSTER]
+    plan = _plan(tmp_path, LLAMA3_70B, *MOTIF, *cluster)
+    best, launch = plan["recommended"], plan["launch"]
+    assert plan["train_tokens"] == 46250 * 512 * 8192
+    assert launch["nodes"] == 32 and launch["ranks_per_node"] == 8
+    flags = launch["flags"].split()
+    assert flags[flags.index("--tensor-model-parallel-size") + 1] == str(best["tp"])
+    assert flags[flags.index("--pipeline-model-parallel-size") + 1] == str(best["pp"])
+    assert flags[flags.index("--micro-batch-size") + 1] == "1"
+    per_chunk = 96 // (best["pp"] * best["vpp"])
+    if best["vpp"] > 1:
+        assert flags[flags.index("--num-layers-per-virtual-pipeline-stage") + 1] == str(per_chunk)
+    assert ("--sequence-parallel" in flags) == best["sp"]
+    assert ("--use-distributed-optimizer" in flags) == best["distributed_optimizer"]
+    assert ("--recompute-granularity" in flags) == (best["recompute"] == "full")
+    cpu = ["--transformer-impl", "local", "--no-distributed-optimizer"]
+    rehearsal = _plan(tmp_path, LLAMA3_70B, *MOTIF, *cluster, *cpu)
+    assert not any(r["sp"] or r["distributed_optimizer"] for r in rehearsal["layouts"])
+    assert "--sequence-parallel" not in rehearsal["launch"]["flags"]

@@ -149,6 +149,40 @@ def test_one_runner_at_a_time_and_no_set_that_an_arm_drops(tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+    "steps, needle",
+    [
+        (
+            "[{name: plan, run: 'tools/plan.py'},"
+            " {name: t, run: 'pretrain_motif.py --exit-signal-handler', layout: plan,"
+            " tasks_per_node: 2}]",
+            "step t: layout 'plan' must be a dry_run step writing {out}/plan.json",
+        ),
+        (
+            "[{name: plan, run: 'tools/plan.py', dry_run: true},"
+            " {name: t, run: 'pretrain_motif.py --exit-signal-handler --micro-batch-size 2',"
+            " layout: plan, tasks_per_node: 2}]",
+            "step t: its layout comes from plan; drop --micro-batch-size",
+        ),
+        (
+            "[{name: t, run: 'pretrain_motif.py --lr 1', tasks_per_node: 2}]",
+            "step t: a training step with ranks needs --exit-signal-handler",
+        ),
+        (
+            "[{name: a, run: 'tools/a.py'}, {name: plan, run: 'tools/plan.py {a}', dry_run: true}]",
+            "step plan runs in --dry-run and before a --slurm submission, so it cannot read a",
+        ),
+    ],
+    ids=["layout-not-dry-run", "layout-flag-named", "no-signal-handler", "dry-run-reads-late"],
+)
+def test_recipes_that_cannot_run_on_a_cluster_are_refused_in_one_line(tmp_path, steps, needle):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(f"name: bad\nsteps: {steps}\n")
+    result = run(["tools/run_recipe.py", str(recipe), "--out", str(tmp_path / "out"), "--dry-run"])
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2 and last.startswith("error: ") and needle in last, last
+
+
 def test_the_code_version_and_config_files_are_part_of_a_steps_identity(tmp_path, monkeypatch):
     """A step's hash changes with the project's git commit (or dirty state) and with the
     contents of a ``--config`` file its command names; step.json records the version."""
@@ -284,10 +318,11 @@ def test_the_motif_recipe_dry_runs_with_shared_data_steps(tmp_path):
     depth = next(line for line in printed.splitlines() if line.startswith("[depth_only] grow:"))
     assert "--hidden-size" not in depth and "--depth-add 16" in depth
     assert "[depth_only] finalize" not in printed  # no MSG masks: SFT starts from the trained model
-    ratio = next(line for line in printed.splitlines() if line.startswith("[ratio_8_2] train:"))
-    assert "--data-path 8 " in ratio and "train: 32 nodes x 8 GPUs: " in ratio
-    assert "torchrun --nproc_per_node=256 pretrain_motif.py" in ratio  # all ranks, one machine
+    blend = next(line for line in printed.splitlines() if line.startswith("[ratio_8_2] blend:"))
+    assert "--group ko 8 " in blend and "--data-args-path" in blend
     assert "[motif] plan: preview failed, going on: " in printed  # no base model here
+    train = next(line for line in printed.splitlines() if line.startswith("[motif] train:"))
+    assert "its layout comes from" in train and "not written yet" in train
 
 
 def test_the_motif_recipe_plans_in_its_dry_run(tmp_path):
@@ -306,8 +341,24 @@ def test_the_motif_recipe_plans_in_its_dry_run(tmp_path):
         plan = json.loads(path.read_text())
         plans[plan["params_grown"]] = plan
     assert 102_022_456_320 in plans and len(plans) == 2  # motif, and the depth-only arm
-    assert plans[102_022_456_320]["recommended"]["fits"]
+    motif = plans[102_022_456_320]
+    assert motif["recommended"]["fits"] and motif["recommended"]["cp"] == 1
+    # the run's length is stated once: the plan's days are for the tokens the trainer runs
+    assert motif["train_tokens"] == 46250 * 512 * 8192
+    assert f"{motif['train_days']:.1f} days" in printed
     assert not list((out / "steps").glob("import-*/step.json"))  # nothing else ran
+    # every GPU step takes the plan's nodes and layout; the trainer reads the blend step's file
+    launch = motif["launch"]
+    nodes = f"{launch['nodes']} nodes x {launch['ranks_per_node']} GPUs: "
+    for step in ("train", "sft", "kto"):
+        line = next(x for x in printed.splitlines() if x.startswith(f"[motif] {step}:"))
+        assert nodes in line and line.endswith(launch["flags"]), line
+        assert f"--nproc_per_node={launch['nodes'] * launch['ranks_per_node']} " in line
+    train = next(x for x in printed.splitlines() if x.startswith("[motif] train:"))
+    assert "--data-args-path" in train and "/data_args.txt" in train
+    assert "--tensor-model-parallel-size 8" in launch["flags"]
+    evaluate = next(x for x in printed.splitlines() if x.startswith("[motif] evaluate:"))
+    assert "2 nodes x 8 GPUs: " in evaluate
 
 
 EVALUATE = """

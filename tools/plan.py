@@ -47,6 +47,18 @@ def parse_args() -> argparse.Namespace:
         default=0.9,
         help="share of GPU memory the model may use (the rest: CUDA context, NCCL, fragments)",
     )
+    c.add_argument(
+        "--transformer-impl",
+        default="transformer_engine",
+        choices=("transformer_engine", "local"),
+        help="the trainer's layers: sequence parallelism needs Transformer Engine",
+    )
+    c.add_argument(
+        "--no-distributed-optimizer",
+        dest="distributed_optimizer",
+        action="store_false",
+        help="no layout shards the optimizer state (a CPU rehearsal: the trainer needs CUDA for it)",
+    )
     t = p.add_argument_group("time")
     t.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed")
     t.add_argument(
@@ -55,7 +67,13 @@ def parse_args() -> argparse.Namespace:
         default=PEAK_BF16["H100"] / 1e12,
         help="dense bf16 peak per GPU (H100/H200)",
     )
-    t.add_argument("--train-tokens", type=float, help="tokens to train, for the days estimate")
+    tokens = t.add_mutually_exclusive_group()
+    tokens.add_argument("--train-tokens", type=float, help="tokens to train, for the days estimate")
+    tokens.add_argument(
+        "--train-iters",
+        type=int,
+        help="iterations to train (the trainer's flag): tokens = iters x global batch x seq length",
+    )
     p.add_argument("--json", help="write the whole plan here")
     return p.parse_args()
 
@@ -88,8 +106,12 @@ def summary(plan: dict) -> list[str]:
         speed = plan["throughput"]
         line = f"{speed['tokens_per_s']:,.0f} tokens/s at MFU {plan['assumptions']['mfu']:g}"
         if "train_days" in plan:
-            line += f": {plan['train_days']:.1f} days"
+            line += f": {plan['train_tokens']:.3g} tokens in {plan['train_days']:.1f} days"
         lines.append(line)
+        run = plan["launch"]
+        lines.append(
+            f"launch: {run['nodes']} nodes x {run['ranks_per_node']} ranks: {run['flags']}"
+        )
     for name, cost in plan["tools"].items():
         lines.append(
             f"{name}: CPU memory {_gb(cost['cpu_memory_bytes'])}, disk {_gb(cost['disk_bytes'])}"
@@ -127,6 +149,8 @@ def main() -> None:
         args.micro_batch_size,
         args.gpus_per_node,
         args.usable_fraction,
+        args.transformer_impl,
+        args.distributed_optimizer,
     )
     plan = layouts.build(
         base,
@@ -134,7 +158,7 @@ def main() -> None:
         cluster,
         args.mfu,
         args.peak_tflops * 1e12,
-        args.train_tokens,
+        args.train_tokens or (args.train_iters or 0) * args.global_batch_size * args.seq_length,
     )
     print("\n".join(summary(plan)))
     if args.json:

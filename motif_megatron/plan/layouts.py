@@ -3,13 +3,16 @@
 A layout is ``TP x CP x PP x DP = GPUs`` with TP inside a node dividing the heads, the KV groups
 and the FFN, CP splitting the sequence into ``2 x CP`` chunks (Megatron's load balancing), PP
 dividing the layers into ``PP x VPP`` virtual stages, and the global batch a multiple of ``micro
-batch x DP``. Sequence parallelism is on wherever TP > 1 (as everyone runs it); each layout comes
-with and without the distributed optimizer and with no or full recomputation (selective
-recomputation frees nothing more under flash attention, see :mod:`memory`). Its ``efficiency`` is
-the share of the GPUs' time spent on model FLOPs that the schedule leaves: the pipeline bubble
+batch x DP``. Sequence parallelism is on wherever TP > 1 (as everyone runs it) when the layers
+are Transformer Engine's (the local spec's norms cannot take it); each layout comes with and
+without the distributed optimizer and with no or full recomputation (selective recomputation
+frees nothing more under flash attention, see :mod:`memory`). Its ``efficiency`` is the share of
+the GPUs' time spent on model FLOPs that the schedule leaves: the pipeline bubble
 ``(PP - 1) / (VPP x micro batches)`` and full recomputation's extra forward (3/4). The
-recommended layout fits with the least model parallelism (``TP x CP x PP``), then the highest
-efficiency, then the fewest pipeline stages, then with the distributed optimizer.
+recommended layout is one ``pretrain_motif.py`` runs (CP 1: the trainer refuses context
+parallelism) that fits with the least model parallelism (``TP x PP``), then the highest
+efficiency, then the fewest pipeline stages, then with the distributed optimizer; its ``launch``
+is the nodes, ranks per node and trainer flags a recipe step takes (``layout:``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ class Cluster:
     gpus_per_node: int = 8
     usable_fraction: float = 0.9
     """Share of the GPU memory the model may take (CUDA context, NCCL buffers, fragmentation)."""
+    transformer_impl: str = "transformer_engine"
+    """The trainer's ``--transformer-impl``: sequence parallelism needs Transformer Engine."""
+    distributed_optimizer: bool = True
+    """Whether layouts may shard the optimizer (the trainer's distributed optimizer needs CUDA)."""
 
 
 def _divisors(n: int) -> list[int]:
@@ -82,9 +89,10 @@ def layouts(args: LlamaArgs, cluster: Cluster) -> list[dict]:
     budget = cluster.usable_fraction * cluster.gpu_memory_gb * GIB
     for tp, cp, pp, vpp, dp in _parallel_sizes(args, cluster):
         micro = memory.num_microbatches(cluster.global_batch_size, cluster.micro_batch_size, dp)
-        for dist_opt in (False, True):
+        for dist_opt in (False, True) if cluster.distributed_optimizer else (False,):
             for recompute in ("none", "full"):
-                layout = memory.Layout(tp, pp, dp, dist_opt, tp > 1, recompute, vpp, cp)
+                sp = tp > 1 and cluster.transformer_impl == "transformer_engine"
+                layout = memory.Layout(tp, pp, dp, dist_opt, sp, recompute, vpp, cp)
                 weights = memory.weight_optimizer_bytes(args, layout)
                 acts = memory.activation_bytes(
                     args, layout, cluster.seq_length, cluster.micro_batch_size, micro
@@ -105,7 +113,7 @@ def layouts(args: LlamaArgs, cluster: Cluster) -> list[dict]:
 
 
 def recommend(rows: list[dict]) -> dict | None:
-    fitting = [r for r in rows if r["fits"]]
+    fitting = [r for r in rows if r["fits"] and r["cp"] == 1]
     if not fitting:
         return None
     return min(
@@ -117,6 +125,35 @@ def recommend(rows: list[dict]) -> dict | None:
             not r["distributed_optimizer"],
         ),
     )
+
+
+def launch(row: dict, cluster: Cluster, num_layers: int) -> dict:
+    """How a training step runs this layout: its nodes, ranks per node and the trainer's flags
+    (Megatron-LM's names)."""
+    per_node = min(cluster.gpus, cluster.gpus_per_node)
+    flags = [
+        f"--tensor-model-parallel-size {row['tp']}",
+        f"--pipeline-model-parallel-size {row['pp']}",
+        f"--micro-batch-size {cluster.micro_batch_size}",
+    ]
+    if row["vpp"] > 1:
+        per_chunk = num_layers // (row["pp"] * row["vpp"])
+        flags.append(f"--num-layers-per-virtual-pipeline-stage {per_chunk}")
+    if row["cp"] > 1:
+        flags.append(f"--context-parallel-size {row['cp']}")
+    if row["sp"]:
+        flags.append("--sequence-parallel")
+    if row["distributed_optimizer"]:
+        flags.append("--use-distributed-optimizer")
+    if row["recompute"] == "full":
+        flags.append(
+            "--recompute-granularity full --recompute-method uniform --recompute-num-layers 1"
+        )
+    return {
+        "nodes": -(-cluster.gpus // per_node),
+        "ranks_per_node": per_node,
+        "flags": " ".join(flags),
+    }
 
 
 def flops_per_token(args: LlamaArgs, seq: int, tp: int) -> float:
@@ -188,8 +225,10 @@ def build(
         },
     }
     if best is not None:
+        result["launch"] = launch(best, cluster, grown.num_hidden_layers)
         speed = throughput(grown, cluster, best, mfu, peak_flops)
         result["throughput"] = speed
         if train_tokens:
+            result["train_tokens"] = train_tokens
             result["train_days"] = train_tokens / speed["tokens_per_s"] / 86400
     return result

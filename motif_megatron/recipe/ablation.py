@@ -6,9 +6,11 @@ Korean and English perplexity per reference token and the token ratio of the che
 ``tokens`` of the ``report.train`` step's ``metrics.jsonl``. An arm dominates the baseline arm when
 neither perplexity is worse and one is better; the non-dominated arms (the Pareto front of Korean
 against English perplexity) are marked in the table and the plot. With ``report.recipe`` (an arm)
-``DIR/report.json`` also holds the base (label ``report.base``), baseline and recipe figures side
-by side and whether the recipe reaches its goal: Korean at most half the baseline's, English no
-worse; and the token ratios of the ``report.tokenizers`` steps (``tools/tokenizer_report.py``).
+``DIR/report.json`` holds that arm's final ``evaluation`` and its ``steps`` (each one's nodes,
+Slurm allocations and seconds, from its marker); with a ``report.baseline`` arm also the base
+(label ``report.base``), baseline and recipe figures side by side and whether the recipe reaches
+its goal: Korean at most half the baseline's, English no worse; and the token ratios of the
+``report.tokenizers`` steps (``tools/tokenizer_report.py``).
 """
 
 from __future__ import annotations
@@ -94,16 +96,35 @@ def _token_ratios(jobs, steps: list[str]) -> dict[str, dict[str, float]]:
     return ratios
 
 
+def _steps(jobs) -> list[dict]:
+    """Each finished step of an arm as its marker records it."""
+    steps = []
+    for job in jobs:
+        marker = job.folder / "step.json"
+        if marker.is_file():
+            record = json.loads(marker.read_text())
+            keys = ("nodes", "allocations", "seconds")
+            steps.append({"name": job.name} | {k: record.get(k) for k in keys})
+    return steps
+
+
 def summary(plans: dict, report: dict, result: dict) -> dict | None:
-    """The recipe arm against the base and the baseline (``report.json``), or None without
-    both arms evaluated."""
+    """The recipe arm's evaluation and steps, and against the base and the baseline when
+    there is one (``report.json``); None before the recipe arm is evaluated."""
     rows = {r["name"]: r for r in result["arms"]}
     recipe, baseline = rows.get(report.get("recipe")), rows.get(report.get("baseline"))
-    if recipe is None or baseline is None:
+    if recipe is None:
         return None
+    own = {
+        "recipe": recipe["name"],
+        "evaluation": {k: recipe[k] for k in ("korean_ppl", "english_ppl")},
+        "steps": _steps(plans[recipe["name"]]),
+    }
+    if baseline is None:
+        return own
     korean, english = report.get("korean", "ko"), report.get("english", "en")
     base = _evaluation(plans[recipe["name"]], report)[report.get("base", "base")]
-    return {
+    return own | {
         "korean_ppl_base": base[korean]["ppl"],
         "english_ppl_base": base[english]["ppl"],
         "korean_ppl_baseline": baseline["korean_ppl"],
@@ -111,7 +132,6 @@ def summary(plans: dict, report: dict, result: dict) -> dict | None:
         "korean_ppl_final": recipe["korean_ppl"],
         "english_ppl_final": recipe["english_ppl"],
         "token_ratio": recipe["token_ratio"],
-        "recipe": recipe["name"],
         "baseline": baseline["name"],
         "korean_vs_baseline": recipe["korean_ppl"] / baseline["korean_ppl"],
         "english_vs_baseline": recipe["english_ppl"] / baseline["english_ppl"],
@@ -174,7 +194,7 @@ def _markdown(result: dict, recipe: dict | None) -> list[str]:
             f"{r['wall_seconds']:.0f} | {'yes' if r['dominates_baseline'] else 'no'} | "
             f"{'*' if r['non_dominated'] else ''} |"
         )
-    if recipe:
+    if recipe and "baseline" in recipe:
         lines += [
             "",
             f"Recipe arm `{recipe['recipe']}` against baseline `{recipe['baseline']}`: Korean "

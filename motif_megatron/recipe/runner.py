@@ -27,17 +27,20 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import motif_megatron
 from motif_megatron.errors import UserError
+from motif_megatron.recipe.resources import Resources
 from motif_megatron.recipe.spec import Planned, Recipe, fingerprint, render
 
 MARKER = "step.json"
 JOB = "job.json"
 """What a step runs (hash, argv), written before it starts: the Slurm scripts run it from there."""
 LOCK = ".run_recipe.lock"
+STARTS = "allocations.txt"
+"""When each Slurm allocation of a step with ranks started (a requeued step has several)."""
 
 
 @functools.cache
@@ -69,20 +72,44 @@ class Job:
         marker = self.folder / MARKER
         return marker.is_file() and json.loads(marker.read_text())["hash"] == self.digest
 
-    def asks(self) -> str:
+    def launch(self, folders: dict[str, str]) -> dict | None:
+        """The ``launch`` of the plan this step takes its layout from (None without one)."""
+        source = self.planned.step.layout
+        if source is None:
+            return None
+        path = Path(folders[source]) / "plan.json"
+        if not path.is_file():
+            raise UserError(f"step {self.name}: its layout comes from {path}, not written yet")
+        launch = json.loads(path.read_text()).get("launch")
+        if launch is None:
+            raise UserError(f"step {self.name}: {path} recommends no layout (none fits)")
+        return launch
+
+    def resources(self, folders: dict[str, str]) -> Resources:
+        """The step's resources, with its plan's nodes and ranks per node when it has one."""
+        own, launch = self.planned.step.resources, self.launch(folders)
+        if launch is None:
+            return own
+        kind = "gpus_per_node" if own.gpus_per_node else "tasks_per_node"
+        return replace(own, nodes=launch["nodes"], **{kind: launch["ranks_per_node"]})
+
+    def asks(self, folders: dict[str, str]) -> str:
         """What a step with ranks asks for (``32 nodes x 8 GPUs: ``); empty for a process."""
-        r = self.planned.step.resources
+        r = self.resources(folders)
         unit = "GPUs" if r.gpus_per_node else "ranks"
         nodes = f"{r.nodes} node{'s' if r.nodes > 1 else ''}"
         return f"{nodes} x {r.ranks_per_node} {unit}: " if r.ranks else ""
 
     def args(self, folders: dict[str, str]) -> list[str]:
-        """The step's command (a ``.py`` script first for a step with ranks)."""
-        return render(self.planned.command, folders, str(self.folder))
+        """The step's command (a ``.py`` script first for a step with ranks), with its plan's
+        layout flags."""
+        launch = self.launch(folders)
+        flags = shlex.split(launch["flags"]) if launch else []
+        return render(self.planned.command, folders, str(self.folder)) + flags
 
     def argv(self, folders: dict[str, str]) -> list[str]:
         """How this machine runs it: every rank of every node under one torchrun."""
-        args, ranks = self.args(folders), self.planned.step.resources.ranks
+        args, ranks = self.args(folders), self.resources(folders).ranks
         if ranks:
             torchrun = str(Path(sys.executable).with_name("torchrun"))
             return [torchrun, f"--nproc_per_node={ranks}", *args]
@@ -120,10 +147,12 @@ def _folders(arm_jobs: list[Job]) -> dict[str, str]:
 
 
 def prepare(job: Job, folders: dict[str, str], again: bool) -> list[str]:
-    """The step's folder with its ``job.json`` (emptied first when it runs ``again``)."""
+    """The step's folder with its ``job.json`` (emptied first when it runs ``again``; the
+    allocations of an earlier submission forgotten)."""
     if again and job.folder.exists():
         shutil.rmtree(job.folder)
     job.folder.mkdir(parents=True, exist_ok=True)
+    (job.folder / STARTS).unlink(missing_ok=True)
     argv = job.argv(folders)
     (job.folder / JOB).write_text(json.dumps({"hash": job.digest, "argv": argv}, indent=2))
     return argv
@@ -150,7 +179,7 @@ def run_step(folder: Path) -> None:
 
 def mark_done(folder: Path, seconds: float) -> None:
     """Write the step's marker: it ran to its end (in a Slurm job: on which nodes, in how many
-    allocations)."""
+    allocations), ``seconds`` from its first start (requeue waits included)."""
     marker = {
         **json.loads((folder / JOB).read_text()),
         "code": code_version(),
@@ -222,6 +251,15 @@ def _preview(job: Job, folders: dict[str, str], label: str) -> None:
         print(f"[{label}] {job.name}: preview failed, going on: {lines[-1] if lines else ''}")
 
 
+def _dry_line(job: Job, folders: dict[str, str]) -> str:
+    """What a dry run prints of a step that would run: its resources and command, or why its
+    plan's layout is not known."""
+    try:
+        return job.asks(folders) + shlex.join(job.argv(folders))
+    except UserError as exc:
+        return f"{exc} (the plan step's preview failed)"
+
+
 def _run_arm(label: str, arm_jobs: list[Job], ran: set[str], dry_run: bool, rerun: Rerun) -> None:
     folders, again = _folders(arm_jobs), rerun.names(arm_jobs)
     for job in arm_jobs:
@@ -232,7 +270,7 @@ def _run_arm(label: str, arm_jobs: list[Job], ran: set[str], dry_run: bool, reru
         elif dry_run and job.planned.step.dry_run:
             _preview(job, folders, label)
         elif dry_run:
-            print(f"[{label}] {job.name}: {job.asks()}{shlex.join(job.argv(folders))}")
+            print(f"[{label}] {job.name}: {_dry_line(job, folders)}")
         else:
             execute(job, folders, label, again=job.name in again)
         ran.add(job.digest)
@@ -353,18 +391,21 @@ def step_script(recipe: Recipe, job: Job, folders: dict[str, str]) -> str:
     ``examples/slurm/launch.sh`` (srun per rank, signals, requeue on a stop; the folder is its
     ``SAVE``), any other step through :func:`run_step`; both end by writing the marker. It
     runs in the folder the runner ran in, as the step's command would here."""
-    resources = job.planned.step.resources
+    resources = job.resources(folders)
     options = {"job-name": f"{recipe.name}-{job.name}", "output": f"{job.folder}/slurm-%j.out"}
     options |= {k.replace("_", "-"): v for k, v in recipe.slurm.items()} | resources.sbatch()
     runner = [sys.executable, str(ROOT / "tools/run_recipe.py")]
     if resources.ranks:
         options = {"open-mode": "append", "requeue": None, "signal": STOP_SIGNAL} | options
         env = f"export PYTHON={shlex.quote(sys.executable)} SAVE={shlex.quote(str(job.folder))}"
+        starts = shlex.quote(str(job.folder / STARTS))
         body = [
             env,
+            f"date +%s >> {starts}",  # one line per allocation: the step's time counts from the first
             f"source {shlex.quote(str(ROOT / 'examples/slurm/launch.sh'))}",
             f"launch {shlex.join(job.args(folders))}",
-            shlex.join([*runner, "--mark-done", str(job.folder)]) + ' --seconds "$SECONDS"',
+            shlex.join([*runner, "--mark-done", str(job.folder)])
+            + f' --seconds "$(($(date +%s) - $(head -n 1 {starts})))"',
         ]
     else:
         body = [shlex.join([*runner, "--run-step", str(job.folder)])]
@@ -376,7 +417,8 @@ def step_script(recipe: Recipe, job: Job, folders: dict[str, str]) -> str:
 def write_slurm(recipe: Recipe, out: Path, rerun: Rerun = Rerun()) -> Path:
     """One sbatch script per step not yet done (shared steps once, :func:`step_script`) and
     ``submit.sh``, which submits them in order, each after the jobs of its dependencies
-    (``afterok``: a requeued step's dependents wait for its real end)."""
+    (``afterok``: a requeued step's dependents wait for its real end). A ``dry_run`` step (a
+    plan) runs here first: the steps that take their layout from it are sized by it."""
     rerun.check(recipe)
     folder = out / "slurm"
     folder.mkdir(parents=True, exist_ok=True)
@@ -391,6 +433,9 @@ def write_slurm(recipe: Recipe, out: Path, rerun: Rerun = Rerun()) -> Path:
         again = rerun.names(arm_jobs)
         for job in arm_jobs:
             if (job.done() and job.name not in again) or job.digest in submitted:
+                continue
+            if job.planned.step.dry_run:
+                execute(job, folders, arm, again=job.name in again)
                 continue
             prepare(job, folders, job.name in again)  # Slurm opens --output before the job
             script = folder / f"{job.name}-{job.digest}.sbatch"

@@ -12,7 +12,10 @@
   sweep: {setting: lr, values: [1.0e-4, 3.0e-4], select: train}
 
 A step's ``nodes``, ``gpus_per_node`` or ``tasks_per_node``, ``cpus_per_task``, ``mem`` and
-``time`` say what it runs on, over the recipe's ``resources`` defaults (:mod:`resources`).
+``time`` say what it runs on, over the recipe's ``resources`` defaults (:mod:`resources`). A step
+with ranks and ``layout: PLAN`` takes its nodes, ranks per node and parallel layout from the
+``launch`` of ``PLAN``'s ``{out}/plan.json`` (``tools/plan.py --json``; a ``dry_run`` step, so
+it is known before anything is submitted), and may not name those flags itself.
 In a command, ``{out}`` is the step's own folder, ``{NAME}`` of a step is that step's folder (a
 dependency), and any other name is a setting; settings are templates too, so an arm can reroute
 a step's input. Each arm runs the steps its targets reach (an arm's own ``targets`` replace the
@@ -53,7 +56,10 @@ class Step:
     inputs: tuple[str, ...] = ()
     """Files or folders whose contents are part of the step's identity."""
     dry_run: bool = False
-    """Runs in ``--dry-run`` too (a cheap preview such as ``tools/plan.py``)."""
+    """Runs in ``--dry-run`` too (a cheap preview such as ``tools/plan.py``), and here before a
+    ``--slurm`` submission; it reads only other ``dry_run`` steps."""
+    layout: str | None = None
+    """The plan step whose recommended layout this step runs at."""
 
 
 @dataclass(frozen=True)
@@ -95,7 +101,7 @@ class Recipe:
             raise UserError(f"{path}: a recipe needs a 'steps' list")
         steps, defaults = {}, resources.defaults(raw.get("resources"), str(path))
         for entry in raw["steps"]:
-            unknown = set(entry) - {"name", "run", "inputs", "dry_run"} - resources.NAMES
+            unknown = set(entry) - {"name", "run", "inputs", "dry_run", "layout"} - resources.NAMES
             if unknown or "name" not in entry or "run" not in entry:
                 raise UserError(
                     f"{path}: step {entry.get('name', '?')}: needs name and run, got {sorted(unknown)}"
@@ -109,6 +115,7 @@ class Recipe:
                 resources.step_resources(entry, defaults, where),
                 tuple(entry.get("inputs", ())),
                 bool(entry.get("dry_run", False)),
+                entry.get("layout"),
             )
         arms = {k: dict(v or {}) for k, v in (raw.get("arms") or {}).items()}
         settings = dict(raw.get("settings") or {})
@@ -148,8 +155,18 @@ class Recipe:
             raise UserError(f"report: needs step (a step) and only {sorted(REPORT_KEYS)}")
         if self.report.get("baseline") not in (None, *self.arms):
             raise UserError(f"report: baseline {self.report['baseline']!r} is not an arm")
+        for step in self.steps.values():
+            _check_layout(step, self.steps)
+            _check_stops(step)
         for arm in self.arm_names():
-            self.plan(arm)  # unknown names and cycles fail here, before anything runs
+            # unknown names and cycles fail here, before anything runs
+            for planned in self.plan(arm):
+                late = [d for d in planned.deps if not self.steps[d].dry_run]
+                if planned.step.dry_run and late:
+                    raise UserError(
+                        f"step {planned.step.name} runs in --dry-run and before a --slurm "
+                        f"submission, so it cannot read {late[0]}, which is not a dry_run step"
+                    )
 
     def _check_sweep(self) -> None:
         if not self.sweep:
@@ -203,7 +220,8 @@ class Recipe:
                 raise UserError(
                     f"steps depend on each other in a cycle: {' -> '.join((*path, name))}"
                 )
-            deps = [d for d in dict.fromkeys(_FIELD.findall(expanded[name])) if d in self.steps]
+            named = [*_FIELD.findall(expanded[name]), *filter(None, [self.steps[name].layout])]
+            deps = [d for d in dict.fromkeys(named) if d in self.steps]
             for dep in deps:
                 visit(dep, (*path, name))
             state[name] = "done"
@@ -221,6 +239,53 @@ class Recipe:
         for target in targets or self.arm_targets.get(arm, self.targets):
             visit(target, ())
         return order
+
+
+LAYOUT_FLAGS = (
+    "--tensor-model-parallel-size",
+    "--pipeline-model-parallel-size",
+    "--num-layers-per-virtual-pipeline-stage",
+    "--context-parallel-size",
+    "--sequence-parallel",
+    "--use-distributed-optimizer",
+    "--recompute-granularity",
+    "--micro-batch-size",
+)
+"""What a plan's ``launch`` sets (:func:`motif_megatron.plan.layouts.launch`)."""
+
+
+def _check_layout(step: Step, steps: dict[str, Step]) -> None:
+    if step.layout is None:
+        return
+    source = steps.get(step.layout)
+    if source is None or not source.dry_run:
+        raise UserError(
+            f"step {step.name}: layout {step.layout!r} must be a dry_run step writing "
+            "{out}/plan.json (tools/plan.py --json)"
+        )
+    if not step.resources.ranks:
+        raise UserError(f"step {step.name}: a layout is for a step with ranks (gpus_per_node)")
+    named = [f for f in LAYOUT_FLAGS if f in shlex.split(step.run)]
+    if named:
+        raise UserError(
+            f"step {step.name}: its layout comes from {step.layout}; drop {', '.join(named)}"
+        )
+
+
+TRAINERS = ("pretrain_motif.py", "posttrain_motif.py")
+
+
+def _check_stops(step: Step) -> None:
+    """A training step with ranks takes Slurm's warning before its time limit (SIGUSR1) as a
+    stop: it saves and is requeued, where without the handler the signal would kill it."""
+    words = shlex.split(step.run)
+    trains = bool(words) and Path(words[0]).name in TRAINERS
+    if trains and step.resources.ranks and "--exit-signal-handler" not in words:
+        raise UserError(
+            f"step {step.name}: a training step with ranks needs --exit-signal-handler (on "
+            "Slurm, SIGUSR1 before its time limit then saves and requeues it instead of "
+            "killing it)"
+        )
 
 
 def _check_overrides(
