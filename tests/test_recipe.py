@@ -243,6 +243,24 @@ def test_slurm_scripts_run_in_dependency_order(tmp_path, slurm):
         assert record["allocations"] == 1 and record["seconds"] > 0 and record["nodes"], record
 
 
+def test_a_second_slurm_run_leaves_queued_steps_alone(tmp_path, slurm):
+    """Running --slurm again while the steps' jobs are queued (submitted held here) submits
+    nothing new: each step keeps its job, and its dependents would wait for that one."""
+    recipe, out = _recipe(tmp_path, "slurm: {hold: null}\n"), tmp_path / "out"
+    ok(run(["tools/run_recipe.py", str(recipe), "--out", str(out), "--slurm"]))
+    submit = out / "slurm" / "submit.sh"
+    first = subprocess.run(["bash", str(submit)], capture_output=True, text=True, check=True)
+    jobs = [line.split("\t")[1] for line in first.stdout.splitlines()]
+    try:
+        assert len(jobs) == 3
+        ok(run(["tools/run_recipe.py", str(recipe), "--out", str(out), "--slurm"]))
+        assert "sbatch" not in submit.read_text()
+        again = subprocess.run(["bash", str(submit)], capture_output=True, text=True, check=True)
+        assert [line.split("\t")[1] for line in again.stdout.splitlines()] == jobs
+    finally:
+        subprocess.run(["scancel", *jobs], check=False)
+
+
 def _losses(folder: Path) -> list[float]:
     records = map(json.loads, (folder / "metrics.jsonl").read_text().splitlines())
     return [r["loss"] for r in records if "loss" in r]

@@ -41,6 +41,8 @@ JOB = "job.json"
 LOCK = ".run_recipe.lock"
 STARTS = "allocations.txt"
 """When each Slurm allocation of a step with ranks started (a requeued step has several)."""
+SUBMITTED = "slurm_job.txt"
+"""The Slurm job of a submitted step (``submit.sh`` writes it)."""
 
 
 @functools.cache
@@ -414,11 +416,22 @@ def step_script(recipe: Recipe, job: Job, folders: dict[str, str]) -> str:
     return "\n".join([*lines, *body]) + "\n"
 
 
+def queued_job(folder: Path) -> str | None:
+    """The step's Slurm job while Slurm still holds it (pending, running, requeued), else None."""
+    path = folder / SUBMITTED
+    if not path.is_file():
+        return None
+    job = path.read_text().strip()
+    shown = subprocess.run(["squeue", "-h", "-j", job, "-o", "%i"], capture_output=True, text=True)
+    return job if shown.returncode == 0 and shown.stdout.strip() else None
+
+
 def write_slurm(recipe: Recipe, out: Path, rerun: Rerun = Rerun()) -> Path:
     """One sbatch script per step not yet done (shared steps once, :func:`step_script`) and
     ``submit.sh``, which submits them in order, each after the jobs of its dependencies
-    (``afterok``: a requeued step's dependents wait for its real end). A ``dry_run`` step (a
-    plan) runs here first: the steps that take their layout from it are sized by it."""
+    (``afterok``: a requeued step's dependents wait for its real end). A step whose job is still
+    queued is not submitted again: its dependents wait for that job. A ``dry_run`` step (a plan)
+    runs here first: the steps that take their layout from it are sized by it."""
     rerun.check(recipe)
     folder = out / "slurm"
     folder.mkdir(parents=True, exist_ok=True)
@@ -437,18 +450,22 @@ def write_slurm(recipe: Recipe, out: Path, rerun: Rerun = Rerun()) -> Path:
             if job.planned.step.dry_run:
                 execute(job, folders, arm, again=job.name in again)
                 continue
-            prepare(job, folders, job.name in again)  # Slurm opens --output before the job
-            script = folder / f"{job.name}-{job.digest}.sbatch"
-            script.write_text(step_script(recipe, job, folders))
-            deps = [
-                submitted[by_name[d].digest]
-                for d in job.planned.deps
-                if by_name[d].digest in submitted
-            ]
-            after = f"--dependency=afterok:{':'.join(f'${v}' for v in deps)} " if deps else ""
-            var = f"job_{len(submitted)}"
-            lines.append(f"{var}=$(sbatch --parsable {after}{shlex.quote(str(script))})")
-            folder_q = shlex.quote(str(job.folder))
+            var, folder_q = f"job_{len(submitted)}", shlex.quote(str(job.folder))
+            held = None if job.name in again else queued_job(job.folder)
+            if held:
+                lines.append(f"{var}={held}  # {arm}/{job.name} is still queued")
+            else:
+                prepare(job, folders, job.name in again)  # Slurm opens --output before the job
+                script = folder / f"{job.name}-{job.digest}.sbatch"
+                script.write_text(step_script(recipe, job, folders))
+                deps = [
+                    submitted[by_name[d].digest]
+                    for d in job.planned.deps
+                    if by_name[d].digest in submitted
+                ]
+                after = f"--dependency=afterok:{':'.join(f'${v}' for v in deps)} " if deps else ""
+                lines.append(f"{var}=$(sbatch --parsable {after}{shlex.quote(str(script))})")
+                lines.append(f'echo "${var}" > {folder_q}/{SUBMITTED}')
             lines.append(f'printf "%s\\t%s\\t%s\\n" "{arm}/{job.name}" "${var}" {folder_q}')
             submitted[job.digest] = var
     submit = folder / "submit.sh"
