@@ -71,8 +71,9 @@ setup(
         # lm-eval (pinned: task names and the model API move between releases); accelerate for
         # its hf model
         "eval": EVAL,
-        # GPU clusters: Transformer Engine from PyPI; apex is built from source (see README)
-        "gpu": ["transformer-engine[pytorch]", "bitsandbytes"],
+        # GPU clusters: Transformer Engine from PyPI, in the range megatron-core 0.16.1 declares
+        # (its dev extra); apex is built from source (see README)
+        "gpu": ["transformer-engine[pytorch]>=2.9.0a0,<2.12.0", "bitsandbytes"],
         # KenLM perplexity scoring (the lmplz trainer is built from source by tools/train_kenlm.py)
         "kenlm": ["kenlm"],
         "ray": ["ray"],

@@ -23,6 +23,7 @@ from conftest import (
     ok,
     pretrain_records,
     run,
+    without_wall_clock,
 )
 
 from motif_megatron.checkpoint.dist import stop_reason
@@ -45,7 +46,7 @@ def records(path: Path) -> list[dict]:
 def steps(source: Path | list[dict]) -> list[dict]:
     """The per-iteration lines of a metrics file (or its records), without the wall-clock field."""
     lines = records(source) if isinstance(source, Path) else source
-    return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in lines if "loss" in r]
+    return [without_wall_clock(r) for r in lines if "loss" in r]
 
 
 def pretrain(load, save, data, *flags, **launch) -> list[dict]:
@@ -302,7 +303,7 @@ def test_the_motif_rehearsal_runs_on_two_nodes_as_it_runs_here(slurm, tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
     )
-    ok(run(["tools/run_recipe.py", str(recipe), "--out", str(local)]))
+    ok(run(["tools/run_recipe.py", str(recipe), "--out", str(local)], timeout=1800))
     printed = chain.communicate(timeout=1800)[0]
     logs = "".join(p.read_text()[-2000:] for p in out.glob("steps/*/slurm-*.out"))
     assert chain.returncode == 0, printed[-3000:] + logs

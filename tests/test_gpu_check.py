@@ -47,6 +47,37 @@ def test_every_check_runs_on_the_tiny_preset(tmp_path):
     assert f"{len(rows)}/{len(rows)} passed" in out.strip().splitlines()[-1]
 
 
+def test_the_gpu_plans_width_growth_is_a_valid_masked_growth_of_the_8b_slice():
+    """The GPU plan widens Llama-3.1-8B as the growth tool accepts it (no KV group dropped, the
+    heads a multiple of the groups), as the tiny plan that the test above runs does its base."""
+    from gpu_check import Plan
+
+    from motif_megatron.growth.msg import WidthPlan
+    from motif_megatron.model.llama import LlamaArgs
+    from motif_megatron.model.presets import hf_config
+
+    for plan, vocab in ((Plan.gpu(4, 4096, 20), 128256), (Plan.tiny(), 128256)):
+        old = LlamaArgs.from_hf_config({"model_type": "llama", **hf_config(plan.preset, vocab)})
+        flags = dict(zip(plan.widen[::2], plan.widen[1::2], strict=True))
+        WidthPlan(
+            old,
+            int(flags["--hidden-size"]),
+            int(flags["--ffn-hidden-size"]),
+            int(flags["--num-attention-heads"]),
+            int(flags["--num-query-groups"]),
+        ).check()
+
+
+def test_the_peak_is_the_exact_parts():
+    """An NVL or PCIe part is not the SXM part its name starts like."""
+    from motif_megatron.model.flops import peak_flops
+
+    assert peak_flops("NVIDIA H200") == peak_flops("NVIDIA H100 80GB HBM3") == 989.4e12
+    assert peak_flops("NVIDIA H200 NVL") == peak_flops("NVIDIA H100 NVL") == 835e12
+    assert peak_flops("NVIDIA H100 PCIe") == 756e12
+    assert peak_flops("") is None and peak_flops("Intel Xeon") is None
+
+
 def test_flops_are_megatron_lms():
     """12 B s L h^2 (...) equals 6 B s (linear parameters) + 6 B s^2 L h (attention scores and
     their product with values, fwd + bwd, half of them under the causal mask: Megatron-LM

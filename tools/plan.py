@@ -21,7 +21,7 @@ from motif_megatron.errors import run_cli
 def parse_args() -> argparse.Namespace:
     from motif_megatron.cli import add_fields
     from motif_megatron.growth.request import SHAPE, GrowthRequest
-    from motif_megatron.plan.model import PEAK_BF16
+    from motif_megatron.model.flops import peak_flops
 
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -64,7 +64,7 @@ def parse_args() -> argparse.Namespace:
     t.add_argument(
         "--peak-tflops",
         type=float,
-        default=PEAK_BF16["H100"] / 1e12,
+        default=peak_flops("H100") / 1e12,
         help="dense bf16 peak per GPU (H100/H200)",
     )
     tokens = t.add_mutually_exclusive_group()

@@ -50,6 +50,9 @@ class BuildOptions:
     recompute_num_layers: int | None = None
     lora: object | None = None
     """A ``model.lora.LoRAConfig``: its target linears are built as LoRA modules of the spec."""
+    attention_backend: str = "auto"
+    """Megatron-LM's ``--attention-backend``; on the local spec ``flash``/``auto`` is torch's
+    scaled_dot_product_attention (:mod:`attention`), ``unfused``/``local`` Megatron-Core's."""
 
 
 def te_available() -> bool:
@@ -96,6 +99,7 @@ def check_parallel_shapes(args: LlamaArgs, tp: int, pp: int, vpp: int = 1) -> No
 def transformer_config(args: LlamaArgs, options: BuildOptions):
     """The Megatron-Core ``TransformerConfig`` for a Llama with these args."""
     from megatron.core.transformer import TransformerConfig
+    from megatron.core.transformer.enums import AttnBackend
 
     check_parallel_shapes(args, options.tp, options.pp, options.vpp)
     if options.sequence_parallel and not te_available():
@@ -104,6 +108,7 @@ def transformer_config(args: LlamaArgs, options: BuildOptions):
             "drop --sequence-parallel on CPU"
         )
     dtype = options.params_dtype or args.torch_dtype
+    te = not options.host_only and resolve_spec(options.spec) == "te"
     overrides = dict(cpu.CPU_CONFIG_OVERRIDES) if cpu.needed() else {}
     if options.host_only:
         overrides["use_cpu_initialization"] = True
@@ -145,6 +150,9 @@ def transformer_config(args: LlamaArgs, options: BuildOptions):
         recompute_granularity=options.recompute_granularity,
         recompute_method=options.recompute_method,
         recompute_num_layers=options.recompute_num_layers,
+        # TE takes the backend from the config (process-wide NVTE_* variables); the local spec
+        # from its core-attention module (layer_spec)
+        attention_backend=AttnBackend[options.attention_backend if te else "auto"],
         **overrides,
     )
 
@@ -156,12 +164,18 @@ def model_vocab_size(args: LlamaArgs, options: BuildOptions) -> int:
     return padded_vocab_size(args.vocab_size, options.make_vocab_size_divisible_by, options.tp)
 
 
-def layer_spec(spec: Literal["te", "local"]):
+def layer_spec(spec: Literal["te", "local"], attention_backend: str = "auto"):
+    """Megatron-Core's layer spec; the local one with the core attention ``attention_backend``
+    names (TE reads the backend from the config)."""
     from megatron.core.models.gpt import gpt_layer_specs
+
+    from motif_megatron.model.attention import core_attention
 
     if spec == "te":
         return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
-    return gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+    layer = gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
+    layer.submodules.self_attention.submodules.core_attention = core_attention(attention_backend)
+    return layer
 
 
 def build_chunks(args: LlamaArgs, options: BuildOptions) -> list:
@@ -187,9 +201,9 @@ def build_model(args: LlamaArgs, options: BuildOptions, vp_stage: int | None = N
         if options.lora is not None:
             raise UserError("LoRA on an MSG-masked model: finalize the width growth first")
         layers = get_num_layers_to_build(config, vp_stage=vp_stage)
-        spec = masked.masked_spec(layer_spec(impl), config, msg, layers)
+        spec = masked.masked_spec(layer_spec(impl, options.attention_backend), config, msg, layers)
     else:
-        spec = layer_spec(impl)
+        spec = layer_spec(impl, options.attention_backend)
     if options.lora is not None:
         spec = lora.lora_spec(spec, options.lora)
     model = GPTModel(

@@ -14,9 +14,6 @@ from pathlib import Path
 from motif_megatron.errors import UserError
 from motif_megatron.model.llama import MODEL_ARGS_FILE, LlamaArgs, padded_vocab_size
 
-PEAK_BF16 = {"H200": 989.4e12, "H100": 989.4e12, "A100": 312e12, "B200": 2250e12, "L40S": 362e12}
-"""Dense bf16 tensor-core peaks from the data sheets (SXM parts), FLOP/s."""
-
 
 @dataclass(frozen=True)
 class Growth:

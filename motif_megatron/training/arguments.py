@@ -58,6 +58,12 @@ class TrainConfig:
     bf16: bool = option(False, "train in bf16 with fp32 main weights (GPU clusters)")
     use_distributed_optimizer: bool = option(False, "shard optimizer state over data parallel")
     sequence_parallel: bool = option(False, "sequence parallelism (needs Transformer Engine)")
+    attention_backend: str = option(
+        "auto",
+        "core attention (Megatron-LM's names): on the local spec flash/auto is torch's "
+        "scaled_dot_product_attention, unfused/local Megatron-Core's; TE picks its own",
+        choices=("flash", "fused", "unfused", "local", "auto"),
+    )
     make_vocab_size_divisible_by: int = option(128, "pad the vocabulary to a multiple of this * TP")
     recompute_granularity: str | None = option(
         None,
@@ -244,6 +250,14 @@ class TrainConfig:
             if plan.iters is None and not plan.plateau and plan is not self.plan[-1]:
                 problems.append(f"stage {plan.name}: give 'iters' or 'plateau: true'")
         problems += self._check_recompute()
+        from motif_megatron.model.builder import te_available
+
+        local = self.transformer_impl == "local" or not te_available()
+        if self.attention_backend == "fused" and local:
+            problems.append(
+                "--attention-backend fused is Transformer Engine's; the local spec runs flash "
+                "(torch's scaled_dot_product_attention) or unfused"
+            )
         if self.context_parallel_size != 1:
             problems.append(
                 f"--context-parallel-size {self.context_parallel_size}: this trainer does not "

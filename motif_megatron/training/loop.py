@@ -37,7 +37,7 @@ from motif_megatron.checkpoint import dist as ckpt
 from motif_megatron.errors import StoppedEarly, UserError
 from motif_megatron.model import lora, schedule
 from motif_megatron.model.builder import BuildOptions, build_chunks, model_vocab_size
-from motif_megatron.model.flops import train_flops
+from motif_megatron.model.flops import peak_flops, train_flops
 from motif_megatron.model.llama import LlamaArgs
 from motif_megatron.tokenizer.files import copy_tokenizer
 from motif_megatron.training import checkpointing, engine, preemption, schedules, stages
@@ -91,6 +91,7 @@ class Trainer:
             recompute_granularity=config.recompute_granularity,
             recompute_method=config.recompute_method,
             recompute_num_layers=config.recompute_num_layers,
+            attention_backend=config.attention_backend,
         )
         self.overlap = engine.Overlap(config.overlap_grad_reduce, config.overlap_param_gather)
         self.optim = engine.OptimConfig(
@@ -524,9 +525,11 @@ class Trainer:
         cfg = self.cfg
         tokens_per_iter = cfg.global_batch_size * cfg.seq_length
         vocab = model_vocab_size(self.args, self.options)
-        flops_per_gpu = train_flops(self.args, cfg.global_batch_size, cfg.seq_length, vocab) / (
+        flops_per_device = train_flops(self.args, cfg.global_batch_size, cfg.seq_length, vocab) / (
             torch.distributed.get_world_size()
         )
+        gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
+        peak = peak_flops(gpu)
         while self.iteration < cfg.train_iters:
             if self._stage_done() and not self._advance_stage():
                 break
@@ -551,7 +554,8 @@ class Trainer:
                     "msg_mask": mask,
                     "tokens_per_s": tokens_per_iter / elapsed,
                     # Megatron-LM's "throughput per GPU": its FLOPs count over the step's time
-                    "tflops_per_gpu": flops_per_gpu / elapsed / 1e12,
+                    "tflops_per_device": flops_per_device / elapsed / 1e12,
+                    "mfu": flops_per_device / elapsed / peak if peak else None,
                     "tokens": self.iteration * tokens_per_iter,
                     "skipped": result["skipped"],
                     **{

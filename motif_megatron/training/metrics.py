@@ -58,7 +58,16 @@ class Metrics:
         self._append(record)
         it = record["iteration"]
         if self.writer is not None:
-            for key in ("loss", "lr", "grad_norm", "tokens_per_s", "tflops_per_gpu", "msg_mask"):
+            keys = (
+                "loss",
+                "lr",
+                "grad_norm",
+                "tokens_per_s",
+                "tflops_per_device",
+                "mfu",
+                "msg_mask",
+            )
+            for key in keys:
                 if record.get(key) is not None:
                     self.writer.add_scalar(f"train/{key}", record[key], it)
         if it % self.log_interval == 0 or it == self.total:
@@ -69,7 +78,8 @@ class Metrics:
                 f"lm loss {record['loss']:.6E} | lr {record['lr']:.3E} | "
                 f"grad norm {grad if grad is None else f'{grad:.3f}'} | "
                 f"tokens/s {record['tokens_per_s']:.1f} | "
-                f"TFLOP/s/GPU {record['tflops_per_gpu']:.3g}"
+                f"TFLOP/s/device {record['tflops_per_device']:.3g}"
+                + ("" if record.get("mfu") is None else f" | MFU {record['mfu']:.1%}")
                 + ("" if mask is None else f" | msg mask {mask:.3f}"),
                 flush=True,
             )
