@@ -17,6 +17,10 @@ tokenizer and corpus:
 
 Without CUDA it says so in one line and exits 0. ``--tiny`` runs the same sequence on the tiny
 preset in fp32 on any machine, which is how the CPU tests keep this script working.
+``--validate`` trains nothing and needs no GPU: every command line of the GPU plan goes through
+its script's own parser and the trainer's configuration checks, and the width growth through
+the growth tool's plan at the 8B slice's shapes; it exits 0 only when all are accepted. A row
+that cannot run says why (``ok: null`` with ``why``).
 """
 
 from __future__ import annotations
@@ -81,16 +85,62 @@ class CheckFailed(Exception):
     pass
 
 
+TRAINERS = {"pretrain_motif.py": (), "posttrain_motif.py": ("sft", "kto")}
+
+
+def accept(script: str, argv: list[str]) -> None:
+    """``script`` would accept ``argv``: its own parser and, for the trainers, the configuration
+    checks a run makes before it builds anything (raises CheckFailed with the refusal)."""
+    import contextlib
+    import importlib.util
+    import io
+
+    from motif_megatron.errors import UserError
+
+    name, err = Path(script).name, io.StringIO()
+    if TRAINERS.get(name) and (not argv or argv[0] not in TRAINERS[name]):
+        raise CheckFailed(f"{name} refuses it: the first argument must be one of {TRAINERS[name]}")
+    try:
+        with contextlib.redirect_stderr(err):
+            if name in TRAINERS:
+                from motif_megatron.posttrain import kto, sft
+                from motif_megatron.training.arguments import TrainConfig, parse_configs
+
+                method = {"sft": sft.SFTConfig, "kto": kto.KTOConfig}.get(argv[0])
+                configs = (TrainConfig,) if method is None else (TrainConfig, method)
+                train = parse_configs(argv[1:] if method else argv, "", configs)[0]
+                train.check(1, require_data_path=method is None)
+            else:
+                spec = importlib.util.spec_from_file_location(name[:-3], ROOT / script)
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+                saved, sys.argv = sys.argv, [script, *argv]
+                try:
+                    module.parse_args()
+                finally:
+                    sys.argv = saved
+    except UserError as refused:
+        raise CheckFailed(f"{name} refuses it: {refused}") from None
+    except SystemExit:
+        raise CheckFailed(f"{name} refuses it: {err.getvalue().strip()}") from None
+
+
 class Checks:
     """Runs the checks in order; each becomes a row of the table and of the JSON."""
 
-    def __init__(self, out: Path, plan: Plan) -> None:
+    def __init__(self, out: Path, plan: Plan, validate: bool = False) -> None:
         self.out, self.plan, self.work = out, plan, out / "work"
+        self.validate, self.commands = validate, 0
         self.work.mkdir(parents=True, exist_ok=True)
         self.rows: list[dict] = []
 
     def run(self, script: str, *args: str, status: int = 0) -> str:
-        """Run a project script; any exit status but ``status`` fails the check."""
+        """Run a project script; any exit status but ``status`` fails the check. Validating,
+        only check that the script accepts the arguments."""
+        if self.validate:
+            accept(script, list(map(str, args)))
+            self.commands += 1
+            return ""
         cmd = [sys.executable, str(ROOT / script), *map(str, args)]
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if done.returncode != status:
@@ -98,8 +148,12 @@ class Checks:
             raise CheckFailed(f"{script} exited {done.returncode}: {' '.join(tail)}")
         return done.stdout
 
+    def accepted(self) -> tuple[bool, str, dict]:
+        """A validated check's row: every command so far was accepted."""
+        return True, "accepted", {"commands_accepted": self.commands}
+
     def check(self, name: str, fn) -> None:
-        start = time.perf_counter()
+        start, self.commands = time.perf_counter(), 0
         try:
             ok, value, extra = fn()
         except CheckFailed as failed:
@@ -107,7 +161,7 @@ class Checks:
         row = {"name": name, "ok": ok, "value": value, **extra}
         row["seconds"] = round(time.perf_counter() - start, 1)
         self.rows.append(row)
-        shown = "skip" if ok is None else ("ok" if ok else "FAIL")
+        shown = "n/a" if ok is None else ("ok" if ok else "FAIL")
         detail = {k: v for k, v in row.items() if k not in ("name", "ok")}
         print(f"{name:<24} {shown:<5} {json.dumps(detail, default=str)}", flush=True)
 
@@ -124,7 +178,7 @@ def environment(plan: Plan) -> dict:
         te = transformer_engine.__version__
     cuda = torch.cuda.is_available()
     return {
-        "gpu": torch.cuda.get_device_name() if cuda else "none (--tiny on the CPU)",
+        "gpu": torch.cuda.get_device_name() if cuda else "none",
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "python": sys.version.split()[0],
@@ -144,13 +198,14 @@ def setup(c: Checks) -> dict[str, Path]:
     p, w = c.plan, c.work
     tokenizer = unpack("llama3", w / "tokenizer")
     dtype = torch.bfloat16 if p.bf16 else torch.float32
-    hf = random_hf_model(w / "hf", p.preset, tokenizer, dtype=dtype, num_hidden_layers=p.layers)
-    c.run("tools/convert_hf.py", "import", "--hf-dir", hf, "--out", w / "base")
-    corpus = w / "ko.jsonl"
-    import lzma
+    hf, corpus = w / "hf", w / "ko.jsonl"
+    if not c.validate:
+        random_hf_model(hf, p.preset, tokenizer, dtype=dtype, num_hidden_layers=p.layers)
+        import lzma
 
-    xz = ROOT / "examples/data/corpus/ko-libreoffice-help.jsonl.xz"
-    corpus.write_bytes(lzma.decompress(xz.read_bytes()))
+        xz = ROOT / "examples/data/corpus/ko-libreoffice-help.jsonl.xz"
+        corpus.write_bytes(lzma.decompress(xz.read_bytes()))
+    c.run("tools/convert_hf.py", "import", "--hf-dir", hf, "--out", w / "base")
     prefix = w / "ko"
     c.run(
         "tools/preprocess_data.py",
@@ -173,7 +228,10 @@ BF16_LOGITS_ATOL = 0.1
 def logits_vs_hf(c: Checks, paths: dict, dtype: str):
     atol = c.plan.logits_atol if dtype == "float32" else BF16_LOGITS_ATOL
     args = ("--load", paths["base"], "--hf-dir", paths["hf"], "--atol", atol)
-    diff = _max_abs_diff(c.run("tools/check_equivalence.py", *args, "--dtype", dtype))
+    out = c.run("tools/check_equivalence.py", *args, "--dtype", dtype)
+    if c.validate:
+        return c.accepted()
+    diff = _max_abs_diff(out)
     return diff <= atol, diff, {"atol": atol, "dtype": dtype}
 
 
@@ -181,8 +239,29 @@ def masked_at_zero(c: Checks, paths: dict):
     grown = c.work / "grown"
     c.run("tools/expand_checkpoint.py", "--load", paths["base"], "--save", grown, *c.plan.widen)
     args = ("--load", paths["base"], "--load-b", grown, "--atol", c.plan.logits_atol)
-    diff = _max_abs_diff(c.run("tools/check_equivalence.py", *args, "--dtype", "float32"))
+    out = c.run("tools/check_equivalence.py", *args, "--dtype", "float32")
+    if c.validate:
+        return width_plan_accepted(c)
+    diff = _max_abs_diff(out)
     return diff <= c.plan.logits_atol, diff, {"atol": c.plan.logits_atol, "grown": c.plan.widen}
+
+
+def width_plan_accepted(c: Checks):
+    """The growth tool's width plan for the widen flags at the slice's shapes (no weights)."""
+    from motif_megatron.errors import UserError
+    from motif_megatron.growth.msg import WidthPlan
+    from motif_megatron.model.llama import LlamaArgs
+    from motif_megatron.model.presets import hf_config
+
+    config = hf_config(c.plan.preset, 128256, num_hidden_layers=c.plan.layers)
+    old = LlamaArgs.from_hf_config({"model_type": "llama", **config})
+    flags = dict(zip(c.plan.widen[::2], c.plan.widen[1::2], strict=True))
+    names = ("--hidden-size", "--ffn-hidden-size", "--num-attention-heads", "--num-query-groups")
+    try:
+        WidthPlan.requested(old, tuple(int(flags[n]) if n in flags else None for n in names))
+    except UserError as refused:
+        raise CheckFailed(f"the width growth is refused: {refused}") from None
+    return c.accepted()
 
 
 def measured_bf16_peak(n: int = 8192, reps: int = 20) -> float | None:
@@ -201,7 +280,7 @@ def measured_bf16_peak(n: int = 8192, reps: int = 20) -> float | None:
     return 2 * n**3 * reps / (time.perf_counter() - start)
 
 
-def _pretrain(c: Checks, paths: dict, name: str, *extra: str, status: int = 0) -> list[dict]:
+def _pretrain(c: Checks, paths: dict, name: str, *extra: str, status: int = 0) -> Path:
     p, run = c.plan, c.work / "pretrain"
     metrics = c.work / f"{name}.jsonl"
     flags = ["--bf16", "--use-distributed-optimizer"] if p.bf16 else []
@@ -215,6 +294,10 @@ def _pretrain(c: Checks, paths: dict, name: str, *extra: str, status: int = 0) -
         *extra,
         status=status,
     )
+    return metrics
+
+
+def _records(metrics: Path) -> list[dict]:
     return [r for r in map(json.loads, metrics.read_text().splitlines()) if "loss" in r]
 
 
@@ -228,6 +311,9 @@ def pretrain_and_resume(c: Checks, paths: dict, peak: float | None):
         c, paths, "pretrain_until_stop", "--exit-interval", str(stop), status=STOPPED_EARLY
     )
     second = _pretrain(c, paths, "pretrain_resumed")
+    if c.validate:
+        return c.accepted()
+    first, second = _records(first), _records(second)
     if [r["iteration"] for r in first] != list(range(1, stop + 1)):
         raise CheckFailed(f"the first run logged {[r['iteration'] for r in first]}")
     resumed = [r["iteration"] for r in second] == list(range(stop + 1, c.plan.steps + 1))
@@ -284,6 +370,8 @@ def _example_losses(model, rows, examples):
 
 def packed_sft(c: Checks, paths: dict):
     """Packed rows against each example alone, on the spec this machine runs (in-process)."""
+    if c.validate:
+        return None, None, {"why": "in-process: no command line to validate"}
     from motif_megatron import parallel
     from motif_megatron.checkpoint.dist import build_from_checkpoint
     from motif_megatron.model.builder import BuildOptions
@@ -339,6 +427,8 @@ def kto(c: Checks, paths: dict):
         *("--seq-length", 128, "--micro-batch-size", 2, "--global-batch-size", 4),
         *(["--bf16"] if c.plan.bf16 else []),
     )
+    if c.validate:
+        return c.accepted()
     cached = list((save / "kto_reference").glob("*.pt"))
     losses = [json.loads(x)["loss"] for x in metrics.read_text().splitlines() if '"loss"' in x]
     ok = len(cached) == 1 and bool(losses) and all(math.isfinite(x) for x in losses)
@@ -352,6 +442,8 @@ def evaluate_ppl(c: Checks, paths: dict):
         *("--load", f"base={paths['base']}", "--text", f"ko={paths['text']}"),
         *("--max-docs", 8, "--out", out),
     )
+    if c.validate:
+        return c.accepted()
     ppl = json.loads((out / "evaluation.json").read_text())["checkpoints"]["base"]["ko"]["ppl"]
     return math.isfinite(ppl) and ppl > 1, ppl, {}
 
@@ -360,7 +452,8 @@ def lm_eval_adapter(c: Checks, paths: dict):
     try:
         import lm_eval  # noqa: F401
     except ImportError:
-        return None, None, {"skipped": "lm-eval is not installed in this Python"}
+        why = "lm-eval is not installed in this Python (pip install lm-eval, or make gpu-wheels)"
+        return None, None, {"why": why}
     bench = c.work / "benchmarks/kobest/copa"
     bench.mkdir(parents=True, exist_ok=True)
     record = {"premise": "비가 왔다", "alternative_1": "땅이 젖었다", "alternative_2": "해가 떴다"}
@@ -374,6 +467,8 @@ def lm_eval_adapter(c: Checks, paths: dict):
         *("--load", f"base={paths['base']}", "--tasks", "local_kobest_copa"),
         *("--benchmark-dir", c.work / "benchmarks", "--out", out),
     )
+    if c.validate:
+        return c.accepted()
     tasks = json.loads((out / "evaluation.json").read_text())["checkpoints"]["base"]["tasks"]
     score = tasks.get("local_kobest_copa", {})
     return bool(score), score, {}
@@ -386,12 +481,17 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seq-length", type=int, default=4096, help="training sequence length")
     p.add_argument("--steps", type=int, default=30, help="bf16 training steps")
     p.add_argument("--tiny", action="store_true", help="the tiny preset in fp32 (any machine)")
+    p.add_argument(
+        "--validate",
+        action="store_true",
+        help="train nothing: check that every command line and plan is accepted (no GPU needed)",
+    )
     return p.parse_args()
 
 
 def main() -> int:
     args = parse_args()
-    if not torch.cuda.is_available() and not args.tiny:
+    if not torch.cuda.is_available() and not (args.tiny or args.validate):
         print(f"gpu-check: no CUDA device here (torch {torch.__version__}); nothing checked")
         return 0
     from motif_megatron.errors import quiet_library_warnings
@@ -399,10 +499,10 @@ def main() -> int:
     quiet_library_warnings()
     plan = Plan.tiny() if args.tiny else Plan.gpu(args.layers, args.seq_length, args.steps)
     out = Path(args.out)
-    c = Checks(out, plan)
-    env = environment(plan)
+    c = Checks(out, plan, args.validate)
+    env = {**environment(plan), "validate": args.validate}
     print(json.dumps(env, default=str), flush=True)
-    peak = measured_bf16_peak()
+    peak = None if args.validate else measured_bf16_peak()
     env["measured_bf16_matmul_tflops"] = peak / 1e12 if peak else None
     paths: dict = {}
 
@@ -421,10 +521,13 @@ def main() -> int:
         c.check("lm_eval_adapter", lambda: lm_eval_adapter(c, paths))
         c.check("packed_sft_vs_alone", lambda: packed_sft(c, paths))
     failed = [r["name"] for r in c.rows if r["ok"] is False]
-    report = {"environment": env, "checks": c.rows, "failed": failed}
+    not_run = [r["name"] for r in c.rows if r["ok"] is None]
+    report = {"environment": env, "checks": c.rows, "failed": failed, "not_run": not_run}
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+    passed = len(c.rows) - len(failed) - len(not_run)
     print(
-        f"gpu-check: {len(c.rows) - len(failed)}/{len(c.rows)} passed -> {out / 'gpu_check.json'}"
+        f"gpu-check: {passed}/{len(c.rows)} {'accepted' if args.validate else 'passed'}, "
+        f"{len(not_run)} not run (see 'why') -> {out / 'gpu_check.json'}"
     )
     return 1 if failed else 0
 

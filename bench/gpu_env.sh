@@ -21,6 +21,9 @@ if [ ! -x .venv-gpu/bin/python ]; then
   "$SYS" -m venv --system-site-packages .venv-gpu >&2
 fi
 PY=.venv-gpu/bin/python
+if [ -d bench/wheels ]; then  # wheels cut into pieces: joined and checked once all are here
+  "$SYS" bench/gpu_wheels.py --join bench/wheels >&2
+fi
 wheels=$(find bench/wheels -name '*.whl' 2>/dev/null | sort)
 if [ -n "$wheels" ]; then
   # shellcheck disable=SC2086

@@ -67,7 +67,7 @@ def pytest_sessionfinish(session, exitstatus) -> None:
 
 SMALL = ["--seq-length", "64", "--micro-batch-size", "1", "--global-batch-size", "4"]
 TP1_FLAGS = ["--train-iters", "4", "--lr", "1e-2"]
-WALL_CLOCK = ("tokens_per_s", "tflops_per_device", "mfu")
+WALL_CLOCK = ("tokens_per_s", "tflops_per_device", "mfu", "timers_ms")
 """The fields of a metrics record measured on the clock (a rerun's differ)."""
 
 

@@ -11,6 +11,7 @@ import pytest
 from conftest import ok, run
 from test_kto import write_kto
 from test_sft import write_sft
+from test_trainer import grown_data  # noqa: F401 (a fixture)
 
 AUDIT = "tests/scripts/device_audit.py"
 SMALL = ["--seq-length", "32", "--micro-batch-size", "1", "--global-batch-size", "4"]
@@ -34,7 +35,31 @@ def test_the_audit_catches_a_host_tensor(tmp_path):
     )
     result = run([AUDIT, str(script)])
     assert result.returncode != 0
-    assert "a tensor handed to dist.all_reduce did not go through" in result.stderr
+    assert "device audit: a host tensor was handed to dist.all_reduce" in result.stderr
+
+
+def test_the_audit_fails_an_op_that_mixes_host_and_device_memory(tmp_path):
+    """The planted mixes: a host mask times a device gradient (computed in backward, where
+    the device is known only from the parameter's placement), with the op and the line named;
+    a host 0-dim scalar and a ``.to(device)`` copy of the mask are what a GPU accepts."""
+    script = tmp_path / "mix.py"
+    script.write_text(
+        "import sys, torch\n"
+        "from motif_megatron import device\n"
+        "layer = device.module_to_device(torch.nn.Linear(4, 3))\n"
+        "x = device.to_device(torch.randn(2, 4))\n"
+        "layer(x).sum().backward()\n"
+        "mask = torch.tensor([1.0, 0.0, 1.0]).unsqueeze(1)\n"
+        "layer.weight.grad.mul_(torch.tensor(0.5)).mul_(mask.to(layer.weight.device))\n"
+        "layer.weight.grad.data.mul_(mask.cpu().to(x.device))\n"
+        "if sys.argv[1] == 'mix':\n"
+        "    layer.weight.grad.mul_(mask)  # planted\n"
+    )
+    assert "device audit: ok" in ok(run([AUDIT, str(script), "ok"]))
+    result = run([AUDIT, str(script), "mix"])
+    assert result.returncode != 0
+    assert "aten.mul_.Tensor mixes device tensors with host tensors (3, 1)" in result.stderr
+    assert 'mix.py", line 10' in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -42,7 +67,7 @@ def test_the_audit_catches_a_host_tensor(tmp_path):
 )
 def test_pretraining_with_eval_and_exit_checks(tmp_path, tiny_ckpt, ko_data, layout):
     metrics = tmp_path / "m.jsonl"
-    audited(
+    out = audited(
         [
             "pretrain_motif.py",
             *("--load", str(tiny_ckpt), "--save", str(tmp_path / "run"), "--data-path", ko_data),
@@ -54,6 +79,53 @@ def test_pretraining_with_eval_and_exit_checks(tmp_path, tiny_ckpt, ko_data, lay
         nproc=2,
     )
     assert [json.loads(x).get("iteration") for x in metrics.read_text().splitlines()][-1] == 3
+    assert "on the CPU these fusions are off (CUDA kernels): rope_fusion, bias_swiglu" in out
+
+
+def test_row_masked_stages_and_the_msg_ramp(tmp_path, widened, grown_data):  # noqa: F811
+    """The recipe's stage on the widened model: new blocks and new vocabulary rows (EEVE's
+    gradient row masks) while the MSG masks ramp."""
+    audited(
+        [
+            "pretrain_motif.py",
+            *("--load", str(widened), "--save", str(tmp_path / "run"), "--data-path", grown_data),
+            *("--stage", "llama-pro+eeve-3", "--msg-ramp-iters", "2", "--train-iters", "3"),
+            *SMALL,
+        ]
+    )
+
+
+@pytest.mark.parametrize("qlora", [[], ["--qlora"]], ids=["lora", "qlora"])
+def test_lora_and_qlora(tmp_path, tiny_ckpt, ko_data, qlora):
+    if qlora:
+        pytest.importorskip("bitsandbytes")
+    audited(
+        [
+            "pretrain_motif.py",
+            *("--load", str(tiny_ckpt), "--save", str(tmp_path / "run"), "--data-path", ko_data),
+            *("--stage", "lora", "--lora-rank", "4", "--train-iters", "2", *qlora),
+            *SMALL,
+        ]
+    )
+
+
+def test_the_lm_eval_adapter_and_generation(tiny_ckpt):
+    """``loglikelihood``, ``loglikelihood_rolling`` and ``generate_until`` (greedy inference)."""
+    pytest.importorskip("lm_eval")
+    audited(["tests/scripts/lm_eval_requests.py", str(tiny_ckpt)])
+
+
+def test_vocab_init_report(tmp_path, tiny_ckpt, expanded):
+    from conftest import bundled_corpus
+
+    text, _ = bundled_corpus(tmp_path, "ko-libreoffice-help", n=2)
+    audited(
+        [
+            "tools/vocab_init_report.py",
+            *("--load", str(tiny_ckpt), "--tokenizer", str(expanded[0] / "expanded")),
+            *("--text", str(text), "--out", str(tmp_path / "rep"), "--methods", "mean"),
+        ]
+    )
 
 
 def test_packed_sft(tmp_path, tiny_ckpt):

@@ -133,6 +133,30 @@ def kto_run(tmp_path, ckpt, name, *flags, nproc: int = 1):
     return [json.loads(x) for x in metrics.read_text().splitlines()]
 
 
+def test_throughput_counts_every_real_token_of_the_rows_and_kl_rows(tmp_path, tiny_ckpt):
+    """A KTO batch's tokens are each row and its KL row (the prompt with the next example's
+    completion) up to their padding, as the run logs them (``real_tokens``)."""
+    import json
+
+    from motif_megatron.posttrain import kto
+    from motif_megatron.posttrain.chat import ChatEncoder
+
+    write_kto(tmp_path / "kto.jsonl", 4)
+    encoder = ChatEncoder(tiny_ckpt / "tokenizer", None)
+    data, _ = kto.encode(str(tmp_path / "kto.jsonl"), encoder, 32)
+    lines = (tmp_path / "kto.jsonl").read_text().splitlines()[:4]  # the fifth is a reject
+    pairs = [{k: r[k] for k in ("prompt", "completion")} for r in map(json.loads, lines)]
+    prompts = [len(encoder.prompt_ids([{"role": "user", "content": r["prompt"]}])) for r in pairs]
+    full = [len(encoder.encode(r).ids) for r in pairs]
+    for i in range(4):
+        own, kl = data.lengths[i].tolist()
+        assert own == full[i] - 1
+        assert kl == prompts[i] + full[(i + 1) % 4] - prompts[(i + 1) % 4] - 1
+        assert own < 32 and kl < 32  # both padded in their rows
+    run = kto_run(tmp_path, tiny_ckpt, "tokens", "--train-iters", "1", "--global-batch-size", "4")
+    assert run[0]["real_tokens"] == int(data.lengths.sum())  # the four examples, both rows
+
+
 def test_kto_run_widens_the_reward_margin_with_cached_reference(tmp_path, tiny_ckpt):
     import json
 

@@ -27,6 +27,7 @@ from conftest import (
 from conftest import pretrain_records as train
 
 from motif_megatron.checkpoint.dist import CheckpointReader
+from motif_megatron.training.metrics import TIMERS
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,29 @@ def grown_data(tmp_path_factory, expanded) -> str:
 
 def losses(records: list[dict]) -> list[float]:
     return [r["loss"] for r in records if "loss" in r]
+
+
+def test_fusions_follow_megatron_lm_where_their_kernels_are(monkeypatch):
+    """On by default as in Megatron-LM; the Transformer Engine kernels (RoPE, softmax, weight
+    gradient accumulation) only on the TE spec; none on a CPU (where the run says so)."""
+    from motif_megatron.compat import cpu
+    from motif_megatron.model.builder import BuildOptions, fusions
+    from motif_megatron.training.arguments import parse_args
+
+    asked = parse_args(["--data-path", "x", "--no-rope-fusion", "--cross-entropy-loss-fusion"])
+    options = BuildOptions(**asked.fusions())
+    assert fusions(options, te=True) == {}  # this CPU
+    monkeypatch.setattr(cpu, "needed", lambda: False)
+    on_te, local = fusions(options, te=True), fusions(options, te=False)
+    assert on_te == {
+        "apply_rope_fusion": False,  # --no-rope-fusion
+        "bias_activation_fusion": True,
+        "masked_softmax_fusion": True,
+        "gradient_accumulation_fusion": True,
+        "cross_entropy_loss_fusion": True,
+        "cross_entropy_fusion_impl": "native",
+    }
+    assert local == {**on_te, "masked_softmax_fusion": False, "gradient_accumulation_fusion": False}
 
 
 def test_loss_falls_on_korean_shards(tmp_path, tiny_ckpt, ko_data):
@@ -54,6 +78,10 @@ def test_loss_falls_on_korean_shards(tmp_path, tiny_ckpt, ko_data):
     for r in records:
         assert r["tflops_per_device"] == pytest.approx(per_token * r["tokens_per_s"] / 1e12)
         assert r["mfu"] is None  # no peak for a CPU
+        assert r["real_tokens"] == 4 * 64  # pretraining rows have no padding
+        # Megatron-LM's timers; a save's time lands in the iteration after it
+        assert list(r["timers_ms"]) == list(TIMERS) and r["timers_ms"]["forward-backward"] > 0
+        assert r["timers_ms"]["optimizer"] > 0 and r["timers_ms"]["save-checkpoint"] == 0
 
 
 @pytest.mark.parametrize(
@@ -290,7 +318,6 @@ def test_msg_masks_ramp_to_one_and_finalize(tmp_path, widened, ko_data):
     ("flags", "needle"),
     [
         ([], "--data-path (or --data-args-path) is required"),
-        (["--data-path", "x", "--qlora", "--lora-rank", "4"], "--qlora needs CUDA"),
         (["--data-path", "x", "--stage", "sideways"], "unknown stage 'sideways'"),
         (
             ["--data-path", "x", "--stage", "lora", "--sequence-parallel"],
@@ -305,6 +332,16 @@ def test_msg_masks_ramp_to_one_and_finalize(tmp_path, widened, ko_data):
         ),
         (["--data-path", "x", "--context-parallel-size", "2"], "--context-parallel-size 2:"),
         (["--data-path", "x", "--attention-backend", "fused"], "is Transformer Engine's"),
+        (
+            [
+                "--data-path",
+                "x",
+                "--cross-entropy-loss-fusion",
+                "--cross-entropy-fusion-impl",
+                "te",
+            ],
+            "--cross-entropy-fusion-impl te is Transformer Engine's kernel",
+        ),
         (
             ["--data-path", "x", "--num-layers-per-virtual-pipeline-stage", "1"],
             "needs --pipeline-model-parallel-size > 1",

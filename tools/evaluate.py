@@ -26,8 +26,7 @@ def pairs(values: list[str], flag: str) -> dict[str, str]:
     return out
 
 
-@run_cli
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -65,14 +64,20 @@ def main() -> None:
     p.add_argument("--tp", type=int, default=1, help="tensor-parallel size (run under torchrun)")
     p.add_argument("--pp", type=int, default=1, help="pipeline-parallel size (run under torchrun)")
     args = p.parse_args()
+    if not args.list_tasks and not (args.load and args.out):
+        p.error("--load and --out are required")
+    return args
+
+
+@run_cli
+def main() -> None:
+    args = parse_args()
     quiet_library_warnings()
     if args.list_tasks:
         for task, files in benchmarks.required_files(benchmarks.local_names()).items():
             print(f"{task}: {', '.join(files)}")
         print(f"task YAMLs: {benchmarks.TASKS_DIR}")
         return
-    if not args.load or not args.out:
-        p.error("--load and --out are required")
     from motif_megatron import parallel
     from motif_megatron.data.readers import Document, iter_documents
     from motif_megatron.eval.evaluate import evaluate

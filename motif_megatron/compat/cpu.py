@@ -57,6 +57,7 @@ CPU_CONFIG_OVERRIDES: dict[str, Any] = {
     "apply_rope_fusion": False,
     "gradient_accumulation_fusion": False,
     "persist_layer_norm": False,
+    "cross_entropy_loss_fusion": False,
     "use_cpu_initialization": True,
 }
 

@@ -93,7 +93,7 @@ class MotifLM(TemplateLM):
         ids = (context + continuation)[-(self.max_length + 1) :]
         logits = self._logits(ids[:-1], len(continuation))
         logprobs = torch.log_softmax(logits.double(), dim=-1)
-        target = torch.tensor(continuation)
+        target = torch.tensor(continuation, device=logprobs.device)
         picked = logprobs.gather(1, target[:, None]).squeeze(1)
         return float(picked.sum()), bool((logprobs.argmax(-1) == target).all())
 

@@ -53,6 +53,30 @@ class BuildOptions:
     attention_backend: str = "auto"
     """Megatron-LM's ``--attention-backend``; on the local spec ``flash``/``auto`` is torch's
     scaled_dot_product_attention (:mod:`attention`), ``unfused``/``local`` Megatron-Core's."""
+    rope_fusion: bool = False
+    bias_swiglu_fusion: bool = False
+    masked_softmax_fusion: bool = False
+    gradient_accumulation_fusion: bool = False
+    cross_entropy_loss_fusion: bool = False
+    cross_entropy_fusion_impl: str = "native"
+    """The trainer's fusion flags (Megatron-LM's; off for the tools). Those needing Transformer
+    Engine's kernels apply on the TE spec only, and none on a CPU (:func:`fusions`)."""
+
+
+def fusions(options: BuildOptions, te: bool) -> dict[str, object]:
+    """The ``TransformerConfig`` fusion fields these options give on this machine: RoPE, softmax
+    and weight-gradient fusion are Transformer Engine kernels (Megatron-LM also turns the last
+    off without TE or apex); SwiGLU and cross entropy are Megatron-Core's own (CUDA)."""
+    if cpu.needed():
+        return {}  # compat.cpu's overrides turn every fusion off
+    return {
+        "apply_rope_fusion": options.rope_fusion and te,
+        "bias_activation_fusion": options.bias_swiglu_fusion,
+        "masked_softmax_fusion": options.masked_softmax_fusion and te,
+        "gradient_accumulation_fusion": options.gradient_accumulation_fusion and te,
+        "cross_entropy_loss_fusion": options.cross_entropy_loss_fusion,
+        "cross_entropy_fusion_impl": options.cross_entropy_fusion_impl,
+    }
 
 
 def te_available() -> bool:
@@ -109,7 +133,7 @@ def transformer_config(args: LlamaArgs, options: BuildOptions):
         )
     dtype = options.params_dtype or args.torch_dtype
     te = not options.host_only and resolve_spec(options.spec) == "te"
-    overrides = dict(cpu.CPU_CONFIG_OVERRIDES) if cpu.needed() else {}
+    overrides = dict(cpu.CPU_CONFIG_OVERRIDES) if cpu.needed() else fusions(options, te)
     if options.host_only:
         overrides["use_cpu_initialization"] = True
     return TransformerConfig(

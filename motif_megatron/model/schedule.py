@@ -34,6 +34,10 @@ class Batch:
     packed_seq_params: object | None = None
     """TE spec: Megatron's ``PackedSeqParams`` (THD ``cu_seqlens``; built per microbatch)."""
 
+    def real_tokens(self) -> int:
+        """Tokens that are not row padding (every one for unpacked pretraining rows)."""
+        return self.tokens.numel() if self.segments is None else int((self.segments >= 0).sum())
+
 
 def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
     """Megatron-LM's per-token loss: the summed token losses and their count (the schedule adds

@@ -96,9 +96,15 @@ class KTOBatch:
     desirable: torch.Tensor
     ref_logps: torch.Tensor
     ref_kl_logps: torch.Tensor
+    lengths: tuple[int, ...] = ()
+    """Tokens before the padding of each row and each KL row (for the throughput)."""
     rows_per_sample: int = 2
     """Each example's row and its KL row run through the model together (the pipeline's
     activations hold both)."""
+
+    def real_tokens(self) -> int:
+        """Tokens that are not padding, the KL rows' included (they run forward and backward)."""
+        return sum(self.lengths)
 
 
 @dataclass
@@ -110,6 +116,8 @@ class KTOData:
     rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # tokens, labels, loss_mask
     kl_rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     desirable: torch.Tensor
+    lengths: torch.Tensor
+    """``[examples, 2]``: tokens before the padding of each row and of its KL row."""
 
     def __len__(self) -> int:
         return len(self.desirable)
@@ -170,7 +178,12 @@ def encode(path: str, encoder, seq_length: int) -> tuple[KTOData, list[dict]]:
             torch.tensor([r[2] for r in items]),
         )
 
-    return KTOData(stack(rows), stack(kl_rows), torch.tensor(labels)), rejects
+    lengths = [
+        [min(len(p) + len(c), seq_length + 1) - 1 for c in (own, kept[(i + 1) % len(kept)][1])]
+        for i, (p, own, _) in enumerate(kept)
+    ]
+    data = KTOData(stack(rows), stack(kl_rows), torch.tensor(labels), torch.tensor(lengths))
+    return data, rejects
 
 
 def _logps_objective(model, mb: Batch):
@@ -224,7 +237,10 @@ class ReferenceLogps:
             return self.table["logps"][rows], self.table["kl_logps"][rows]
         d = self.data
         subset = KTOData(
-            tuple(t[rows] for t in d.rows), tuple(t[rows] for t in d.kl_rows), d.desirable[rows]
+            tuple(t[rows] for t in d.rows),
+            tuple(t[rows] for t in d.kl_rows),
+            d.desirable[rows],
+            d.lengths[rows],
         )
         return sequence_logps(self.model, subset, micro_batch_size=1)
 
@@ -257,6 +273,7 @@ class KTOSource:
             desirable=self.data.desirable[rows],
             ref_logps=ref,
             ref_kl_logps=ref_kl,
+            lengths=tuple(self.data.lengths[rows].flatten().tolist()),
         )
 
 

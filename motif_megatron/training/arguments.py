@@ -64,6 +64,20 @@ class TrainConfig:
         "scaled_dot_product_attention, unfused/local Megatron-Core's; TE picks its own",
         choices=("flash", "fused", "unfused", "local", "auto"),
     )
+    rope_fusion: bool = option(True, "fused RoPE (Transformer Engine's kernel; off without it)")
+    bias_swiglu_fusion: bool = option(True, "fused SwiGLU (a torch.jit kernel on CUDA)")
+    masked_softmax_fusion: bool = option(
+        True, "fused scale-mask-softmax (Transformer Engine's attention; off without it)"
+    )
+    gradient_accumulation_fusion: bool = option(
+        True, "weight gradients accumulated into main_grad in the GEMM (Transformer Engine)"
+    )
+    cross_entropy_loss_fusion: bool = option(False, "fused vocab-parallel cross entropy (CUDA)")
+    cross_entropy_fusion_impl: str = option(
+        "native",
+        "the fused cross entropy's kernel: native (Megatron-Core's) or te",
+        choices=("native", "te"),
+    )
     make_vocab_size_divisible_by: int = option(128, "pad the vocabulary to a multiple of this * TP")
     recompute_granularity: str | None = option(
         None,
@@ -143,7 +157,7 @@ class TrainConfig:
         "modules that get adapters",
         nargs="+",
     )
-    qlora: bool = option(False, "4-bit base weights under LoRA (bitsandbytes, CUDA only)")
+    qlora: bool = option(False, "4-bit NF4 base weights under LoRA (bitsandbytes)")
     # checkpoints and logging
     save_interval: int | None = option(None, "save every this many iterations (and at the end)")
     keep_latest_checkpoints: int = option(
@@ -258,6 +272,11 @@ class TrainConfig:
                 "--attention-backend fused is Transformer Engine's; the local spec runs flash "
                 "(torch's scaled_dot_product_attention) or unfused"
             )
+        if self.cross_entropy_loss_fusion and self.cross_entropy_fusion_impl == "te" and local:
+            problems.append(
+                "--cross-entropy-fusion-impl te is Transformer Engine's kernel; this run has none "
+                "(use native)"
+            )
         if self.context_parallel_size != 1:
             problems.append(
                 f"--context-parallel-size {self.context_parallel_size}: this trainer does not "
@@ -282,6 +301,13 @@ class TrainConfig:
             )
         if problems:
             raise UserError("; ".join(problems))
+
+    def fusions(self) -> dict[str, object]:
+        """The fusions asked for, as ``BuildOptions`` fields (the builder keeps those the
+        machine has kernels for)."""
+        names = ("rope_fusion", "bias_swiglu_fusion", "masked_softmax_fusion")
+        names += ("gradient_accumulation_fusion", "cross_entropy_loss_fusion")
+        return {n: getattr(self, n) for n in (*names, "cross_entropy_fusion_impl")}
 
     def _check_interleaved(self, microbatches: int) -> list[str]:
         """Megatron-Core's interleaved schedule runs the microbatches in groups of PP."""

@@ -10,6 +10,7 @@ whole global batch (all microbatches and data-parallel ranks).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -126,6 +127,19 @@ def build_optimizer(model_chunks: list, optim: OptimConfig, no_decay: set[str] =
     return get_megatron_optimizer(opt_config, model_chunks, config_overrides=overrides)
 
 
+@contextlib.contextmanager
+def timed(timers, name: str):
+    """Megatron-LM's ``timers(name).start()`` ... ``.stop()`` (each synchronizes the device)."""
+    if timers is None:
+        yield
+        return
+    timers(name, log_level=0).start()
+    try:
+        yield
+    finally:
+        timers(name).stop()
+
+
 def train_step(
     model_chunks: list,
     optimizer,
@@ -133,20 +147,25 @@ def train_step(
     micro_batch_size: int,
     after_grad_sync: Callable[[int, torch.nn.Module], None] | None = None,
     objective=lm_objective,
+    timers=None,
 ) -> dict:
     """Forward, backward, ``finalize_model_grads`` (in the schedule), clip and one update.
 
     ``after_grad_sync(i, chunk)`` may edit chunk ``i``'s reduced gradients (row masks) before
-    the update.
+    the update. ``timers`` (Megatron-Core's ``Timers``) times ``forward-backward`` and
+    ``optimizer`` as Megatron-LM's ``train_step`` does.
     Returns ``loss`` (the objective's first report), ``grad_norm``, ``skipped`` and ``reports``."""
-    for chunk in model_chunks:
-        chunk.zero_grad_buffer()
-    optimizer.zero_grad()
-    reports = reduce_reports(run_schedule(model_chunks, batch, micro_batch_size, False, objective))
-    if after_grad_sync is not None:
-        for i, chunk in enumerate(model_chunks):
-            after_grad_sync(i, chunk.module)
-    update_ok, grad_norm, _ = optimizer.step()
+    with timed(timers, "forward-backward"):
+        for chunk in model_chunks:
+            chunk.zero_grad_buffer()
+        optimizer.zero_grad()
+        schedule = run_schedule(model_chunks, batch, micro_batch_size, False, objective)
+        reports = reduce_reports(schedule)
+    with timed(timers, "optimizer"):
+        if after_grad_sync is not None:
+            for i, chunk in enumerate(model_chunks):
+                after_grad_sync(i, chunk.module)
+        update_ok, grad_norm, _ = optimizer.step()
     if grad_norm is None and update_ok:  # --clip-grad 0: the norm is still reported and checked
         grad_norm = optimizer.get_grad_norm()
     loss = next(iter(reports.values()))

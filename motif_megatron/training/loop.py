@@ -32,8 +32,9 @@ from pathlib import Path
 
 import torch
 
-from motif_megatron import parallel
+from motif_megatron import device, parallel
 from motif_megatron.checkpoint import dist as ckpt
+from motif_megatron.compat import cpu
 from motif_megatron.errors import StoppedEarly, UserError
 from motif_megatron.model import lora, schedule
 from motif_megatron.model.builder import BuildOptions, build_chunks, model_vocab_size
@@ -43,7 +44,7 @@ from motif_megatron.tokenizer.files import copy_tokenizer
 from motif_megatron.training import checkpointing, engine, preemption, schedules, stages
 from motif_megatron.training.arguments import StagePlan, TrainConfig
 from motif_megatron.training.batches import BatchSource
-from motif_megatron.training.metrics import Metrics
+from motif_megatron.training.metrics import TIMERS, Metrics
 
 
 def _layout(tp: int, pp: int, vpp: int) -> str:
@@ -92,6 +93,7 @@ class Trainer:
             recompute_method=config.recompute_method,
             recompute_num_layers=config.recompute_num_layers,
             attention_backend=config.attention_backend,
+            **config.fusions(),
         )
         self.overlap = engine.Overlap(config.overlap_grad_reduce, config.overlap_param_gather)
         self.optim = engine.OptimConfig(
@@ -143,10 +145,6 @@ class Trainer:
             raise UserError(
                 "--overlap-grad-reduce / --overlap-param-gather need NCCL (asynchronous bucket "
                 f"collectives on CUDA streams); this run is on {torch.distributed.get_backend()}"
-            )
-        if cfg.qlora and not torch.cuda.is_available():
-            raise UserError(
-                "--qlora needs CUDA (bitsandbytes 4-bit kernels); train the LoRA stage without it"
             )
         if self.resume_iteration is None and cfg.load:
             ckpt.check_complete(cfg.load, cfg.allow_partial)
@@ -414,6 +412,10 @@ class Trainer:
     def _save(self) -> None:
         if not self.cfg.save:
             return
+        with engine.timed(self.timers, "save-checkpoint"):
+            self._save_now()
+
+    def _save_now(self) -> None:
         engine.sync_params(self.ddps)
         iteration = self.iteration
 
@@ -450,7 +452,8 @@ class Trainer:
         self.metrics.evaluation(self.iteration, sum(losses) / len(losses))
 
     def _step(self) -> dict:
-        batch = self.train_data.batch(self.iteration)
+        with engine.timed(self.timers, "batch-generator"):
+            batch = self.train_data.batch(self.iteration)
         result = engine.train_step(
             self.ddps,
             self.optimizer,
@@ -458,9 +461,19 @@ class Trainer:
             self.cfg.micro_batch_size,
             lambda i, chunk: self.stages[i].mask_gradients(chunk),
             self.objective,
+            self.timers,
         )
         self.scheduler.step(increment=1)
-        return result
+        rows = getattr(batch, "rows_per_sample", 1)  # KTO: each example's row and its KL row
+        return {**result, "real_tokens": batch.real_tokens(), "rows_per_sample": rows}
+
+    def _real_tokens(self, here: int) -> int:
+        """The global batch's tokens that are not padding (this rank's, summed over DP)."""
+        from megatron.core import parallel_state
+
+        count = device.to_device(torch.tensor([here], dtype=torch.float64))
+        torch.distributed.all_reduce(count, group=parallel_state.get_data_parallel_group())
+        return int(count.item())
 
     def _check_finite(self, result: dict) -> None:
         """Megatron-LM's ``--check-for-nan-in-loss-and-grad``: the loss and the global gradient
@@ -492,11 +505,19 @@ class Trainer:
         self.metrics = Metrics(
             cfg.metrics_file, cfg.tensorboard_dir, cfg.log_interval, cfg.train_iters, self.is_rank0
         )
+        from megatron.core.timers import Timers
+
+        self.timers = Timers(0, "max")
         self.metrics.event(
             f"{parallel.hosts()}: "
             f"{_layout(cfg.tensor_model_parallel_size, cfg.pipeline_model_parallel_size, self.vpp)}"
             f" DP={self.dp_size}"
         )
+        asked = [name for name, on in cfg.fusions().items() if on is True]
+        if asked and cpu.needed():
+            self.metrics.event(
+                f"on the CPU these fusions are off (CUDA kernels): {', '.join(asked)}"
+            )
         self._setup_data()
         self.saver = checkpointing.Saver(
             cfg.save, cfg.ckpt_fully_parallel_save, cfg.async_save and bool(cfg.save)
@@ -538,6 +559,8 @@ class Trainer:
             start = time.perf_counter()
             result = self._step()
             elapsed = time.perf_counter() - start
+            real = self._real_tokens(result["real_tokens"])
+            flops = flops_per_device * result["rows_per_sample"]
             self.iteration += 1
             if cfg.check_for_nan_in_loss_and_grad:
                 self._check_finite(result)
@@ -552,12 +575,17 @@ class Trainer:
                     else float(result["grad_norm"]),
                     "stage": self.stages[0].name,
                     "msg_mask": mask,
-                    "tokens_per_s": tokens_per_iter / elapsed,
+                    "real_tokens": real,  # not padding; KTO's KL rows included
+                    "tokens_per_s": real / elapsed,
                     # Megatron-LM's "throughput per GPU": its FLOPs count over the step's time
-                    "tflops_per_device": flops_per_device / elapsed / 1e12,
-                    "mfu": flops_per_device / elapsed / peak if peak else None,
+                    "tflops_per_device": flops / elapsed / 1e12,
+                    "mfu": flops / elapsed / peak if peak else None,
                     "tokens": self.iteration * tokens_per_iter,
                     "skipped": result["skipped"],
+                    "timers_ms": {
+                        name: self.timers(name, log_level=0).elapsed(reset=True) * 1000
+                        for name in TIMERS
+                    },
                     **{
                         name.replace(" ", "_"): value
                         for name, value in list(result["reports"].items())[1:]

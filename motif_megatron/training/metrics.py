@@ -1,8 +1,9 @@
 """Where a run reports: a Megatron-style log line, a metrics JSONL and TensorBoard events.
 
 Only rank 0 writes. The JSONL holds one line per iteration (``iteration``, ``loss`` at full float
-precision, ``lr``, ``grad_norm``, ``stage``, ``msg_mask``, ``tokens_per_s``, ``tokens`` trained
-so far) and one per evaluation (``eval_loss``). A resumed run first drops the lines past the iteration it resumes
+precision, ``lr``, ``grad_norm``, ``stage``, ``msg_mask``, ``tokens_per_s`` of tokens that are not
+padding, ``tflops_per_device``, ``mfu``, ``timers_ms``, ``tokens`` trained so far) and one per
+evaluation (``eval_loss``). A resumed run first drops the lines past the iteration it resumes
 from, so the file reads as one uninterrupted run.
 """
 
@@ -11,6 +12,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+
+TIMERS = ("forward-backward", "optimizer", "batch-generator", "save-checkpoint")
+"""Megatron-LM's timer names: each iteration's milliseconds in ``timers_ms`` (a save's in the
+iteration after it), their means over the log interval on the log line."""
 
 
 class Metrics:
@@ -27,6 +32,7 @@ class Metrics:
         self.total = total_iters
         self.path = Path(metrics_file) if metrics_file and enabled else None
         self.writer = None
+        self.interval_ms: dict[str, list[float]] = {}
         if tensorboard_dir and enabled:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -57,6 +63,8 @@ class Metrics:
             return
         self._append(record)
         it = record["iteration"]
+        for name, ms in record.get("timers_ms", {}).items():
+            self.interval_ms.setdefault(name, []).append(ms)
         if self.writer is not None:
             keys = (
                 "loss",
@@ -83,6 +91,11 @@ class Metrics:
                 + ("" if mask is None else f" | msg mask {mask:.3f}"),
                 flush=True,
             )
+            means = {k: sum(v) / len(v) for k, v in self.interval_ms.items() if any(v)}
+            if means:
+                shown = " | ".join(f"{k}: {v:.2f}" for k, v in means.items())
+                print(f"    (ms, mean per iteration) {shown}", flush=True)
+            self.interval_ms = {}
 
     def evaluation(self, iteration: int, loss: float) -> None:
         if not self.enabled:

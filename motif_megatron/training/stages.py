@@ -115,7 +115,8 @@ def _row_mask(model: torch.nn.Module, name: str, old_vocab: int) -> torch.Tensor
     param = dict(model.named_parameters())[name]
     local = param.shape[0]
     first = parallel_state.get_tensor_model_parallel_rank() * local
-    return (torch.arange(first, first + local) >= old_vocab).float().unsqueeze(1)
+    rows = torch.arange(first, first + local, device=param.device)  # where its gradient is
+    return (rows >= old_vocab).float().unsqueeze(1)
 
 
 def _union(name: str, stages: list[Stage]) -> Stage:
