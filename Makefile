@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # nodes of the local Slurm cluster the tests use (each a slurmd in its own network namespace)
 SLURM_NODES ?= 2
 
-.PHONY: venv kenlm demo test lint format clean slurm gpu-check gpu-wheels
+.PHONY: venv kenlm demo test test-compat lint format clean slurm gpu-check gpu-wheels
 
 $(STAMP): setup.py pyproject.toml
 	python3 -m venv $(VENV)
@@ -44,6 +44,28 @@ test: lint slurm kenlm
 	SLURM_NODES=$(SLURM_NODES) $(PY) -m pytest -q -n 2 --dist worksteal tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
 
+# the parity subset (conversion, growth exactness, TP/PP/VPP parity, resume: `-m compat`) with the
+# newest megatron-core on Python 3.12, in its own virtualenv; torch for 3.12 comes from PyPI (a
+# CUDA build, which runs on the CPU). The last result is in README.md.
+COMPAT       := .venv-compat
+COMPAT_PY    ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12; do \
+	"$$p" -c '' 2>/dev/null && { echo "$$p"; break; }; done)
+COMPAT_TORCH ?= 2.14.1
+COMPAT_MCORE ?= 0.19.2
+
+$(COMPAT)/.installed: setup.py pyproject.toml
+	$(COMPAT_PY) -m venv $(COMPAT)
+	$(COMPAT)/bin/pip install --quiet --upgrade pip
+	$(COMPAT)/bin/pip install --quiet torch==$(COMPAT_TORCH) megatron-core==$(COMPAT_MCORE) \
+		'pytest>=8' 'pytest-xdist>=3.6' setuptools 'pybind11>=2.12'
+	$(COMPAT)/bin/pip install --quiet --no-build-isolation -e .
+	touch $@
+
+test-compat: $(COMPAT)/.installed
+	$(COMPAT)/bin/python -c 'import sys, torch, megatron.core as m; print("compat:", sys.version.split()[0], torch.__version__, m.__version__)'
+	$(COMPAT)/bin/python -m pytest -q -n 2 --dist worksteal -m compat \
+		tests/test_convert.py tests/test_growth.py tests/test_trainer.py
+
 # the GPU path on one GPU (not part of `make test`): a table and outputs/gpu_check/gpu_check.json;
 # one line and exit 0 without CUDA. Uses .venv, or the machine's own CUDA torch plus bench/wheels.
 gpu-check:
@@ -60,4 +82,4 @@ format: venv
 	$(PY) -m ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .venv-gpu outputs build *.egg-info
+	rm -rf $(VENV) .venv-gpu $(COMPAT) outputs build *.egg-info

@@ -10,6 +10,7 @@ from conftest import max_abs_diff, ok, run
 from safetensors.torch import load_file
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize(("nproc", "tp", "pp"), [(1, 1, 1), (2, 2, 1), (2, 1, 2)])
 def test_imported_logits_equal_hf(tiny_hf, tiny_ckpt, nproc, tp, pp):
     out = ok(
@@ -66,6 +67,7 @@ def _tensors(hf_dir):
     return tensors
 
 
+@pytest.mark.compat
 def test_import_export_is_bitwise(tmp_path, tiny_hf, tiny_ckpt):
     out = _export(tiny_ckpt, tmp_path / "hf")
     before, after = _tensors(tiny_hf), _tensors(out)

@@ -11,6 +11,7 @@ from conftest import bundled_corpus, expand, finalize, max_abs_diff, ok, run
 from motif_megatron.checkpoint.dist import CheckpointReader
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize(("nproc", "layout"), [(1, []), (2, ["--tp", "2"]), (2, ["--pp", "2"])])
 def test_depth_growth_is_exact(tiny_ckpt, grown, nproc, layout):
     """``conftest.grown`` (+2 LlamaPro blocks, new vocabulary rows) computes the base's logits
@@ -163,6 +164,7 @@ def width_cases(tmp_path_factory, tiny_ckpt):
     return root
 
 
+@pytest.mark.compat
 @pytest.mark.parametrize(("nproc", "layout"), [(1, []), (2, ["--tp", "2"])])
 def test_width_growth_is_exact_at_mask_zero(tiny_ckpt, width_cases, nproc, layout):
     """Every width case against the base in one launch per layout (the last line is the largest

@@ -95,6 +95,7 @@ def test_loss_falls_on_korean_shards(tmp_path, tiny_ckpt, ko_data):
     ],
     ids=["tp2", "pp2", "dp2", "pp2-vpp2"],
 )
+@pytest.mark.compat
 def test_parallel_layouts_follow_tp1(tmp_path, tiny_ckpt, ko_data, tp1_reference, layout):
     reference = losses(tp1_reference)
     parallel = losses(train(tiny_ckpt, tmp_path / "par", ko_data, *TP1_FLAGS, *layout, nproc=2))
@@ -166,6 +167,7 @@ def test_stages_train_exactly_their_parameters(tmp_path, grown, grown_data):
 STAGED = "stages:\n  - {name: eeve-1, iters: 3}\n  - {name: full, iters: 5}\n"
 
 
+@pytest.mark.compat
 def test_sigkill_and_resume_is_bitwise(tmp_path, grown, grown_data):
     """A staged run (row-masked stage, then full) killed mid-run resumes to the same losses."""
     ckpt, data = grown, grown_data
@@ -588,3 +590,40 @@ def test_full_recomputation_gives_the_same_losses(tmp_path, tiny_ckpt, ko_data, 
         )
     )
     assert max(abs(a - b) for a, b in zip(plain, again, strict=True)) < 1e-6
+
+
+@pytest.mark.compat
+def test_the_optimizer_state_is_made_before_a_load_as_megatron_lm_makes_it(tiny_ckpt):
+    """Without TE or apex megatron-core falls back to torch's AdamW; its distributed optimizer
+    asserts one ``step`` per parameter in ``state_dict()``, which a load calls before any state
+    exists. The state made first (Megatron's ``init_state_fn`` and a fresh AdamW's ``step``)
+    holds exactly a fresh optimizer's values: the first update is bitwise that of a fresh one."""
+    from motif_megatron import parallel
+    from motif_megatron.checkpoint.dist import build_from_checkpoint
+    from motif_megatron.model.builder import BuildOptions
+    from motif_megatron.training import engine
+    from motif_megatron.training.checkpointing import init_optimizer_state
+
+    parallel.initialize(parallel.ParallelConfig(1, 1), seed=0)
+    try:
+        updated = []
+        for made_first in (False, True):
+            model, _ = build_from_checkpoint(str(tiny_ckpt), BuildOptions())
+            optim = engine.OptimConfig(lr=1e-2)
+            ddps = engine.wrap_ddp([model], optim)
+            optimizer = engine.build_optimizer(ddps, optim)
+            if made_first:
+                init_optimizer_state(optimizer)
+                for sub in getattr(optimizer, "chained_optimizers", [optimizer]):
+                    inner = sub.optimizer
+                    states = list(inner.state.values())
+                    assert len(states) == sum(len(g["params"]) for g in inner.param_groups)
+                    assert all(set(s) == {"exp_avg", "exp_avg_sq", "step"} for s in states)
+                    assert all(float(s["step"]) == 0 for s in states)
+            for param in model.parameters():
+                param.main_grad.copy_(torch.ones_like(param) * 0.5)
+            optimizer.step()
+            updated.append({n: p.detach().clone() for n, p in model.named_parameters()})
+        assert all(torch.equal(updated[0][n], updated[1][n]) for n in updated[0])
+    finally:
+        parallel.shutdown()

@@ -206,7 +206,8 @@ def _import_megatron() -> None:
     for name in _MEGATRON_MODULES:
         importlib.import_module(name)
     # every submodule of the packages we drive, so that lazily imported helpers are patched too
-    for pkg_name in ("megatron.core.transformer", "megatron.core.models.common"):
+    pkgs = ("megatron.core.transformer", "megatron.core.models.common")
+    for pkg_name in (*pkgs, "megatron.core.dist_checkpointing"):
         pkg = importlib.import_module(pkg_name)
         for info in pkgutil.walk_packages(pkg.__path__, pkg_name + "."):
             if any(part in info.name for part in (".moe", "experimental", "cuda_graphs", "fsdp")):

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from motif_megatron import device
 from motif_megatron.compat import cpu
+from motif_megatron.compat.specs import submodules
 from motif_megatron.errors import UserError
 from motif_megatron.model import lora, masked
 from motif_megatron.model.llama import LlamaArgs, llama3_inv_freq, padded_vocab_size
@@ -198,7 +199,7 @@ def layer_spec(spec: Literal["te", "local"], attention_backend: str = "auto"):
     if spec == "te":
         return gpt_layer_specs.get_gpt_layer_with_transformer_engine_spec()
     layer = gpt_layer_specs.get_gpt_layer_local_spec(normalization="RMSNorm")
-    layer.submodules.self_attention.submodules.core_attention = core_attention(attention_backend)
+    submodules(layer.submodules.self_attention).core_attention = core_attention(attention_backend)
     return layer
 
 

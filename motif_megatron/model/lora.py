@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from motif_megatron.compat.specs import submodules
 from motif_megatron.errors import UserError
 
 
@@ -293,10 +294,10 @@ def lora_spec(layer, config: LoRAConfig):
 
     layer = copy.deepcopy(layer)
     slots = {
-        "linear_qkv": layer.submodules.self_attention.submodules,
-        "linear_proj": layer.submodules.self_attention.submodules,
-        "linear_fc1": layer.submodules.mlp.submodules,
-        "linear_fc2": layer.submodules.mlp.submodules,
+        "linear_qkv": submodules(layer.submodules.self_attention),
+        "linear_proj": submodules(layer.submodules.self_attention),
+        "linear_fc1": submodules(layer.submodules.mlp),
+        "linear_fc2": submodules(layer.submodules.mlp),
     }
     unknown = sorted(set(config.targets) - set(slots))
     if unknown:

@@ -23,6 +23,8 @@ import copy
 
 import torch
 
+from motif_megatron.compat.specs import submodules
+
 MASK_BUFFER = "msg_m"
 
 
@@ -126,11 +128,11 @@ class EmbeddingMask(_Fp32Mask, torch.nn.Module):
 def _unfuse_norm(layer_submodules, slot_parent, slot: str, norm_slot: str, norm) -> None:
     """TE fuses the pre-norm into ``TELayerNormColumnParallelLinear``; the mask needs its own
     norm, so split it into ``norm`` and a ``TEColumnParallelLinear`` (same checkpoint keys)."""
-    linear = getattr(slot_parent.submodules, slot)
+    linear = getattr(submodules(slot_parent), slot)
     if getattr(linear, "__name__", "") == "TELayerNormColumnParallelLinear":
         from megatron.core.extensions.transformer_engine import TEColumnParallelLinear
 
-        setattr(slot_parent.submodules, slot, TEColumnParallelLinear)
+        setattr(submodules(slot_parent), slot, TEColumnParallelLinear)
     setattr(layer_submodules, norm_slot, norm)
 
 
@@ -156,12 +158,12 @@ def masked_spec(plain_layer, config, msg: dict, num_layers_local: int):
         "input_layernorm.": "self_attention.linear_qkv.layer_norm_",
         "pre_mlp_layernorm.": "mlp.linear_fc1.layer_norm_",
     }
-    attention.submodules.linear_proj = ModuleSpec(
-        module=masked_row(attention.submodules.linear_proj),
+    submodules(attention).linear_proj = ModuleSpec(
+        module=masked_row(submodules(attention).linear_proj),
         params={"in_new": head_new.repeat_interleave(config.kv_channels), "out_new": out_new},
     )
-    mlp.submodules.linear_fc2 = ModuleSpec(
-        module=masked_row(mlp.submodules.linear_fc2),
+    submodules(mlp).linear_fc2 = ModuleSpec(
+        module=masked_row(submodules(mlp).linear_fc2),
         params={"in_new": ffn_new, "out_new": out_new},
     )
     return TransformerBlockSubmodules(layer_specs=[layer] * num_layers_local, layer_norm=norm)

@@ -76,7 +76,24 @@ def _model_keys(count: int) -> list[str]:
     return ["model"] if count == 1 else [f"model{i}" for i in range(count)]
 
 
+def init_optimizer_state(optimizer) -> None:
+    """The optimizer state a load reads into, made before it, as Megatron-LM has it made
+    (``init_state_fn``): without TE or apex megatron-core falls back to torch's AdamW, whose
+    state also holds a ``step`` that the distributed optimizer's ``state_dict()`` requires of
+    every parameter (megatron-core 0.16.1 asserts it, so a fresh one could not be loaded into).
+    The values are a fresh AdamW's: the first update is unchanged."""
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if getattr(opt, "init_state_fn", None) is not None:
+            opt.init_state_fn(opt.optimizer, opt.config)
+        if isinstance(opt.optimizer, torch.optim.Adam | torch.optim.AdamW):
+            for group in opt.optimizer.param_groups:
+                for param in group["params"]:
+                    opt.optimizer.state[param].setdefault("step", torch.tensor(0.0))
+
+
 def _sharded(chunks: list, optimizer, loop_state: dict | None, is_loading: bool) -> dict:
+    if is_loading and optimizer is not None:
+        init_optimizer_state(optimizer)
     state = {
         k: c.sharded_state_dict() for k, c in zip(_model_keys(len(chunks)), chunks, strict=True)
     }
