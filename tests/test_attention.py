@@ -62,3 +62,25 @@ def test_fused_attention_on_the_local_spec_is_refused(tiny_ckpt):
 
     with pytest.raises(UserError, match="Transformer Engine's fused attention"):
         core_attention("fused")
+
+
+def test_packed_rows_through_flex_attention_equal_the_dense_mask():
+    """The CUDA path for packed rows: compiled flex attention with the block mask of the packed
+    rows (two examples and padding in one row, GQA without repeated keys) equals SDPA on the
+    dense mask (fp32, 1e-5); compiled here on the CPU, as on a GPU."""
+    import torch.nn.functional as F
+
+    from motif_megatron.model import packed
+    from motif_megatron.model.attention import packed_attention
+
+    generator = torch.Generator().manual_seed(0)
+    b, heads, groups, s, d = 2, 4, 2, 48, 16
+    q = torch.randn(b, heads, s, d, generator=generator)
+    k, v = (torch.randn(b, groups, s, d, generator=generator) for _ in range(2))
+    segments = torch.tensor([[0] * 16 + [1] * 24 + [-1] * 8, [0] * 48])
+    allowed = ~packed.attention_mask(segments) | torch.eye(s, dtype=torch.bool)
+    flex = packed_attention(q, k, v, allowed, None)
+    dense = F.scaled_dot_product_attention(
+        q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1), attn_mask=allowed
+    )
+    assert (flex - dense).abs().max() < 1e-5

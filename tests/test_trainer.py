@@ -598,6 +598,10 @@ def test_the_optimizer_state_is_made_before_a_load_as_megatron_lm_makes_it(tiny_
     asserts one ``step`` per parameter in ``state_dict()``, which a load calls before any state
     exists. The state made first (Megatron's ``init_state_fn`` and a fresh AdamW's ``step``)
     holds exactly a fresh optimizer's values: the first update is bitwise that of a fresh one."""
+    from types import SimpleNamespace
+
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
     from motif_megatron import parallel
     from motif_megatron.checkpoint.dist import build_from_checkpoint
     from motif_megatron.model.builder import BuildOptions
@@ -612,9 +616,21 @@ def test_the_optimizer_state_is_made_before_a_load_as_megatron_lm_makes_it(tiny_
             optim = engine.OptimConfig(lr=1e-2)
             ddps = engine.wrap_ddp([model], optim)
             optimizer = engine.build_optimizer(ddps, optim)
+            subs = getattr(optimizer, "chained_optimizers", [optimizer])
             if made_first:
+                # Megatron's DistributedOptimizer.state_dict() (which a load calls) over this
+                # torch AdamW, the only attributes it reads: it fails on the fresh state, and
+                # reads the made one
+                def held(sub):
+                    return SimpleNamespace(optimizer=sub.optimizer, grad_scaler=None)
+
+                with pytest.raises(AssertionError):
+                    DistributedOptimizer.state_dict(held(subs[0]))
                 init_optimizer_state(optimizer)
-                for sub in getattr(optimizer, "chained_optimizers", [optimizer]):
+                for sub in subs:
+                    state = DistributedOptimizer.state_dict(held(sub))
+                    groups = state["optimizer"]["param_groups"]
+                    assert all(g["step"] == 0 for g in groups)
                     inner = sub.optimizer
                     states = list(inner.state.values())
                     assert len(states) == sum(len(g["params"]) for g in inner.param_groups)
