@@ -7,9 +7,9 @@ per-partition sizes and hands the work to torch's SDPA, which picks flash or mem
 kernels on a GPU and its fused kernel on the CPU: causal for plain rows, the dense packed mask
 for packed rows (each row still attends to itself, so a padding row yields zeros, not NaN), GQA
 by repeating the key/value groups as the unfused module does. On CUDA packed rows go through
-flex attention instead (:func:`packed_attention`: per-example block sparsity, GQA native). Selected with Megatron-LM's
-``--attention-backend``: ``flash`` (and ``auto``) on the local spec means this module,
-``unfused``/``local`` Megatron-Core's own.
+flex attention instead (:func:`packed_attention`: per-example block sparsity, GQA native).
+Selected with Megatron-LM's ``--attention-backend``: ``flash`` (and ``auto``) on the local spec
+means this module, ``unfused``/``local`` Megatron-Core's own.
 """
 
 from __future__ import annotations
