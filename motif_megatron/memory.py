@@ -28,3 +28,29 @@ def return_freed_memory(threshold: int = 1 << 20) -> bool:
         )
     except (OSError, AttributeError):
         return False
+
+
+def reset_peak_rss() -> bool:
+    """Start this process's peak RSS afresh (Linux ``clear_refs`` 5), so a task that runs in a
+    reused process (datatrove's in-process and pooled workers) measures its own peak; False where
+    the kernel does not allow it (the peak then includes what ran before)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS since the last :func:`reset_peak_rss` (or its start)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

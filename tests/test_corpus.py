@@ -14,10 +14,6 @@ from conftest import ROOT, ok, run
 
 from motif_megatron.data import minhash as mh
 
-PRECISION = 0.95
-"""Share of the documents merged into a cluster whose exact Jaccard with the cluster's first
-document reaches 0.5 (no verification: the signatures alone decide)."""
-
 
 def _texts(name: str) -> list[dict]:
     raw = lzma.decompress((ROOT / f"examples/data/corpus/{name}.jsonl.xz").read_bytes()).decode()
@@ -36,10 +32,11 @@ def ko_input(tmp_path_factory):
     near_text = korean[1]["text"].replace("LibreOffice", "리브레오피스", 1) + " 추가 문장."
     near = dict(korean[1], id="planted-near", text=near_text)
     lines = [json.dumps(d, ensure_ascii=False) for d in [*docs, exact, near]]
+    lines.insert(150, '{"id": "s", "text": "\\ud800 홀로 남은 서로게이트"}')  # valid JSON, not text
     lines += ['{"id": "x", "text": 5}', "{broken json", '{"id": "y"}']
     path = tmp_path_factory.mktemp("corpus") / "ko.jsonl"
     path.write_bytes(("\n".join(lines) + "\n").encode() + b"\xff\xfe bad bytes\n")
-    return path, len(docs) + 2 + 4, korean[0]["id"], korean[1]["id"]
+    return path, len(docs) + 2 + 5, korean[0]["id"], korean[1]["id"]
 
 
 def _run(ko_input, out, *flags, timeout=600):
@@ -65,13 +62,16 @@ def test_every_document_is_accounted_for(tmp_path, ko_input):
     assert report["kept_chars"] == sum(len(d["text"]) for d in kept)
     assert set(report["throughput"]) == {"filter", "exact-dedup", "minhash"}
     assert all(t["tasks"] == 5 and t["peak_rss_mb_max"] > 0 for t in report["throughput"].values())
-    rejects = [
-        json.loads(line)["reason"]
-        for line in (tmp_path / "out/rejects.jsonl").read_text().splitlines()
-    ]
-    assert sorted(rejects) == sorted(
-        ["non_string_text", "malformed_json", "missing_text", "invalid_utf8"]
+    rejects = [json.loads(line) for line in (tmp_path / "out/rejects.jsonl").open()]
+    assert sorted(r["reason"] for r in rejects) == sorted(
+        ["lone_surrogate", "non_string_text", "malformed_json", "missing_text", "invalid_utf8"]
     )
+    # tasks read their pieces from a seek, not from the start: the lines are numbered file-wide
+    # all the same (each at its byte offset), the surrogate's in the middle of the file
+    raw = ko_input[0].read_bytes().split(b"\n")
+    starts = np.cumsum([0] + [len(line) + 1 for line in raw])
+    assert [r["offset"] for r in rejects] == [int(starts[r["line"]]) for r in rejects]
+    assert rejects[0]["line"] == 150 and rejects[-1]["line"] == len(raw) - 2
     by_id = {r["id"]: r for r in removed}
     assert by_id["planted-exact"]["filter"] == "exact_dedup"  # the original comes first and stays
     assert by_id["planted-near"]["filter"] == "minhash"
@@ -228,16 +228,64 @@ def test_minhash_finds_near_duplicates(tmp_path):
     }
     assert len(true_pairs) >= 30
     cluster = _datatrove_clusters(docs, config, tmp_path)
-    # b=9, r=13 makes a pair of Jaccard 0.85 a candidate with probability 0.69; clustering through
-    # the other copies lifts that. Over 20 seeds on these pairs datasketch's LSH clusters 0.93 of
-    # them (the signatures being its own)
+    # b=13, r=8 makes a pair of Jaccard 0.85 a candidate with probability 0.98
     recall = np.mean([cluster[i] == cluster[j] for i, j in true_pairs])
-    assert recall >= 0.85
+    assert recall >= 0.9
     members = {}
     for i, c in enumerate(cluster):
         members.setdefault(c, []).append(i)
     merged = [(m[0], i) for m in members.values() for i in m[1:]]
-    assert merged and np.mean([jaccard(a, b) >= 0.5 for a, b in merged]) >= PRECISION
+    # precision: the share of merged documents at Jaccard >= 0.5 to their cluster's first, against
+    # the share of datasketch's LSH candidate pairs (same signatures and bands) at >= 0.5. These
+    # templated help pages hold many pairs at 0.5-0.8, which 13 x 8 catches by design
+    # (measured: 0.81 here against datasketch's 0.71)
+    theirs = _datasketch_pairs(sig, config)
+    assert merged and theirs
+    ours = np.mean([jaccard(a, b) >= 0.5 for a, b in merged])
+    assert ours >= np.mean([jaccard(a, b) >= 0.5 for a, b in theirs]) - 0.05
+
+
+def _datasketch_pairs(sig: np.ndarray, config) -> set[tuple[int, int]]:
+    """The candidate pairs of datasketch's MinHashLSH over ``sig`` at ``config``'s bands."""
+    from datasketch import MinHash, MinHashLSH
+
+    def minhash(row):
+        return MinHash(num_perm=config.num_perm, hashvalues=row, scheme="affine32")
+
+    lsh = MinHashLSH(num_perm=config.num_perm, params=config.bands())
+    for k, row in enumerate(sig):
+        lsh.insert(k, minhash(row))
+    return {(i, j) for i, row in enumerate(sig) for j in lsh.query(minhash(row)) if i < j}
+
+
+def test_dedup_meets_its_stated_threshold(tmp_path):
+    """Planted pairs over a spread of exact Jaccard: the banding chosen for 0.8 at recall 0.9
+    (13 x 8) catches at least 90% of the pairs at Jaccard >= 0.85 through the pipeline's stages
+    (datasketch's own 9 x 13 would catch ~69% there), and its precision (share of the caught pairs
+    at >= 0.8) is datasketch's MinHashLSH's at the same bands within 0.05."""
+    rng = random.Random(1)
+    base = [d["text"] for d in _texts("ko-libreoffice-help") if len(d["text"]) > 1500][:120]
+    docs = list(base)
+    for text in base:  # one copy each, 0-4% of its characters replaced: Jaccard ~0.6-1
+        chars = list(text)
+        for k in rng.sample(range(len(chars)), int(len(chars) * rng.uniform(0, 0.04))):
+            chars[k] = chr(0xAC00 + rng.randrange(11172))
+        docs.append("".join(chars))
+    config = mh.MinHashConfig(threshold=0.8)
+    assert config.bands() == (13, 8)
+    shingles = [set(mh.shingles(t, config.ngram)) for t in docs]
+    n = len(base)
+    exact = np.array(
+        [len(shingles[i] & shingles[i + n]) / len(shingles[i] | shingles[i + n]) for i in range(n)]
+    )
+    assert (exact >= 0.85).sum() >= 30 and ((exact > 0.6) & (exact < 0.8)).sum() >= 15
+    cluster = _datatrove_clusters(docs, config, tmp_path)
+    ours = np.array([cluster[i] == cluster[i + n] for i in range(n)])
+    assert ours[exact >= 0.85].mean() >= 0.9
+    pairs = _datasketch_pairs(mh.signatures(docs, config), config)
+    theirs = np.array([(i, i + n) in pairs for i in range(n)])
+    precision = [(exact[caught] >= 0.8).mean() for caught in (ours, theirs)]
+    assert abs(precision[0] - precision[1]) <= 0.05, precision
 
 
 def test_minhash_signatures_are_datasketchs():

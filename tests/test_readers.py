@@ -50,7 +50,10 @@ def test_text_folder(tmp_path):
 def test_custom_keys_and_missing_ids(tmp_path):
     path = tmp_path / "k.jsonl"
     path.write_text('{"body": "x"}\n{"body": "y", "uid": 7}\n')
-    assert _docs(path, text_key="body", id_key="uid") == [("k.jsonl:0", "x"), ("7", "y")]
+    assert _docs(path, text_key="body", id_key="uid") == [("k.jsonl@0", "x"), ("7", "y")]
+    gz = tmp_path / "k.jsonl.gz"  # compressed: no byte offsets, a line number
+    gz.write_bytes(gzip.compress(path.read_bytes()))
+    assert _docs(gz, text_key="body", id_key="uid") == [("k.jsonl.gz:0", "x"), ("7", "y")]
 
 
 def test_unsupported_input(tmp_path):
@@ -64,12 +67,12 @@ def test_units_split_a_file_into_whole_lines_with_the_same_ids(tmp_path):
 
     lines = [json.dumps({"text": f"문서 {i} " + "x" * (i % 7)}) for i in range(50)] + ["{bad"]
     (tmp_path / "a.jsonl").write_text("\n".join(lines) + "\n")
-    whole = [(r.line, getattr(r, "id", None)) for r in iter_documents(tmp_path / "a.jsonl")]
+    whole = [(r.offset, getattr(r, "id", None)) for r in iter_documents(tmp_path / "a.jsonl")]
     for tasks in (1, 2, 3, 7, 50, 200):
         units = input_units(input_files(tmp_path / "a.jsonl"), tasks)
         shares = [task_units(units, rank, tasks) for rank in range(tasks)]
         got = [
-            (r.line, getattr(r, "id", None))
+            (r.offset, getattr(r, "id", None))
             for s in shares
             for u in s
             for r in u.documents("text", "id")
@@ -90,3 +93,43 @@ def test_input_is_a_file_a_folder_or_a_glob(tmp_path):
         input_files(f"{tmp_path}/d/*.zst")
     (tmp_path / "t").mkdir()
     assert input_files(tmp_path / "t") == [tmp_path / "t"]  # a folder of text files is one unit
+
+
+def _reasons(path) -> tuple[list[str], list[str]]:
+    results = list(iter_documents(path))
+    texts = [r.text for r in results if isinstance(r, Document)]
+    return texts, [r.reason for r in results if isinstance(r, Reject)]
+
+
+def test_lone_surrogates_are_rejects_not_crashes(tmp_path):
+    path = tmp_path / "s.jsonl"
+    lines = ['{"text": "앞 \\ud800 뒤"}', '{"text": "ok \\ud55c"}', '{"text": "짝 \\ud83d\\ude00"}']
+    lines.append('{"text": "id", "id": "\\udfff"}')
+    path.write_text("\n".join(lines) + "\n")
+    texts, reasons = _reasons(path)
+    assert texts == ["ok 한", "짝 😀"]  # an escaped syllable and a surrogate pair are text
+    assert reasons == ["lone_surrogate", "lone_surrogate"]
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".xz", ".zst"])
+def test_a_cut_or_mislabelled_compressed_file_keeps_what_came_before(tmp_path, suffix):
+    import zstandard
+
+    compress = {
+        ".gz": gzip.compress,
+        ".xz": lzma.compress,
+        ".zst": lambda b: zstandard.ZstdCompressor().compress(b),
+    }[suffix]
+    texts = [f"문서 {i} " + "가나다라" * (i % 50 + 200) for i in range(400)]
+    raw = "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts).encode()
+    whole = compress(raw)
+    cut = tmp_path / f"cut.jsonl{suffix}"
+    cut.write_bytes(whole[: len(whole) // 2])
+    got, reasons = _reasons(cut)
+    assert 0 < len(got) < len(texts) and got == texts[: len(got)]
+    # the line torn by the cut (if its start came through) is malformed, the cut itself one reject
+    assert reasons[-1] in ("truncated_file", "corrupt_file") and len(reasons) <= 2
+    assert set(reasons[:-1]) <= {"malformed_json"}
+    fake = tmp_path / f"plain.jsonl{suffix}"
+    fake.write_bytes(raw[:1000])
+    assert _reasons(fake) == ([], [f"not_{suffix[1:]}"])

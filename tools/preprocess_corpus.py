@@ -54,7 +54,28 @@ def parse_args() -> argparse.Namespace:
     )
     x.add_argument("--slurm-partition", help="Slurm partition (default: the cluster's default)")
     x.add_argument("--slurm-time", default="24:00:00", help="time limit of each Slurm task")
-    x.add_argument("--slurm-mem-per-cpu-gb", type=int, default=2)
+    x.add_argument(
+        "--cpus-per-task", type=int, default=1, help="CPUs of a document task (Slurm, Ray)"
+    )
+    x.add_argument(
+        "--mem-per-cpu-gb",
+        "--slurm-mem-per-cpu-gb",
+        type=int,
+        default=2,
+        help="memory per CPU of a document task, GB (Slurm, Ray)",
+    )
+    x.add_argument(
+        "--global-cpus",
+        type=int,
+        default=1,
+        help="CPUs of a global-stage task (exact-find, minhash-buckets/-cluster, report)",
+    )
+    x.add_argument(
+        "--global-mem-gb",
+        type=int,
+        help="memory of a global-stage task, GB (Slurm, Ray; default 2 + 0.1 per GB of input "
+        "text: the MinHash cluster stage grows with the near-duplicates)",
+    )
     p.add_argument("--seed", type=int, default=1, help="MinHash permutation seed")
     g = p.add_argument_group("stages (each can be switched off)")
     g.add_argument("--no-normalize", action="store_true", help="skip Unicode NFC normalisation")
@@ -83,6 +104,13 @@ def parse_args() -> argparse.Namespace:
     g.add_argument(
         "--minhash-threshold", type=float, default=0.8, help="Jaccard similarity threshold"
     )
+    g.add_argument(
+        "--minhash-recall",
+        type=float,
+        default=0.9,
+        help="least probability that a pair at the threshold is caught: picks the bands x rows "
+        "(the S-curve and its value at the threshold are in the report)",
+    )
     g.add_argument("--minhash-perm", type=int, default=128, help="MinHash permutations")
     g.add_argument("--minhash-ngram", type=int, default=5, help="character n-gram shingle size")
     k = p.add_argument_group("KenLM perplexity (skipped without --kenlm-model)")
@@ -106,7 +134,7 @@ def parse_args() -> argparse.Namespace:
 @run_cli
 def main() -> None:
     args = parse_args()
-    from motif_megatron.data.executors import SlurmOptions
+    from motif_megatron.data.executors import Resources, SlurmOptions
     from motif_megatron.data.minhash import MinHashConfig
     from motif_megatron.data.pipeline import CorpusConfig, run
     from motif_megatron.data.thresholds import PerplexityThresholds
@@ -132,6 +160,7 @@ def main() -> None:
             ngram=args.minhash_ngram,
             threshold=args.minhash_threshold,
             seed=args.seed,
+            recall=args.minhash_recall,
         ),
         kenlm_model=kenlm_model,
         thresholds=PerplexityThresholds(
@@ -145,9 +174,12 @@ def main() -> None:
         ),
         tasks=args.tasks,
     )
-    if args.tasks < 1 or args.workers < 1:
-        raise UserError("--tasks and --workers must be at least 1")
-    slurm = SlurmOptions(args.slurm_partition, args.slurm_time, 1, args.slurm_mem_per_cpu_gb)
+    counts = (args.tasks, args.workers, args.cpus_per_task, args.mem_per_cpu_gb, args.global_cpus)
+    if min(counts) < 1 or (args.global_mem_gb is not None and args.global_mem_gb < 1):
+        raise UserError("--tasks, --workers, CPUs and memory must be at least 1")
+    resources = Resources(
+        args.cpus_per_task, args.mem_per_cpu_gb, args.global_cpus, args.global_mem_gb
+    )
     report = run(
         args.input,
         args.output,
@@ -155,8 +187,9 @@ def main() -> None:
         executor=args.executor,
         workers=args.workers,
         logging_dir=args.logging_dir,
+        resources=resources,
+        slurm=SlurmOptions(args.slurm_partition, args.slurm_time),
         ray_address=args.ray_address,
-        slurm=slurm,
     )
     print(
         f"input {report['input']} = kept {report['kept']} + filtered {report['filtered']} "

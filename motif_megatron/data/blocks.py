@@ -11,7 +11,6 @@ The per-document filters are blocks themselves (:class:`~motif_megatron.data.fil
 from __future__ import annotations
 
 import json
-import resource
 import time
 import unicodedata
 from functools import reduce
@@ -27,13 +26,14 @@ from datatrove.pipeline.writers.jsonl import JsonlWriter
 from motif_megatron.data import minhash as mh
 from motif_megatron.data.readers import Reject, Unit, task_units
 from motif_megatron.data.thresholds import PerplexityThresholds, ScoreSummary
+from motif_megatron.memory import peak_rss_mb, reset_peak_rss
 
 SNIPPET_CHARS = 200
 """Characters of each removed document kept in its record (for the report's examples)."""
 
 
 def _rejects_adapter(self, doc: Document) -> dict:
-    return {k: doc.metadata[k] for k in ("source", "line", "reason")}
+    return {k: doc.metadata[k] for k in ("source", "line", "offset", "start", "reason")}
 
 
 def rejects_writer(folder: str) -> JsonlWriter:
@@ -83,32 +83,39 @@ class CorpusReader(PipelineStep):
     ) -> None:
         super().__init__()
         self.units, self.text_key, self.id_key = units, text_key, id_key
-        self.max_doc_chars = max_doc_chars
+        self.max_doc_chars, self.work = max_doc_chars, rejects
         self.rejects = rejects_writer(rejects)
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1):
+        lines = []  # per piece: the lines it holds, so the report numbers rejects file-wide
         with self.rejects as rejects:
             for unit in task_units(self.units, rank, world_size):
+                count = 0
                 for record in unit.documents(self.text_key, self.id_key):
-                    self.stat_update("input")
-                    meta = {"source": record.source, "line": record.line, "task": rank}
-                    reason = record.reason if isinstance(record, Reject) else None
-                    if reason is None and len(record.text) > self.max_doc_chars:
-                        reason = "huge_document"  # rather than risk a worker's memory
-                    if reason:
-                        self.stat_update("rejected", f"rejected_{reason}")
-                        rejects.write(
-                            Document(
-                                "",
-                                f"{record.source}:{record.line}",
-                                metadata=meta | {"reason": reason},
-                            ),
-                            rank,
-                        )
-                        continue
-                    self.stat_update("input_chars", value=len(record.text))
-                    self.stat_update("input_bytes", value=len(record.text.encode()))
-                    yield Document(record.text, record.id, metadata=meta)
+                    count += 1
+                    yield from self._one(record, unit, rank, rejects)
+                source = unit.source or Path(unit.path).name
+                lines.append({"source": source, "start": unit.start, "lines": count})
+        folder = Path(self.work) / "lines"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{rank:05d}.json").write_text(json.dumps(lines))
+
+    def _one(self, record, unit: Unit, rank: int, rejects):
+        self.stat_update("input")
+        meta = {"source": record.source, "line": record.line, "task": rank}
+        reason = record.reason if isinstance(record, Reject) else None
+        if reason is None and len(record.text) > self.max_doc_chars:
+            reason = "huge_document"  # rather than risk a worker's memory
+        if reason:
+            self.stat_update("rejected", f"rejected_{reason}")
+            where = {"offset": record.offset, "start": unit.start, "reason": reason}
+            rejects.write(
+                Document("", f"{record.source}:{record.line}", metadata=meta | where), rank
+            )
+            return
+        self.stat_update("input_chars", value=len(record.text))
+        self.stat_update("input_bytes", value=len(record.text.encode()))
+        yield Document(record.text, record.id, metadata=meta)
 
 
 class TaskReader(PipelineStep):
@@ -258,14 +265,30 @@ class MinhashSignatures(PipelineStep):
 
 
 class TaskMeter(PipelineStep):
-    """Wall time and peak RSS of the task (with the reader's counts: its throughput)."""
+    """Wall time and peak RSS of one task of any stage: ``[meter.start, *steps, meter]``.
+
+    ``start`` resets the process's peak (a task may run in a process that ran others); the meter
+    itself records when the steps before it are done, eagerly after a global step that does its
+    work when called, or at the end of a document stream."""
 
     type = "⏱ - METER"
     name = "meter"
 
-    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1):
-        start = time.perf_counter()
+    def start(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1):
+        reset_peak_rss()
+        self._started = time.perf_counter()
+        return data
+
+    def _record(self) -> None:
+        self.stat_update("seconds", value=time.perf_counter() - self._started)
+        self.stat_update("peak_rss_mb", value=peak_rss_mb())
+
+    def _stream(self, data: DocumentsPipeline):
         yield from data
-        self.stat_update("seconds", value=time.perf_counter() - start)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        self.stat_update("peak_rss_mb", value=peak)
+        self._record()
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1):
+        if data is None:
+            self._record()
+            return None
+        return self._stream(data)

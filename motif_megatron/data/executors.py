@@ -8,6 +8,7 @@ dependencies, and this process waits for the last one.
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import time
@@ -19,28 +20,65 @@ from motif_megatron.errors import UserError
 EXECUTORS = ("local", "slurm", "ray")
 
 
+GLOBAL_BASE_GB = 2.0
+GLOBAL_GB_PER_INPUT_GB = 0.1
+"""A global stage's memory: the MinHash cluster stage holds ~230 bytes per near-duplicate
+(``bench/corpus_scale.py``), at most every document of ~2.5 KB: 0.1 GB per GB of input text."""
+
+
+def global_memory_gb(input_bytes: int) -> int:
+    """Default memory of a global-stage task for ``input_bytes`` of (uncompressed) text."""
+    return math.ceil(GLOBAL_BASE_GB + GLOBAL_GB_PER_INPUT_GB * input_bytes / 1e9)
+
+
+@dataclass
+class Resources:
+    """What one task asks of Slurm or Ray: document tasks stream a share of the corpus, global
+    tasks merge every share's output and get their own CPUs and memory."""
+
+    cpus_per_task: int = 1
+    mem_per_cpu_gb: int = 2
+    global_cpus: int = 1
+    global_mem_gb: int | None = None
+    """None: :func:`global_memory_gb` of the corpus."""
+
+    def of(self, stage) -> dict:
+        """``cpus_per_task`` and ``mem_per_cpu_gb`` (whole GB: Slurm's unit) for ``stage``."""
+        if stage.kind == "global":
+            cpus, memory = self.global_cpus, self.global_mem_gb or GLOBAL_BASE_GB
+            return {"cpus_per_task": cpus, "mem_per_cpu_gb": math.ceil(memory / cpus)}
+        return {"cpus_per_task": self.cpus_per_task, "mem_per_cpu_gb": self.mem_per_cpu_gb}
+
+
 @dataclass
 class SlurmOptions:
     partition: str | None = None
     time: str = "24:00:00"
-    cpus_per_task: int = 1
-    mem_per_cpu_gb: int = 2
     poll_seconds: float = 2.0
 
 
-def execute(stages, executor: str, workers: int, logs: Path, **options) -> None:
+def execute(
+    stages,
+    executor: str,
+    workers: int,
+    logs: Path,
+    resources: Resources | None = None,
+    slurm: SlurmOptions | None = None,
+    ray_address: str | None = None,
+) -> None:
     """Run ``stages`` (see :func:`motif_megatron.data.pipeline.stages`) on ``executor``."""
+    resources = resources or Resources()
     if executor == "local":
         _local(stages, workers, logs)
     elif executor == "ray":
-        _ray(stages, workers, logs, options.get("ray_address"))
+        _ray(stages, workers, logs, ray_address, resources)
     elif executor == "slurm":
-        _slurm(stages, workers, logs, options.get("slurm") or SlurmOptions())
+        _slurm(stages, workers, logs, slurm or SlurmOptions(), resources)
     else:
         raise UserError(f"--executor {executor!r}: use one of {', '.join(EXECUTORS)}")
 
 
-def _in_order(executor_class, stages, workers: int, logs: Path, **options) -> None:
+def _in_order(executor_class, stages, workers: int, logs: Path, resources=None) -> None:
     """Each stage on ``executor_class`` after the one before it has finished."""
     for stage in stages:
         executor_class(
@@ -48,7 +86,7 @@ def _in_order(executor_class, stages, workers: int, logs: Path, **options) -> No
             tasks=stage.tasks,
             workers=min(workers, stage.tasks),
             logging_dir=str(logs / stage.name),
-            **options,
+            **(resources.of(stage) if resources else {}),
         ).run()
 
 
@@ -58,7 +96,7 @@ def _local(stages, workers: int, logs: Path) -> None:
     _in_order(LocalPipelineExecutor, stages, workers, logs)
 
 
-def _ray(stages, workers: int, logs: Path, address: str | None) -> None:
+def _ray(stages, workers: int, logs: Path, address: str | None, resources: Resources) -> None:
     try:
         import ray
         from datatrove.executor.ray import RayPipelineExecutor
@@ -66,7 +104,7 @@ def _ray(stages, workers: int, logs: Path, address: str | None) -> None:
         raise UserError("--executor ray needs Ray: pip install ray") from None
     # RAY_ADDRESS or a given address joins a running cluster; else a local one is started
     ray.init(address=address, ignore_reinit_error=True, include_dashboard=False)
-    _in_order(RayPipelineExecutor, stages, workers, logs, cpus_per_task=1, mem_per_cpu_gb=1)
+    _in_order(RayPipelineExecutor, stages, workers, logs, resources)
 
 
 def _partition(asked: str | None) -> str:
@@ -85,7 +123,7 @@ def _partition(asked: str | None) -> str:
     return asked or default[0].rstrip("*")
 
 
-def _slurm(stages, workers: int, logs: Path, options: SlurmOptions) -> None:
+def _slurm(stages, workers: int, logs: Path, options: SlurmOptions, resources: Resources) -> None:
     from datatrove.executor.slurm import SlurmPipelineExecutor
 
     partition = _partition(options.partition)
@@ -97,8 +135,7 @@ def _slurm(stages, workers: int, logs: Path, options: SlurmOptions) -> None:
             workers=workers if workers > 1 else -1,
             time=options.time,
             partition=partition,
-            cpus_per_task=options.cpus_per_task,
-            mem_per_cpu_gb=options.mem_per_cpu_gb,
+            **resources.of(stage),
             job_name=f"corpus-{stage.name}",
             venv_path=str(Path(sys.prefix) / "bin" / "activate"),
             logging_dir=str(logs / stage.name),

@@ -54,6 +54,7 @@ from motif_megatron.data.blocks import (
     kept_writer,
     work_writer,
 )
+from motif_megatron.data.executors import Resources, execute, global_memory_gb
 from motif_megatron.data.filters.base import Filter
 from motif_megatron.data.filters.repetition import RepetitionFilter
 from motif_megatron.data.filters.text import (
@@ -62,7 +63,14 @@ from motif_megatron.data.filters.text import (
     LengthFilter,
     NumericSequenceFilter,
 )
-from motif_megatron.data.readers import Document, Unit, input_files, input_units
+from motif_megatron.data.readers import (
+    Document,
+    Unit,
+    input_files,
+    input_root,
+    input_units,
+    text_bytes,
+)
 from motif_megatron.data.report import Report
 from motif_megatron.data.thresholds import PerplexityThresholds
 from motif_megatron.errors import UserError
@@ -101,6 +109,15 @@ class Stage:
     name: str
     pipeline: list
     tasks: int
+    kind: str = "document"
+    """``document`` stages run ``tasks`` shares of the corpus; ``global`` ones merge every task's
+    output (more memory, one or a few tasks)."""
+
+
+def metered(steps: list) -> list:
+    """``steps`` between the two ends of a :class:`TaskMeter` (its time and peak RSS per task)."""
+    meter = TaskMeter()
+    return [meter.start, *steps, meter]
 
 
 def build_filters(config: CorpusConfig) -> list[Filter]:
@@ -177,7 +194,8 @@ def stages(config: CorpusConfig, units: list[Unit], out: Path, logs: Path) -> li
         exact = ExactDedupConfig(normalised_text, input_order, HashConfig(64, "sha1"))
         sigs, dups = str(work / "exact/sigs"), str(work / "exact/dups")
         segments[-1][2] = ExactDedupSignature(sigs, exact)
-        between.append([Stage("exact-find", [ExactFindDedups(sigs, dups, exact)], 1)])
+        find = ExactFindDedups(sigs, dups, exact)
+        between.append([Stage("exact-find", metered([find]), 1, "global")])
         drop = RemovedWriter(removed, "exact_dedup", "duplicate_text")
         segments.append(["exact-dedup", [ExactDedupFilter(dups, exact, drop)], None])
     if config.minhash:
@@ -188,10 +206,16 @@ def stages(config: CorpusConfig, units: list[Unit], out: Path, logs: Path) -> li
             [
                 Stage(
                     "minhash-buckets",
-                    [MinhashDedupBuckets(sigs, buckets, config=dt)],
+                    metered([MinhashDedupBuckets(sigs, buckets, config=dt)]),
                     dt.num_buckets,
+                    "global",
                 ),
-                Stage("minhash-cluster", [MinhashDedupCluster(buckets, clusters, config=dt)], 1),
+                Stage(
+                    "minhash-cluster",
+                    metered([MinhashDedupCluster(buckets, clusters, config=dt)]),
+                    1,
+                    "global",
+                ),
             ]
         )
         drop = RemovedWriter(removed, "minhash", "near_duplicate")
@@ -201,13 +225,12 @@ def stages(config: CorpusConfig, units: list[Unit], out: Path, logs: Path) -> li
         source = [] if k == 0 else [TaskReader(str(work / segments[k - 1][0]))]
         last = k == len(segments) - 1
         sink = kept_writer(str(out / "kept")) if last else work_writer(str(work / name))
-        # a signature step is terminal: the survivors are written and metered before it
-        tail = [signatures] if signatures else []
-        result.append(Stage(name, [*source, *steps, sink, TaskMeter(), *tail], n))
+        tail = [signatures] if signatures else []  # terminal: after the survivors are written
+        result.append(Stage(name, metered([*source, *steps, sink, *tail]), n))
         result += [] if last else between[k]
-    names = [s.name for s in result]
     blocks = [f.name for f in filters] + ["perplexity", "exact_dedup", "minhash"]
-    result.append(Stage("report", [Report(out, logs, names, blocks, config)], 1))
+    report = Report(out, logs, {s.name: s.kind for s in result}, blocks, config)
+    result.append(Stage("report", [report], 1, "global"))
     return result
 
 
@@ -233,10 +256,12 @@ def plan(
     out = Path(output_dir)
     logs = Path(logging_dir) if logging_dir else out / "logs"
     files = input_files(input_spec)
-    units = input_units(files, config.tasks)
+    units = input_units(files, config.tasks, input_root(input_spec))
     if config.language == "auto":
         config = replace(config, language=detect_language(units, config))
     build_filters(config)  # fail on bad settings before any work
+    if config.minhash:
+        config.minhash_config.bands()
     if config.kenlm_model:
         from motif_megatron.data.kenlm import KenLMScorer
 
@@ -253,12 +278,17 @@ def run(
     executor: str = "local",
     workers: int = 1,
     logging_dir: str | Path | None = None,
+    resources: Resources | None = None,
     **executor_options,
 ) -> dict:
-    """Run every stage on ``executor``; returns the report (also in ``report.json``)."""
-    from motif_megatron.data.executors import execute
-
+    """Run every stage on ``executor``; returns the report (also in ``report.json``). Global
+    stages get memory for the corpus's size unless ``resources`` says otherwise."""
     out = Path(output_dir)
     logs = Path(logging_dir) if logging_dir else out / "logs"
-    execute(plan(input_spec, out, config, logs), executor, workers, logs, **executor_options)
+    resources = resources or Resources()
+    if resources.global_mem_gb is None:
+        size = text_bytes(input_files(input_spec))
+        resources = replace(resources, global_mem_gb=global_memory_gb(size))
+    stages = plan(input_spec, out, config, logs)
+    execute(stages, executor, workers, logs, resources, **executor_options)
     return json.loads((out / "report.json").read_text())

@@ -8,6 +8,7 @@ on, or ``input != kept + filtered + rejected``, is a bug and fails the run.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.writers.jsonl import JsonlWriter
 from datatrove.utils.stats import MetricStats
 
+from motif_megatron.data.minhash import lsh_probability
+from motif_megatron.memory import peak_rss_mb, reset_peak_rss
 from motif_megatron.reports import write_report
 
 
@@ -37,17 +40,59 @@ def _total(stats: dict[str, dict[str, MetricStats]], block: str, metric: str) ->
     return found.total if found else 0
 
 
-def _concatenate(files: list[Path], out: Path, keys: tuple[str, ...]) -> list[dict]:
-    """Write ``files``' records (only ``keys``) to ``out`` in order; returns the full records."""
-    records = []
+def _concatenate(files: list[Path], out: Path, keys: tuple[str, ...], seen=None) -> int:
+    """Stream ``files``' records (only ``keys``) to ``out`` in order, each full record first to
+    ``seen`` (which may amend it); returns how many."""
+    count = 0
     with open(out, "w") as sink:
         for path in files:
             with open(path) as f:
                 for line in f:
                     record = json.loads(line)
-                    records.append(record)
+                    count += 1
+                    if seen is not None:
+                        seen(record)
                     sink.write(json.dumps({k: record[k] for k in keys}, ensure_ascii=False) + "\n")
-    return records
+    return count
+
+
+class FileLines:
+    """Numbers a reject's line file-wide: a task reading a piece of a file counts from the
+    piece's start (it seeks there), and the pieces' line counts say where each starts."""
+
+    def __init__(self, folder: Path) -> None:
+        pieces: dict[str, list[tuple[int, int]]] = {}
+        for path in sorted(folder.glob("*.json")):
+            for piece in json.loads(path.read_text()):
+                pieces.setdefault(piece["source"], []).append((piece["start"], piece["lines"]))
+        self.before: dict[tuple[str, int], int] = {}
+        for source, found in pieces.items():
+            total = 0
+            for start, lines in sorted(found):
+                self.before[source, start] = total
+                total += lines
+
+    def __call__(self, record: dict) -> None:
+        record["line"] += self.before.get((record["source"], record["start"]), 0)
+
+
+class Tally:
+    """Removed documents counted per reason and characters per block, with the first
+    ``examples`` snippets of each reason: memory grows with the reasons, not the documents."""
+
+    def __init__(self, examples: int = 2) -> None:
+        self.by_reason: Counter = Counter()
+        self.chars: Counter = Counter()
+        self.examples: dict[str, list[str]] = {}
+        self.keep = examples
+
+    def __call__(self, record: dict) -> None:
+        key = f"{record['filter']}/{record['reason']}"
+        self.by_reason[key] += 1
+        self.chars[record["filter"]] += record["chars"]
+        kept = self.examples.setdefault(key, [])
+        if len(kept) < self.keep:
+            kept.append(record["text"].replace("\n", " "))
 
 
 def _removed_files(work: Path, blocks: list[str]) -> list[Path]:
@@ -75,8 +120,11 @@ class Report(PipelineStep):
     type = "📋 - REPORT"
     name = "report"
 
-    def __init__(self, out: Path, logs: Path, stages: list[str], blocks: list[str], config) -> None:
-        """``blocks``: the names under which the stages wrote removed records."""
+    def __init__(
+        self, out: Path, logs: Path, stages: dict[str, str], blocks: list[str], config
+    ) -> None:
+        """``stages``: the stages before this one, name -> ``document`` or ``global``;
+        ``blocks``: the names under which the stages wrote removed records."""
         super().__init__()
         self.out, self.logs, self.stages, self.config = Path(out), Path(logs), stages, config
         self.blocks = blocks
@@ -84,28 +132,29 @@ class Report(PipelineStep):
     def run(self, data=None, rank: int = 0, world_size: int = 1) -> None:
         from motif_megatron.data.blocks import perplexity_bounds
 
+        reset_peak_rss()
+        started = time.perf_counter()
         out, work, config = self.out, self.out / "work", self.config
         stats = {stage: stage_stats(self.logs, stage) for stage in self.stages}
-        first, last = stats[self.stages[0]], stats[self.stages[-1]]
-        keys = ("id", "filter", "reason")
-        removed = _concatenate(_removed_files(work, self.blocks), out / "removed.jsonl", keys)
+        names = list(self.stages)
+        first, last = stats[names[0]], stats[names[-1]]
+        tally = Tally()
+        removed = _concatenate(
+            _removed_files(work, self.blocks),
+            out / "removed.jsonl",
+            ("id", "filter", "reason"),
+            tally,
+        )
         rejects = sorted(work.glob("rejects_*.jsonl"))
-        _concatenate(rejects, out / "rejects.jsonl", ("source", "line", "reason"))
-        by_reason = Counter(f"{r['filter']}/{r['reason']}" for r in removed)
-        chars = Counter()
-        examples: dict[str, list[str]] = {}
-        for r in removed:
-            chars[r["filter"]] += r["chars"]
-            key = f"{r['filter']}/{r['reason']}"
-            if len(examples.setdefault(key, [])) < 2:
-                examples[key].append(r["text"].replace("\n", " "))
+        keys = ("source", "line", "offset", "reason")
+        _concatenate(rejects, out / "rejects.jsonl", keys, FileLines(work / "lines"))
         dropped = sum(_total(s, b, "dropped") for s in stats.values() for b in s if b != "report")
         input_docs = _total(first, "corpus", "input")
         rejected = _total(first, "corpus", "rejected")
         kept = _total(last, JsonlWriter.name, "total")
-        if dropped != len(removed) or input_docs != kept + len(removed) + rejected:
+        if dropped != removed or input_docs != kept + removed + rejected:
             raise RuntimeError(
-                f"accounting bug: {input_docs} in, {kept} kept + {len(removed)} removed "
+                f"accounting bug: {input_docs} in, {kept} kept + {removed} removed "
                 f"({dropped} by the stats) + {rejected} rejected"
             )
         ppl = None
@@ -115,23 +164,45 @@ class Report(PipelineStep):
         report = {
             "input": int(input_docs),
             "kept": int(kept),
-            "filtered": len(removed),
+            "filtered": removed,
             "rejected": int(rejected),
             "language": config.language,
             "input_chars": int(_total(first, "corpus", "input_chars")),
             "kept_chars": int(_total(last, JsonlWriter.name, "doc_len")),
-            "by_filter": dict(sorted(by_reason.items())),
-            "chars_by_filter": dict(sorted(chars.items())),
+            "by_filter": dict(sorted(tally.by_reason.items())),
+            "chars_by_filter": dict(sorted(tally.chars.items())),
             "perplexity": ppl,
             "minhash": _minhash(stats, config) if config.minhash else None,
+            "lsh": _lsh(config) if config.minhash else None,
             "throughput": {
                 stage: _throughput(s, input_docs, _total(first, "corpus", "input_bytes"))
                 for stage, s in stats.items()
-                if "meter" in s
+                if self.stages[stage] == "document"
             },
-            "examples": examples,
+            "examples": tally.examples,
         }
+        report["stages"] = [_cost(name, self.stages[name], stats[name]) for name in names] + [
+            {
+                "name": "report",
+                "kind": "global",
+                "tasks": 1,
+                "seconds": time.perf_counter() - started,
+                "peak_rss_mb": peak_rss_mb(),
+            }
+        ]
         write(out, report, work / "ppl" if ppl else None, self.blocks)
+
+
+def _cost(name: str, kind: str, stats: dict[str, dict[str, MetricStats]]) -> dict:
+    """A stage's tasks, their seconds added up and the largest peak RSS of one task."""
+    seconds, peak = stats["meter"]["seconds"], stats["meter"]["peak_rss_mb"]
+    return {
+        "name": name,
+        "kind": kind,
+        "tasks": seconds.n,
+        "seconds": seconds.total,
+        "peak_rss_mb": peak.max,
+    }
 
 
 def _minhash(stats: dict[str, dict[str, dict]], config) -> dict:
@@ -144,8 +215,23 @@ def _minhash(stats: dict[str, dict[str, dict]], config) -> dict:
     }
 
 
+def _lsh(config) -> dict:
+    """The banding and its S-curve's value at the threshold (what share of the pairs there a
+    run catches)."""
+    m = config.minhash_config
+    bands, rows = m.bands()
+    p = float(lsh_probability(m.threshold, bands, rows))
+    return {
+        "bands": bands,
+        "rows": rows,
+        "threshold": m.threshold,
+        "p_at_threshold": p,
+        "recall_target": m.recall,
+    }
+
+
 def _draw(plt, report: dict, ppl_folder: Path | None, blocks: list[str]):
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    fig, axes = plt.subplots(1, 4, figsize=(21, 4.5))
     reasons = report["by_filter"]
     ax = axes[0]
     ax.barh(list(reasons) or ["(none)"], list(reasons.values()) or [0], color="tab:red")
@@ -187,7 +273,25 @@ def _draw(plt, report: dict, ppl_folder: Path | None, blocks: list[str]):
     ax.set_ylabel("million characters")
     ax.tick_params(axis="x", rotation=30)
     ax.set_title("characters kept after each block")
+    _draw_lsh(axes[3], report["lsh"])
     return fig
+
+
+def _draw_lsh(ax, lsh: dict | None) -> None:
+    """The S-curve: the chance a pair is caught against its Jaccard similarity."""
+    if lsh is None:
+        ax.text(0.5, 0.5, "MinHash stage skipped", ha="center", va="center")
+        return
+    s = np.linspace(0, 1, 201)
+    ax.plot(s, lsh_probability(s, lsh["bands"], lsh["rows"]), color="tab:purple")
+    ax.axvline(lsh["threshold"], color="tab:red", linestyle="--")
+    ax.axhline(lsh["p_at_threshold"], color="tab:gray", linestyle=":")
+    ax.set_xlabel("Jaccard similarity of a pair")
+    ax.set_ylabel("probability of sharing a band")
+    ax.set_title(
+        f"MinHash LSH {lsh['bands']} bands x {lsh['rows']} rows: "
+        f"{lsh['p_at_threshold']:.0%} at {lsh['threshold']}"
+    )
 
 
 def write(out: Path, report: dict, ppl_folder: Path | None, blocks: list[str]) -> None:
@@ -210,6 +314,23 @@ def write(out: Path, report: dict, ppl_folder: Path | None, blocks: list[str]) -
     if report.get("perplexity"):
         p = report["perplexity"]
         lines += ["", f"perplexity bounds: low {p['low']}, high {p['high']}"]
+    if lsh := report.get("lsh"):
+        lines += [
+            "",
+            f"MinHash LSH: {lsh['bands']} bands x {lsh['rows']} rows, a pair at Jaccard "
+            f"{lsh['threshold']} is caught with probability {lsh['p_at_threshold']:.3f} "
+            f"(target {lsh['recall_target']})",
+        ]
+    lines += [
+        "",
+        "| stage | kind | tasks | task-seconds | peak RSS of a task (MB) |",
+        "|---|---|---|---|---|",
+    ]
+    for st in report["stages"]:
+        lines.append(
+            f"| {st['name']} | {st['kind']} | {st['tasks']} | {st['seconds']:.1f} | "
+            f"{st['peak_rss_mb']:.0f} |"
+        )
     lines += ["", "| stage | tasks | docs/s per task | MB/s per task | peak RSS per task (MB) |"]
     lines += ["|---|---|---|---|---|"]
     for stage, t in report["throughput"].items():

@@ -164,7 +164,8 @@ def _tokenize(
             docs = [r for r in chunk if isinstance(r, Document)]
             for r in chunk:
                 if isinstance(r, Reject):
-                    record = {"source": r.source, "line": r.line, "reason": r.reason}
+                    where = {"offset": r.offset} if r.offset is not None else {"line": r.line}
+                    record = {"source": r.source, **where, "reason": r.reason}
                     rejects.write(json.dumps(record) + "\n")
             stats.rejected += len(chunk) - len(docs)
             marker = Path(part + ".done")
