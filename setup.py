@@ -6,6 +6,7 @@ from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import find_packages, setup
 
 EVAL = ["lm-eval==0.4.13", "accelerate"]
+QUALITY = ["ftfy", "kiwipiepy<0.22", "kiwipiepy-model<0.22"]
 CPU_TORCH = "torch==2.13.0"  # the CPU wheel this project is developed and tested with
 
 setup(
@@ -69,6 +70,7 @@ setup(
             "ray",  # the corpus pipeline's Ray executor, tested on a local Ray
             "bitsandbytes",
             *EVAL,
+            *QUALITY,
         ],
         # lm-eval (pinned: task names and the model API move between releases); accelerate for
         # its hf model
@@ -76,6 +78,9 @@ setup(
         # GPU clusters: Transformer Engine from PyPI, in the range megatron-core 0.16.1 declares
         # (its dev extra); apex is built from source (see README)
         "gpu": ["transformer-engine[pytorch]>=2.9.0a0,<2.12.0", "bitsandbytes"],
+        # datatrove's quality filters in Korean (Kiwi words; datatrove asks for its sbg model,
+        # which kiwipiepy-model ships up to 0.21) and FTFY repair
+        "quality": QUALITY,
         # KenLM perplexity scoring (the lmplz trainer is built from source by tools/train_kenlm.py)
         "kenlm": ["kenlm"],
         "ray": ["ray"],

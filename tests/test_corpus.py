@@ -86,6 +86,7 @@ def test_every_document_is_accounted_for(tmp_path, ko_input):
     )  # untranslated pages exist in this corpus
     for name in ("report.md", "report.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0
+    assert not (tmp_path / "out/work").exists()  # intermediates go after a complete run
 
 
 def test_output_is_deterministic_across_tasks_and_stages_switch_off(tmp_path, ko_input):
@@ -105,11 +106,45 @@ def test_output_is_deterministic_across_tasks_and_stages_switch_off(tmp_path, ko
     assert report["kept"] > a[0]["kept"]
 
 
+def test_quality_filters_are_datatroves_with_korean_settings(tmp_path, ko_input):
+    """--quality-filters gopher c4 fineweb --ftfy: each filter removes documents, each removal
+    is that datatrove filter's own verdict (FineWeb-2's Korean settings) on the repaired NFC
+    text, with its reason and an example in the report, and every kept document passes all."""
+    import unicodedata
+
+    from datatrove.data import Document
+    from datatrove.pipeline.formatters import FTFYFormatter
+
+    pytest.importorskip("kiwipiepy", reason="pip install -e .[quality] (part of the dev extra)")
+    from motif_megatron.data.filters.quality import quality_filters
+
+    names = ["gopher", "c4", "fineweb"]
+    flags = ["--language", "ko", "--quality-filters", *names, "--ftfy", "--no-minhash"]
+    report, removed, kept = _run(ko_input, tmp_path / "q", *flags, "--no-exact-dedup")
+    filters = {f.name: f for f in quality_filters(names, "ko")}
+    source = {}
+    for line in ko_input[0].read_bytes().splitlines():
+        try:
+            record = json.loads(line)
+            text = FTFYFormatter().format(record["text"])
+            source[record["id"]] = unicodedata.normalize("NFC", text)
+        except (ValueError, KeyError, TypeError, UnicodeError):
+            continue
+    for name, block in filters.items():
+        dropped = [r for r in removed if r["filter"] == name]
+        assert dropped, name
+        for r in dropped:
+            assert block.filter(Document(source[r["id"]], r["id"])) == (False, r["reason"])
+        assert any(key.startswith(f"{name}/") for key in report["examples"])
+    for doc in kept:
+        assert all(f.filter(Document(doc["text"], doc["id"])) is True for f in filters.values())
+
+
 def test_resume_skips_finished_tasks_and_refuses_a_changed_config(tmp_path, ko_input):
     import gzip
 
     out = tmp_path / "out"
-    _run(ko_input, out, "--tasks", "2")
+    _run(ko_input, out, "--tasks", "2", "--keep-work")
     # a run killed before its last stages: their markers gone, a finished stage's output edited
     for stage in ("minhash", "report"):
         for marker in (out / "logs" / stage / "completions").iterdir():

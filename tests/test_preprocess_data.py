@@ -97,14 +97,75 @@ def test_preprocess_data_resumes_finished_partitions(tmp_path, llama3_tokenizer)
     part = IndexedWriter(prefix + ".part00000", np.int32)
     part.add_flat(np.zeros(sum(len(d) for d in full[:10])), [len(d) for d in full[:10]])
     part.close()
-    (tmp_path / "en_text_document.part00000.done").write_text(
-        json.dumps({"documents": 10, "tokens": sum(len(d) for d in full[:10])})
+    made = {k: json.loads(Path(prefix + ".json").read_text())[k] for k in FINGERPRINT}
+    marker = tmp_path / "en_text_document.part00000.done"
+    marker.write_text(
+        json.dumps({"documents": 10, "tokens": sum(len(d) for d in full[:10])} | made)
     )
     ok(run(args))
     resumed = IndexedDataset(prefix)
     assert all(not resumed[i].any() for i in range(10))  # partition 0 was reused, not redone
     assert all(np.array_equal(resumed[i], full[i]) for i in range(10, 40))
     assert not list(tmp_path.glob("*.part*"))  # partitions are merged and removed
+
+
+def test_a_shard_of_another_tokenizer_is_refused_not_reused(tmp_path, llama3_tokenizer):
+    """Re-tokenising into the same prefix with another tokenizer (here: one more added token,
+    as vocabulary expansion makes) or without EOD stops in one line, finished shard or
+    partition alike; the same settings reuse it."""
+    import shutil
+
+    corpus, _ = bundled_corpus(tmp_path, "en-python-docs", n=20)
+    expanded = tmp_path / "expanded"
+    shutil.copytree(llama3_tokenizer, expanded)
+    spec = json.loads((expanded / "tokenizer.json").read_text())
+    top = max(t["id"] for t in spec["added_tokens"])
+    spec["added_tokens"].append({**spec["added_tokens"][-1], "id": top + 1, "content": "<new>"})
+    (expanded / "tokenizer.json").write_text(json.dumps(spec))
+
+    def tokenize(tokenizer, *flags, prefix="en"):
+        return run(
+            [
+                "tools/preprocess_data.py",
+                "--input",
+                str(corpus),
+                "--output-prefix",
+                str(tmp_path / prefix),
+                "--tokenizer-model",
+                str(tokenizer),
+                *flags,
+            ]
+        )
+
+    ok(tokenize(llama3_tokenizer, "--append-eod"))
+    for tokenizer, flags in ((expanded, ["--append-eod"]), (llama3_tokenizer, [])):
+        refused = tokenize(tokenizer, *flags)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr
+        assert "made with another tokenizer or settings" in refused.stderr
+    ok(tokenize(llama3_tokenizer, "--append-eod"))
+    ok(tokenize(llama3_tokenizer, "--append-eod", "--tasks", "2", prefix="split"))
+    refused = tokenize(expanded, "--append-eod", "--tasks", "2", prefix="split")
+    assert refused.returncode == 2 and "split_00000_text_document.json" in refused.stderr
+
+
+def test_tasks_on_the_local_executor_equal_one_task(tmp_path, llama3_tokenizer):
+    """--executor local --tasks 3 --workers 2 (datatrove's local executor, two processes):
+    merged, byte-identical to the one-task shard; each task's time and peak memory logged."""
+    corpus, _ = bundled_corpus(tmp_path, n=60)
+    common = ["--input", str(corpus), "--tokenizer-model", str(llama3_tokenizer), "--append-eod"]
+    ok(run(["tools/preprocess_data.py", *common, "--output-prefix", str(tmp_path / "one")]))
+    flags = ["--executor", "local", "--tasks", "3", "--workers", "2", "--merge"]
+    ok(run(["tools/preprocess_data.py", *common, "--output-prefix", str(tmp_path / "exe"), *flags]))
+    for suffix in (".bin", ".idx"):
+        one = tmp_path / f"one_text_document{suffix}"
+        assert (tmp_path / f"exe_text_document{suffix}").read_bytes() == one.read_bytes()
+    from motif_megatron.data.report import stage_stats
+
+    meter = stage_stats(tmp_path / "exe_text_document.logs", "tokenize")["meter"]
+    assert meter["seconds"].n == 3 and meter["peak_rss_mb"].max > 0
+
+
+FINGERPRINT = ("tokenizer_sha256", "append_eod")
 
 
 @pytest.mark.parametrize("backend", ["gigatoken", "reference"])
@@ -189,3 +250,25 @@ def test_a_glob_gives_a_shard_per_file_a_blend_and_a_byte_identical_merge(
                 tmp_path / f"whole_text_document{suffix}"
             ).read_bytes(), (name, suffix)
     assert not list(tmp_path.glob("merged_0*")) and not list(tmp_path.glob("split_0*"))
+
+
+@pytest.mark.parametrize("executor", ["slurm", "ray"])
+def test_tasks_on_slurm_and_ray_equal_one_task(tmp_path, llama3_tokenizer, executor, request):
+    """The same tasks as Slurm job arrays on the real cluster, or as Ray tasks on a local Ray
+    cluster: merged, byte-identical to the one-task shard."""
+    if executor == "slurm":
+        request.getfixturevalue("slurm")
+    else:
+        pytest.importorskip("ray", reason="pip install ray (part of the dev extra)")
+    corpus, _ = bundled_corpus(tmp_path, n=40)
+    common = ["--input", str(corpus), "--tokenizer-model", str(llama3_tokenizer), "--append-eod"]
+    ok(run(["tools/preprocess_data.py", *common, "--output-prefix", str(tmp_path / "one")]))
+    flags = ["--executor", executor, "--tasks", "2", "--workers", "2", "--merge"]
+    flags += ["--slurm-time", "0:10:00", "--mem-per-cpu-gb", "1"]
+    out = tmp_path / executor
+    ok(run(["tools/preprocess_data.py", *common, "--output-prefix", str(out), *flags], timeout=900))
+    for suffix in (".bin", ".idx"):
+        one = tmp_path / f"one_text_document{suffix}"
+        assert Path(f"{out}_text_document{suffix}").read_bytes() == one.read_bytes()
+    if executor == "slurm":  # ran as Slurm jobs
+        assert list(Path(f"{out}_text_document.logs/tokenize/slurm").glob("*.out"))

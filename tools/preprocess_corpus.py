@@ -15,6 +15,7 @@ same output folder is refused.
 import argparse
 import sys
 
+from motif_megatron.data.filters import MIN_SCRIPT_RATIO, QUALITY_FILTERS
 from motif_megatron.errors import UserError, run_cli
 
 
@@ -49,6 +50,11 @@ def parse_args() -> argparse.Namespace:
         help="tasks run at once (local processes, Ray tasks; on Slurm the array's limit, none at 1)",
     )
     x.add_argument("--logging-dir", help="task logs, stats and completion markers (OUT/logs)")
+    x.add_argument(
+        "--keep-work",
+        action="store_true",
+        help="keep OUT/work (every stage's intermediates) after a complete run",
+    )
     x.add_argument(
         "--ray-address", help="a running Ray cluster (default: RAY_ADDRESS or a new one)"
     )
@@ -89,8 +95,8 @@ def parse_args() -> argparse.Namespace:
     g.add_argument(
         "--min-script-ratio",
         type=float,
-        default=0.1,
-        help="minimum share of the language's letters",
+        default=MIN_SCRIPT_RATIO,
+        help="minimum share of the language's letters (the language filter's own default)",
     )
     g.add_argument("--no-length", action="store_true", help="skip the length filter")
     g.add_argument("--min-chars", type=int, default=50, help="shortest document kept")
@@ -99,6 +105,15 @@ def parse_args() -> argparse.Namespace:
     g.add_argument(
         "--no-repetition", action="store_true", help="skip the Gopher repetition filters"
     )
+    g.add_argument(
+        "--quality-filters",
+        nargs="+",
+        default=[],
+        choices=QUALITY_FILTERS,
+        help="datatrove's quality filters with the language's settings (Korean: FineWeb-2's "
+        "kor_Hang thresholds, Kiwi word splitting; needs the quality extra)",
+    )
+    g.add_argument("--ftfy", action="store_true", help="repair mojibake first (datatrove's FTFY)")
     g.add_argument("--no-exact-dedup", action="store_true", help="skip exact-duplicate removal")
     g.add_argument("--no-minhash", action="store_true", help="skip MinHash near-duplicate removal")
     g.add_argument(
@@ -153,6 +168,8 @@ def main() -> None:
         max_chars=args.max_chars,
         numeric=not args.no_numeric,
         repetition=not args.no_repetition,
+        quality=tuple(args.quality_filters),
+        ftfy=args.ftfy,
         exact_dedup=not args.no_exact_dedup,
         minhash=not args.no_minhash,
         minhash_config=MinHashConfig(
@@ -188,6 +205,7 @@ def main() -> None:
         workers=args.workers,
         logging_dir=args.logging_dir,
         resources=resources,
+        keep_work=args.keep_work,
         slurm=SlurmOptions(args.slurm_partition, args.slurm_time),
         ray_address=args.ray_address,
     )

@@ -4,13 +4,16 @@
   python tools/preprocess_data.py --input ko.jsonl --output-prefix data/ko \
       --tokenizer-model tokenizer_dir --json-keys text --append-eod --workers 2
   python tools/preprocess_data.py --input 'out/ko/kept/*.jsonl' --output-prefix data/ko ...
+  python tools/preprocess_data.py --input ko.jsonl --tasks 64 --executor slurm --workers 64 ...
 
 Document i holds exactly the tokenizer's ids for line i's text (no BOS) followed by EOD. Malformed
 lines are skipped and listed in ``P_text_document.rejects.jsonl``; a summary lands in
 ``P_text_document.json``. A killed run resumes from its last finished partition. A folder or glob
 of files (or ``--tasks N``) gives one shard per task, ``P_00000_text_document`` ..., and
 ``P_text_document.blend``: the ``--data-path`` value weighting them by tokens (``--merge``: one
-merged ``P_text_document`` instead).
+merged ``P_text_document`` instead). Tasks run on datatrove's local, Slurm or Ray executor
+(``--executor``), ``--workers`` at once; a shard made with another tokenizer or ``--append-eod``
+setting is refused, never reused.
 """
 
 import argparse
@@ -48,7 +51,29 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--append-eod", action="store_true", help="append the EOD token to each document"
     )
-    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="encoder threads")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count(),
+        help="one task in this process: its encoder threads; on an executor: tasks at once "
+        "(local processes, Ray tasks; on Slurm the array's limit, none at 1)",
+    )
+    x = parser.add_argument_group("executors (one task per share of the input)")
+    x.add_argument(
+        "--executor",
+        choices=["local", "slurm", "ray"],
+        help="datatrove executor for the tasks (default: this process for one task, else local)",
+    )
+    x.add_argument(
+        "--cpus-per-task", type=int, default=1, help="encoder threads of a task on an executor"
+    )
+    x.add_argument("--mem-per-cpu-gb", type=int, default=2, help="memory per CPU (Slurm, Ray)")
+    x.add_argument("--logging-dir", help="task logs and completion markers (P_KEY_document.logs)")
+    x.add_argument("--slurm-partition", help="Slurm partition (default: the cluster's default)")
+    x.add_argument("--slurm-time", default="24:00:00", help="time limit of each Slurm task")
+    x.add_argument(
+        "--ray-address", help="a running Ray cluster (default: RAY_ADDRESS or a new one)"
+    )
     parser.add_argument(
         "--partition-docs",
         type=int,
@@ -71,10 +96,11 @@ def main() -> None:
     # the Rust encoders size their thread pools from these at first use
     os.environ["RAYON_NUM_THREADS"] = str(args.workers)
     os.environ["GIGATOKEN_NUM_THREADS"] = str(args.workers)
+    from motif_megatron.data.executors import Resources, SlurmOptions
     from motif_megatron.data.tokenize import tokenize_corpus
 
-    if args.tasks is not None and args.tasks < 1:
-        raise UserError("--tasks must be at least 1")
+    if min(args.tasks or 1, args.workers, args.cpus_per_task, args.mem_per_cpu_gb) < 1:
+        raise UserError("--tasks, --workers, --cpus-per-task and --mem-per-cpu-gb must be >= 1")
     for key in args.json_keys:
         stats = tokenize_corpus(
             args.input,
@@ -87,6 +113,13 @@ def main() -> None:
             args.backend,
             tasks=args.tasks,
             merge=args.merge,
+            executor=args.executor,
+            workers=args.workers,
+            threads=args.cpus_per_task,
+            logging_dir=args.logging_dir and f"{args.logging_dir}/{key}",
+            resources=Resources(args.cpus_per_task, args.mem_per_cpu_gb),
+            slurm=SlurmOptions(args.slurm_partition, args.slurm_time),
+            ray_address=args.ray_address,
         )
         print(
             f"{args.output_prefix}_{key}_document: {stats.documents} documents, "

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import time
 import unicodedata
-from functools import reduce
 from pathlib import Path
 
 import numpy as np
@@ -185,9 +184,33 @@ class PerplexityScorer(PipelineStep):
 def perplexity_bounds(
     folder: str, thresholds: PerplexityThresholds
 ) -> tuple[float | None, float | None]:
-    """The bounds of the whole corpus: the merge of every task's summary."""
-    summaries = [ScoreSummary.load(p) for p in sorted(Path(folder).glob("*.ppl.npz"))]
-    return thresholds.bounds_from(reduce(ScoreSummary.merge, summaries, ScoreSummary()))
+    """The bounds of the whole corpus: the merge of every task's summary, one at a time."""
+    merged = ScoreSummary()
+    for path in sorted(Path(folder).glob("*.ppl.npz")):
+        merged = ScoreSummary.merge(merged, ScoreSummary.load(path))
+    return thresholds.bounds_from(merged)
+
+
+class PerplexityBounds(PipelineStep):
+    """The global step between scoring and filtering: the corpus-wide bounds, merged once into
+    ``<folder>/bounds.json`` (each filter task reads that, not every task's summary)."""
+
+    type = "📊 - SCORER"
+    name = "perplexity bounds"
+
+    def __init__(self, folder: str, thresholds: PerplexityThresholds) -> None:
+        super().__init__()
+        self.folder, self.thresholds = folder, thresholds
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1):
+        low, high = perplexity_bounds(self.folder, self.thresholds)
+        (Path(self.folder) / "bounds.json").write_text(json.dumps({"low": low, "high": high}))
+        return data
+
+
+def read_bounds(folder: str | Path) -> tuple[float | None, float | None]:
+    bounds = json.loads((Path(folder) / "bounds.json").read_text())
+    return bounds["low"], bounds["high"]
 
 
 class PerplexityFilter(BaseFilter):
@@ -195,14 +218,14 @@ class PerplexityFilter(BaseFilter):
 
     name = "perplexity"
 
-    def __init__(self, folder: str, thresholds: PerplexityThresholds, removed: str) -> None:
+    def __init__(self, folder: str, removed: str) -> None:
         super().__init__(RemovedWriter(removed, self.name))
-        self.folder, self.thresholds = folder, thresholds
+        self.folder = folder
         self._bounds = None
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         if self._bounds is None:
-            self._bounds = perplexity_bounds(self.folder, self.thresholds)
+            self._bounds = read_bounds(self.folder)
         low, high = self._bounds
         value = doc.metadata["perplexity"]
         if high is not None and value > high:
@@ -292,3 +315,9 @@ class TaskMeter(PipelineStep):
             self._record()
             return None
         return self._stream(data)
+
+
+def metered(steps: list) -> list:
+    """``steps`` between the two ends of a :class:`TaskMeter` (its time and peak RSS per task)."""
+    meter = TaskMeter()
+    return [meter.start, *steps, meter]

@@ -32,6 +32,18 @@ def global_memory_gb(input_bytes: int) -> int:
 
 
 @dataclass
+class Stage:
+    """A pipeline of datatrove steps run as ``tasks`` tasks."""
+
+    name: str
+    pipeline: list
+    tasks: int
+    kind: str = "document"
+    """``document`` stages run ``tasks`` shares of the corpus; ``global`` ones merge every task's
+    output (more memory, one or a few tasks)."""
+
+
+@dataclass
 class Resources:
     """What one task asks of Slurm or Ray: document tasks stream a share of the corpus, global
     tasks merge every share's output and get their own CPUs and memory."""
@@ -42,7 +54,7 @@ class Resources:
     global_mem_gb: int | None = None
     """None: :func:`global_memory_gb` of the corpus."""
 
-    def of(self, stage) -> dict:
+    def of(self, stage: Stage) -> dict:
         """``cpus_per_task`` and ``mem_per_cpu_gb`` (whole GB: Slurm's unit) for ``stage``."""
         if stage.kind == "global":
             cpus, memory = self.global_cpus, self.global_mem_gb or GLOBAL_BASE_GB

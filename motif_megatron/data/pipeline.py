@@ -22,6 +22,7 @@ configuration is saved with the output, and a different one in the same folder i
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass, field, replace
 from itertools import islice
 from pathlib import Path
@@ -39,6 +40,7 @@ from datatrove.pipeline.dedup.minhash import (
     MinhashDedupCluster,
     MinhashDedupFilter,
 )
+from datatrove.pipeline.formatters import FTFYFormatter
 from datatrove.utils.hashing import HashConfig
 
 from motif_megatron.data import minhash as mh
@@ -46,16 +48,19 @@ from motif_megatron.data.blocks import (
     CorpusReader,
     MinhashSignatures,
     Normalize,
+    PerplexityBounds,
     PerplexityFilter,
     PerplexityScorer,
     RemovedWriter,
-    TaskMeter,
     TaskReader,
     kept_writer,
+    metered,
     work_writer,
 )
-from motif_megatron.data.executors import Resources, execute, global_memory_gb
+from motif_megatron.data.executors import Resources, Stage, execute, global_memory_gb
+from motif_megatron.data.filters import MIN_SCRIPT_RATIO
 from motif_megatron.data.filters.base import Filter
+from motif_megatron.data.filters.quality import quality_filters
 from motif_megatron.data.filters.repetition import RepetitionFilter
 from motif_megatron.data.filters.text import (
     HangulRatioFilter,
@@ -87,12 +92,17 @@ class CorpusConfig:
     language: str | None = "auto"
     """``ko`` (Hangul ratio), ``en`` (Latin ratio), ``auto`` (the corpus's majority script, decided
     once from its first documents) or None."""
-    min_script_ratio: float = 0.1
+    min_script_ratio: float = MIN_SCRIPT_RATIO
     length: bool = True
     min_chars: int = 50
     max_chars: int = 1_000_000
     numeric: bool = True
     repetition: bool = True
+    quality: tuple[str, ...] = ()
+    """datatrove's quality filters to run (``gopher``, ``c4``, ``fineweb``) with the language's
+    settings (:mod:`motif_megatron.data.filters.quality`)."""
+    ftfy: bool = False
+    """datatrove's FTFY repair of mojibake before anything else looks at the text."""
     exact_dedup: bool = True
     minhash: bool = True
     minhash_config: mh.MinHashConfig = field(default_factory=mh.MinHashConfig)
@@ -102,22 +112,6 @@ class CorpusConfig:
     """Larger documents are rejected (``huge_document``) rather than risk a worker's memory."""
     tasks: int = 1
     """Input-ordered shares of the corpus: the unit of parallelism and of resume."""
-
-
-@dataclass
-class Stage:
-    name: str
-    pipeline: list
-    tasks: int
-    kind: str = "document"
-    """``document`` stages run ``tasks`` shares of the corpus; ``global`` ones merge every task's
-    output (more memory, one or a few tasks)."""
-
-
-def metered(steps: list) -> list:
-    """``steps`` between the two ends of a :class:`TaskMeter` (its time and peak RSS per task)."""
-    meter = TaskMeter()
-    return [meter.start, *steps, meter]
 
 
 def build_filters(config: CorpusConfig) -> list[Filter]:
@@ -134,7 +128,7 @@ def build_filters(config: CorpusConfig) -> list[Filter]:
         filters.append(NumericSequenceFilter())
     if config.repetition:
         filters.append(RepetitionFilter())
-    return filters
+    return filters + quality_filters(list(config.quality), config.language)
 
 
 def detect_language(units: list[Unit], config: CorpusConfig, sample: int = 1000) -> str:
@@ -177,6 +171,7 @@ def stages(config: CorpusConfig, units: list[Unit], out: Path, logs: Path) -> li
     for f in filters:
         f.exclusion_writer = RemovedWriter(removed, f.name)
     head = [CorpusReader(units, config.text_key, config.id_key, config.max_doc_chars, str(work))]
+    head += [FTFYFormatter()] if config.ftfy else []
     head += [Normalize()] if config.normalize else []
     head += filters
     if config.kenlm_model:
@@ -186,10 +181,9 @@ def stages(config: CorpusConfig, units: list[Unit], out: Path, logs: Path) -> li
     between: list[list[Stage]] = []
     if config.kenlm_model:
         folder = str(work / "ppl")
-        segments.append(
-            ["perplexity", [PerplexityFilter(folder, config.thresholds, removed)], None]
-        )
-        between.append([])
+        segments.append(["perplexity", [PerplexityFilter(folder, removed)], None])
+        bounds = PerplexityBounds(folder, config.thresholds)
+        between.append([Stage("perplexity-bounds", metered([bounds]), 1, "global")])
     if config.exact_dedup:
         exact = ExactDedupConfig(normalised_text, input_order, HashConfig(64, "sha1"))
         sigs, dups = str(work / "exact/sigs"), str(work / "exact/dups")
@@ -279,10 +273,13 @@ def run(
     workers: int = 1,
     logging_dir: str | Path | None = None,
     resources: Resources | None = None,
+    keep_work: bool = False,
     **executor_options,
 ) -> dict:
     """Run every stage on ``executor``; returns the report (also in ``report.json``). Global
-    stages get memory for the corpus's size unless ``resources`` says otherwise."""
+    stages get memory for the corpus's size unless ``resources`` says otherwise. ``work/`` (the
+    stages' intermediates, as large as the corpus) goes once the run is complete, unless
+    ``keep_work``."""
     out = Path(output_dir)
     logs = Path(logging_dir) if logging_dir else out / "logs"
     resources = resources or Resources()
@@ -291,4 +288,6 @@ def run(
         resources = replace(resources, global_mem_gb=global_memory_gb(size))
     stages = plan(input_spec, out, config, logs)
     execute(stages, executor, workers, logs, resources, **executor_options)
+    if not keep_work:
+        shutil.rmtree(out / "work", ignore_errors=True)
     return json.loads((out / "report.json").read_text())

@@ -130,7 +130,7 @@ class Report(PipelineStep):
         self.blocks = blocks
 
     def run(self, data=None, rank: int = 0, world_size: int = 1) -> None:
-        from motif_megatron.data.blocks import perplexity_bounds
+        from motif_megatron.data.blocks import read_bounds
 
         reset_peak_rss()
         started = time.perf_counter()
@@ -159,7 +159,7 @@ class Report(PipelineStep):
             )
         ppl = None
         if config.kenlm_model:
-            low, high = perplexity_bounds(str(work / "ppl"), config.thresholds)
+            low, high = read_bounds(work / "ppl")
             ppl = {"low": low, "high": high}
         report = {
             "input": int(input_docs),

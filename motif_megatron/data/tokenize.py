@@ -11,7 +11,9 @@ order, so a killed run resumes from the last finished partition. A corpus of man
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,13 +21,18 @@ from itertools import islice
 from pathlib import Path
 
 import numpy as np
+from datatrove.pipeline.base import PipelineStep
 
 from motif_megatron.data.blend import blend, data_path
+from motif_megatron.data.blocks import metered
+from motif_megatron.data.executors import Stage, execute
 from motif_megatron.data.indexed import IndexedWriter, optimal_dtype, token_count
 from motif_megatron.data.readers import (
     Document,
     Reject,
+    Unit,
     input_files,
+    input_root,
     input_units,
     iter_documents,
     task_units,
@@ -136,6 +143,33 @@ def _partitions(records: Iterator[Document | Reject], size: int):
         yield chunk
 
 
+def fingerprint(tokenizer: str | Path, append_eod: bool) -> dict:
+    """What a shard's ids depend on: the tokenizer file's SHA-256 and whether EOD follows."""
+    path = Path(tokenizer)
+    if path.is_dir():
+        found = [path / n for n in ("tokenizer.json", "tokenizer.model") if (path / n).is_file()]
+        path = found[0]
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return {"tokenizer_sha256": digest, "append_eod": append_eod}
+
+
+def refuse_other(prefix: str, made: dict) -> None:
+    """A shard (or a partition of one) at ``prefix`` made with another tokenizer or settings is
+    refused, never reused: its ids would be silently kept."""
+    found = [
+        Path(prefix + ".json"),
+        *sorted(Path(prefix).parent.glob(Path(prefix).name + ".part*.done")),
+    ]
+    for marker in (m for m in found if m.is_file()):
+        old = json.loads(marker.read_text())
+        changed = sorted(k for k in made if old.get(k) != made[k])
+        if changed:
+            raise UserError(
+                f"{marker} was made with another tokenizer or settings ({', '.join(changed)}): "
+                "use a new --output-prefix, or delete those files to start over"
+            )
+
+
 def _tokenize(
     records: Iterator[Document | Reject],
     final: str,
@@ -143,9 +177,12 @@ def _tokenize(
     append_eod: bool,
     partition_docs: int,
     progress: bool,
+    made: dict,
 ) -> TokenizeStats:
     """Write ``final.{bin,idx}`` (and ``final.json`` last) from ``records``, partition by
-    partition; a partition finished by an interrupted run is reused."""
+    partition; a partition finished by an interrupted run is reused (``made`` by the same
+    tokenizer: :func:`refuse_other` checks first)."""
+    refuse_other(final, made)
     from tqdm import tqdm
 
     start = time.time()
@@ -181,7 +218,8 @@ def _tokenize(
             writer = IndexedWriter(part, dtype)
             writer.add_flat(tokens, lengths)
             writer.close()
-            marker.write_text(json.dumps({"documents": len(docs), "tokens": int(lengths.sum())}))
+            done = {"documents": len(docs), "tokens": int(lengths.sum())} | made
+            marker.write_text(json.dumps(done))
             stats.documents += len(docs)
             stats.tokens += int(lengths.sum())
             bar.update(len(chunk))
@@ -189,7 +227,7 @@ def _tokenize(
     if not stats.rejected:
         rejects_path.unlink()
     stats.seconds = time.time() - start
-    _summary(final, stats, encoder)
+    _summary(final, stats, encoder, made)
     return stats
 
 
@@ -204,10 +242,50 @@ def _merge(shards: list[str], final: str, dtype) -> None:
             Path(shard + suffix).unlink(missing_ok=True)
 
 
-def _summary(final: str, stats: TokenizeStats, encoder: Encoder) -> None:
+def _summary(final: str, stats: TokenizeStats, encoder: Encoder, made: dict) -> None:
     dtype = np.dtype(optimal_dtype(encoder.vocab_size)).name
-    meta = {"dtype": dtype, "eod": encoder.eod, "backend": encoder.backend}
+    meta = {"dtype": dtype, "eod": encoder.eod, "backend": encoder.backend} | made
     Path(final + ".json").write_text(json.dumps(stats.__dict__ | meta) + "\n")
+
+
+class TokenizeShards(PipelineStep):
+    """Task ``rank`` of a tokenisation: its share of the corpus into
+    ``{prefix}_{rank:05d}_{key}_document`` (ours as a datatrove block: gigatoken's ids, which
+    equal the HF tokenizer's, Megatron's format, partitions to resume from). A finished shard
+    is kept."""
+
+    type = "🔢 - TOKENIZER"
+    name = "megatron shards"
+
+    def __init__(self, units: list[Unit], prefix: str, json_key: str, settings: dict) -> None:
+        """``settings``: tokenizer, backend, append_eod, partition_docs, threads, made."""
+        super().__init__()
+        self.units, self.prefix, self.json_key, self.settings = units, prefix, json_key, settings
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        s = self.settings
+        shard = shard_prefix(self.prefix, rank, self.json_key)
+        if not Path(shard + ".json").is_file():
+            # the Rust encoders size their thread pools from these at first use
+            os.environ["RAYON_NUM_THREADS"] = os.environ["GIGATOKEN_NUM_THREADS"] = str(
+                s["threads"]
+            )
+            encoder = Encoder(s["tokenizer"], s["backend"])
+            records = (
+                r
+                for u in task_units(self.units, rank, world_size)
+                for r in u.documents(self.json_key, "id")
+            )
+            stats = _tokenize(
+                records, shard, encoder, s["append_eod"], s["partition_docs"], False, s["made"]
+            )
+            self.stat_update("documents", value=stats.documents)
+            self.stat_update("tokens", value=stats.tokens)
+        return data
+
+
+def shard_prefix(prefix: str | Path, rank: int, json_key: str) -> str:
+    return f"{prefix}_{rank:05d}_{json_key}_document"
 
 
 def tokenize_corpus(
@@ -222,46 +300,55 @@ def tokenize_corpus(
     progress: bool = True,
     tasks: int | None = None,
     merge: bool = False,
+    executor: str | None = None,
+    workers: int = 1,
+    threads: int = 1,
+    logging_dir: str | Path | None = None,
+    **executor_options,
 ) -> TokenizeStats:
-    """Tokenise a corpus (a file, a folder or a glob). One task (one file, by default) writes
-    ``{output_prefix}_{json_key}_document.{bin,idx}``; ``tasks`` shares (one per file by default)
-    write ``{output_prefix}_{rank:05d}_{json_key}_document`` each, listed with token-count weights
-    in ``..._document.blend`` (Megatron's ``--data-path`` syntax), or merged into one shard
-    (``merge``). Finished tasks are kept on a rerun."""
+    """Tokenise a corpus (a file, a folder or a glob). One task in this process (one file and
+    no ``executor``) writes ``{output_prefix}_{json_key}_document.{bin,idx}``; ``tasks`` shares
+    (one per file by default) run on ``executor`` (datatrove's local, Slurm or Ray executor,
+    ``workers`` at once, ``threads`` encoder threads each) and write
+    ``{output_prefix}_{rank:05d}_{json_key}_document`` each, listed with token-count weights in
+    ``..._document.blend`` (Megatron's ``--data-path`` syntax), or merged into one shard
+    (``merge``). Finished tasks are kept on a rerun; shards of another tokenizer are refused."""
     encoder = Encoder(tokenizer, backend)
+    made = fingerprint(tokenizer, append_eod)
     files = input_files(input_path)
     tasks = tasks or len(files)
     final = f"{output_prefix}_{json_key}_document"
-    if tasks == 1:
+    if tasks == 1 and executor is None:
         records = (r for f in files for r in iter_documents(f, text_key=json_key))
         return _tokenize(
-            islice(records, max_docs), final, encoder, append_eod, partition_docs, progress
+            islice(records, max_docs), final, encoder, append_eod, partition_docs, progress, made
         )
     if max_docs is not None:
-        raise UserError("--max-docs needs a single task (one input file, no --tasks)")
-    units, total, shards = input_units(files, tasks), TokenizeStats(), []
-    for rank in range(tasks):
-        shard = f"{output_prefix}_{rank:05d}_{json_key}_document"
-        done = Path(shard + ".json")
-        if done.is_file():
-            stats = TokenizeStats(
-                **{
-                    k: v
-                    for k, v in json.loads(done.read_text()).items()
-                    if k in TokenizeStats.__dataclass_fields__
-                }
-            )
-        else:
-            records = (
-                r for u in task_units(units, rank, tasks) for r in u.documents(json_key, "id")
-            )
-            stats = _tokenize(records, shard, encoder, append_eod, partition_docs, progress)
+        raise UserError("--max-docs needs a single task (one input file, no --tasks or --executor)")
+    shards = [shard_prefix(output_prefix, rank, json_key) for rank in range(tasks)]
+    for shard in [*shards, final]:
+        refuse_other(shard, made)
+    settings = {
+        "tokenizer": str(Path(tokenizer).resolve()),
+        "backend": backend,
+        "append_eod": append_eod,
+        "partition_docs": partition_docs,
+        "threads": threads,
+        "made": made,
+    }
+    units = input_units(files, tasks, input_root(input_path))
+    step = TokenizeShards(units, str(Path(output_prefix).resolve()), json_key, settings)
+    logs = Path(logging_dir) if logging_dir else Path(f"{final}.logs")
+    stage = Stage("tokenize", metered([step]), tasks)
+    execute([stage], executor or "local", workers, logs, **executor_options)
+    total = TokenizeStats()
+    for shard in shards:
+        done = json.loads(Path(shard + ".json").read_text())
         for k in ("documents", "tokens", "rejected", "seconds"):
-            setattr(total, k, getattr(total, k) + getattr(stats, k))
-        shards.append(shard)
+            setattr(total, k, getattr(total, k) + done[k])
     if merge:
         _merge(shards, final, optimal_dtype(encoder.vocab_size))
-        _summary(final, total, encoder)
+        _summary(final, total, encoder, made)
         return total
     entries = blend({"corpus": (1.0, [s for s in shards if token_count(s)])})
     Path(final + ".blend").write_text(" ".join(data_path(entries)) + "\n")

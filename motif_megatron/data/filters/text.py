@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+from motif_megatron.data.filters import MIN_SCRIPT_RATIO
 from motif_megatron.data.filters.base import Filter, below, exceeds
 
 
@@ -46,7 +47,7 @@ class HangulRatioFilter(Filter):
 
     name = "language"
 
-    def __init__(self, min_ratio: float | None = 0.3) -> None:
+    def __init__(self, min_ratio: float | None = MIN_SCRIPT_RATIO) -> None:
         super().__init__()
         self.min_ratio = min_ratio
 
