@@ -12,6 +12,9 @@ high-water mark, reset as each task starts, so a stage that runs in a reused pro
 alone); the whole run's peak is the largest sum over the process tree, sampled every 50 ms. The
 target (issue 31) is every stage's peak at Nx within 1.3x of its peak at 1x; the MinHash cluster
 stage's memory grows with the near-duplicates it links, and its growth per duplicate is printed.
+The kept documents are then tokenised (``preprocess_data.py --executor local``, same tasks): the
+``tokenise`` row. Last, the disk each intermediate (``work/``, kept with ``--keep-work``) and
+output takes per byte of input, for sizing a run (README: at scale).
 
   .venv/bin/python bench/corpus_scale.py [--base-mb 40] [--factor 8] [--workers 2] [--tasks 4]
 """
@@ -87,9 +90,10 @@ def main() -> None:
             size = write_corpus(data, args.base_mb * factor, docs)
             cmd = [sys.executable, "tools/preprocess_corpus.py", "--input", str(data)]
             cmd += ["--output", str(Path(tmp) / f"out_{factor}x"), "--workers", str(args.workers)]
-            cmd += ["--tasks", str(args.tasks)]
+            cmd += ["--tasks", str(args.tasks), "--keep-work"]
             seconds, peak = run_measured(cmd)
             report = json.loads((Path(tmp) / f"out_{factor}x" / "report.json").read_text())
+            report["stages"].append(tokenise(Path(tmp), factor, args.tasks, args.workers))
             runs.append(report)
             print(
                 f"{factor}x: {size / 1e6:.0f} MB, {report['input']} docs -> {report['kept']} "
@@ -97,7 +101,43 @@ def main() -> None:
                 f"{report['input'] / seconds:.0f} docs/s), whole-run peak RSS {peak:.0f} MB"
             )
             peaks.append(peak)
+            disk = footprint(Path(tmp) / f"out_{factor}x", size)
     compare(runs, peaks, args.factor)
+    print(f"disk at {args.factor}x, per byte of input: " + ", ".join(disk))
+
+
+def tokenise(tmp: Path, factor: int, tasks: int, workers: int) -> dict:
+    """The kept documents into Megatron shards on the local executor: the tokenising stage's
+    tasks, task-seconds and the largest task's peak RSS (its meter's stats)."""
+    from motif_megatron.data.report import stage_stats
+    from motif_megatron.tokenizer.bundled import unpack
+
+    tokenizer = unpack("llama3", tmp / "tokenizer")
+    prefix = tmp / f"tokens_{factor}x"
+    cmd = [sys.executable, "tools/preprocess_data.py", "--input", str(tmp / f"out_{factor}x/kept")]
+    cmd += ["--output-prefix", str(prefix), "--tokenizer-model", str(tokenizer), "--append-eod"]
+    cmd += ["--executor", "local", "--tasks", str(tasks), "--workers", str(workers)]
+    run_measured(cmd)
+    meter = stage_stats(Path(f"{prefix}_text_document.logs"), "tokenize")["meter"]
+    return {
+        "name": "tokenise",
+        "kind": "document",
+        "tasks": meter["seconds"].n,
+        "seconds": meter["seconds"].total,
+        "peak_rss_mb": meter["peak_rss_mb"].max,
+    }
+
+
+def footprint(out: Path, input_bytes: int) -> list[str]:
+    """Each output and intermediate folder's bytes per byte of input."""
+    parts = [p for p in sorted((out / "work").iterdir()) if p.is_dir()]
+    parts += [out / "kept", out / "logs"]
+    sizes = {p.name: sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) for p in parts}
+    sizes["removed+rejects"] = sum(f.stat().st_size for f in out.glob("re*.jsonl"))
+    total = sum(sizes.values())
+    return [f"{k} {v / input_bytes:.3f}" for k, v in sizes.items()] + [
+        f"all {total / input_bytes:.2f}"
+    ]
 
 
 def duplicates(report: dict) -> int:

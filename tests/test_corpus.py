@@ -178,11 +178,19 @@ def _same_as_local(tmp_path, ko_input, name, *flags):
 
 
 def test_slurm_executor_keeps_the_documents_local_keeps(tmp_path, ko_input, slurm):
-    """datatrove's Slurm executor on the real one-node cluster: job arrays chained by
-    dependencies, waited for; a partition the cluster lacks is one line."""
+    """datatrove's Slurm executor on the real cluster: job arrays chained by dependencies, each
+    stage's tasks asking for their kind's memory, waited for; a partition the cluster lacks is
+    one line."""
     flags = ["--executor", "slurm", "--workers", "2", "--slurm-time", "0:10:00"]
-    _same_as_local(tmp_path, ko_input, "slurm", *flags, "--slurm-mem-per-cpu-gb", "1")
-    assert list((tmp_path / "slurm/logs/filter/slurm").glob("*.out"))  # ran as Slurm jobs
+    flags += ["--mem-per-cpu-gb", "1", "--global-mem-gb", "3"]
+    _same_as_local(tmp_path, ko_input, "slurm", *flags)
+    logs = tmp_path / "slurm/logs"
+    assert list((logs / "filter/slurm").glob("*.out"))  # ran as Slurm jobs
+    # document tasks ask for their memory, global ones (one task, every share's output) for theirs
+    for stage, memory in (("filter", "1G"), ("minhash-cluster", "3G"), ("report", "3G")):
+        assert (
+            f"#SBATCH --mem-per-cpu={memory}" in (logs / stage / "launch_script.slurm").read_text()
+        )
     path, *_ = ko_input
     args = ["tools/preprocess_corpus.py", "--input", str(path), "--output", str(tmp_path / "x")]
     result = run([*args, "--executor", "slurm", "--slurm-partition", "nope"])
@@ -434,3 +442,20 @@ def test_language_auto_picks_the_majority_script(tmp_path):
     report = json.loads((tmp_path / "en/report.json").read_text())
     assert report["language"] == "en" and report["kept"] > 0
     assert "language/hangul_ratio" not in report["by_filter"]
+
+
+def test_global_stages_get_memory_for_the_corpus_size(tmp_path):
+    """Default global-stage memory grows with the input text (compressed files at 4x), document
+    tasks keep theirs; an explicit --global-mem-gb wins."""
+    from motif_megatron.data.executors import Resources, Stage, global_memory_gb
+    from motif_megatron.data.readers import text_bytes
+
+    assert global_memory_gb(0) == 2 and global_memory_gb(100 * 10**9) == 12
+    plain, packed = tmp_path / "a.jsonl", tmp_path / "b.jsonl.gz"
+    plain.write_bytes(b"x" * 1000)
+    packed.write_bytes(b"y" * 1000)
+    assert text_bytes([plain, packed]) == 5000
+    resources = Resources(cpus_per_task=2, mem_per_cpu_gb=3, global_cpus=2, global_mem_gb=5)
+    document, merge = Stage("filter", [], 8), Stage("minhash-cluster", [], 1, "global")
+    assert resources.of(document) == {"cpus_per_task": 2, "mem_per_cpu_gb": 3}
+    assert resources.of(merge) == {"cpus_per_task": 2, "mem_per_cpu_gb": 3}  # 5 GB on 2 CPUs
