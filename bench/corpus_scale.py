@@ -161,6 +161,16 @@ def compare(runs: list[dict], peaks: list[float], factor: int) -> None:
             f"| {name} | {a['kind']} | {a['tasks']} | {a['peak_rss_mb']:.0f} | "
             f"{b['peak_rss_mb']:.0f} | {ratio:.2f} | {a['seconds']:.1f} | {b['seconds']:.1f} |"
         )
+    per_task = [r["input"] / small["filter"]["tasks"] for r in runs]
+    growth = {
+        name: (large[name]["peak_rss_mb"] - a["peak_rss_mb"]) * 2**20 / (per_task[1] - per_task[0])
+        for name, a in small.items()
+        if a["kind"] == "document"
+    }
+    print(
+        "document stages, peak RSS per added document of a task (bytes): "
+        + ", ".join(f"{name} {max(b, 0):.0f}" for name, b in growth.items())
+    )
     extra = duplicates(runs[1]) - duplicates(runs[0])
     if "minhash-cluster" in small and extra > 0:
         cluster = large["minhash-cluster"]["peak_rss_mb"] - small["minhash-cluster"]["peak_rss_mb"]

@@ -8,6 +8,7 @@ unmapped when freed.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 
@@ -33,7 +34,15 @@ def return_freed_memory(threshold: int = 1 << 20) -> bool:
 def reset_peak_rss() -> bool:
     """Start this process's peak RSS afresh (Linux ``clear_refs`` 5), so a task that runs in a
     reused process (datatrove's in-process and pooled workers) measures its own peak; False where
-    the kernel does not allow it (the peak then includes what ran before)."""
+    the kernel does not allow it (the peak then includes what ran before). What earlier work
+    freed but the allocator kept is handed back first, so it does not count either."""
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if name is not None:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(name).malloc_trim(0)
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")

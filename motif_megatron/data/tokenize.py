@@ -148,7 +148,9 @@ def fingerprint(tokenizer: str | Path, append_eod: bool) -> dict:
     path = Path(tokenizer)
     if path.is_dir():
         found = [path / n for n in ("tokenizer.json", "tokenizer.model") if (path / n).is_file()]
-        path = found[0]
+        path = found[0] if found else path / "tokenizer.json"
+    if not path.is_file():
+        raise UserError(f"no tokenizer.json or tokenizer.model at {tokenizer}")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return {"tokenizer_sha256": digest, "append_eod": append_eod}
 
@@ -227,7 +229,7 @@ def _tokenize(
     if not stats.rejected:
         rejects_path.unlink()
     stats.seconds = time.time() - start
-    _summary(final, stats, encoder, made)
+    _summary(final, stats, _meta(encoder) | made)
     return stats
 
 
@@ -242,9 +244,12 @@ def _merge(shards: list[str], final: str, dtype) -> None:
             Path(shard + suffix).unlink(missing_ok=True)
 
 
-def _summary(final: str, stats: TokenizeStats, encoder: Encoder, made: dict) -> None:
+def _meta(encoder: Encoder) -> dict:
     dtype = np.dtype(optimal_dtype(encoder.vocab_size)).name
-    meta = {"dtype": dtype, "eod": encoder.eod, "backend": encoder.backend} | made
+    return {"dtype": dtype, "eod": encoder.eod, "backend": encoder.backend}
+
+
+def _summary(final: str, stats: TokenizeStats, meta: dict) -> None:
     Path(final + ".json").write_text(json.dumps(stats.__dict__ | meta) + "\n")
 
 
@@ -313,12 +318,12 @@ def tokenize_corpus(
     ``{output_prefix}_{rank:05d}_{json_key}_document`` each, listed with token-count weights in
     ``..._document.blend`` (Megatron's ``--data-path`` syntax), or merged into one shard
     (``merge``). Finished tasks are kept on a rerun; shards of another tokenizer are refused."""
-    encoder = Encoder(tokenizer, backend)
     made = fingerprint(tokenizer, append_eod)
     files = input_files(input_path)
     tasks = tasks or len(files)
     final = f"{output_prefix}_{json_key}_document"
     if tasks == 1 and executor is None:
+        encoder = Encoder(tokenizer, backend)
         records = (r for f in files for r in iter_documents(f, text_key=json_key))
         return _tokenize(
             islice(records, max_docs), final, encoder, append_eod, partition_docs, progress, made
@@ -341,14 +346,14 @@ def tokenize_corpus(
     logs = Path(logging_dir) if logging_dir else Path(f"{final}.logs")
     stage = Stage("tokenize", metered([step]), tasks)
     execute([stage], executor or "local", workers, logs, **executor_options)
-    total = TokenizeStats()
-    for shard in shards:
-        done = json.loads(Path(shard + ".json").read_text())
+    total, summaries = TokenizeStats(), [json.loads(Path(s + ".json").read_text()) for s in shards]
+    for done in summaries:
         for k in ("documents", "tokens", "rejected", "seconds"):
             setattr(total, k, getattr(total, k) + done[k])
-    if merge:
-        _merge(shards, final, optimal_dtype(encoder.vocab_size))
-        _summary(final, total, encoder, made)
+    if merge:  # the tasks' encoders said what the shards hold
+        meta = {k: summaries[0][k] for k in ("dtype", "eod", "backend")} | made
+        _merge(shards, final, np.dtype(meta["dtype"]).type)
+        _summary(final, total, meta)
         return total
     entries = blend({"corpus": (1.0, [s for s in shards if token_count(s)])})
     Path(final + ".blend").write_text(" ".join(data_path(entries)) + "\n")
