@@ -133,3 +133,21 @@ def test_a_cut_or_mislabelled_compressed_file_keeps_what_came_before(tmp_path, s
     fake = tmp_path / f"plain.jsonl{suffix}"
     fake.write_bytes(raw[:1000])
     assert _reasons(fake) == ([], [f"not_{suffix[1:]}"])
+
+
+def test_two_files_of_one_name_in_two_folders_keep_apart(tmp_path):
+    """Sources are paths from the input root, so ids without an id field (and rejects) of
+    ``a/x.jsonl`` and ``b/x.jsonl`` differ, whether the corpus is the folder or a glob."""
+    from motif_megatron.data.readers import input_files, input_root, input_units
+
+    for folder in ("a", "b"):
+        (tmp_path / "in" / folder).mkdir(parents=True)
+        (tmp_path / "in" / folder / "x.jsonl").write_text('{"text": "같은 이름"}\n{broken\n')
+    for spec in (tmp_path / "in", f"{tmp_path}/in/*/x.jsonl"):
+        units = input_units(input_files(spec), 1, input_root(spec))
+        records = [r for u in units for r in u.documents("text", "id")]
+        assert [r.id for r in records if isinstance(r, Document)] == ["a/x.jsonl@0", "b/x.jsonl@0"]
+        assert [(r.source, r.offset) for r in records if isinstance(r, Reject)] == [
+            ("a/x.jsonl", 26),
+            ("b/x.jsonl", 26),
+        ]
