@@ -77,11 +77,14 @@ def execute(
     resources: Resources | None = None,
     slurm: SlurmOptions | None = None,
     ray_address: str | None = None,
+    start_method: str = "forkserver",
 ) -> None:
-    """Run ``stages`` (see :func:`motif_megatron.data.pipeline.stages`) on ``executor``."""
+    """Run ``stages`` (see :func:`motif_megatron.data.pipeline.stages`) on ``executor``;
+    ``start_method`` starts the local executor's worker processes (``fork`` skips their imports,
+    for a host process that holds no threads)."""
     resources = resources or Resources()
     if executor == "local":
-        _local(stages, workers, logs)
+        _local(stages, workers, logs, start_method)
     elif executor == "ray":
         _ray(stages, workers, logs, ray_address, resources)
     elif executor == "slurm":
@@ -90,22 +93,25 @@ def execute(
         raise UserError(f"--executor {executor!r}: use one of {', '.join(EXECUTORS)}")
 
 
-def _in_order(executor_class, stages, workers: int, logs: Path, resources=None) -> None:
-    """Each stage on ``executor_class`` after the one before it has finished."""
+def _in_order(executor_class, stages, workers: int, logs: Path, options=None) -> None:
+    """Each stage on ``executor_class`` after the one before it has finished; ``options(stage)``
+    adds the executor's own arguments."""
     for stage in stages:
         executor_class(
             stage.pipeline,
             tasks=stage.tasks,
             workers=min(workers, stage.tasks),
             logging_dir=str(logs / stage.name),
-            **(resources.of(stage) if resources else {}),
+            **(options(stage) if options else {}),
         ).run()
 
 
-def _local(stages, workers: int, logs: Path) -> None:
+def _local(stages, workers: int, logs: Path, start_method: str) -> None:
     from datatrove.executor import LocalPipelineExecutor
 
-    _in_order(LocalPipelineExecutor, stages, workers, logs)
+    _in_order(
+        LocalPipelineExecutor, stages, workers, logs, lambda _: {"start_method": start_method}
+    )
 
 
 def _ray(stages, workers: int, logs: Path, address: str | None, resources: Resources) -> None:
@@ -116,7 +122,7 @@ def _ray(stages, workers: int, logs: Path, address: str | None, resources: Resou
         raise UserError("--executor ray needs Ray: pip install ray") from None
     # RAY_ADDRESS or a given address joins a running cluster; else a local one is started
     ray.init(address=address, ignore_reinit_error=True, include_dashboard=False)
-    _in_order(RayPipelineExecutor, stages, workers, logs, resources)
+    _in_order(RayPipelineExecutor, stages, workers, logs, resources.of)
 
 
 def _partition(asked: str | None) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,21 +20,16 @@ from itertools import islice
 from pathlib import Path
 
 import numpy as np
-from datatrove.pipeline.base import PipelineStep
 
 from motif_megatron.data.blend import blend, data_path
-from motif_megatron.data.blocks import metered
-from motif_megatron.data.executors import Stage, execute
 from motif_megatron.data.indexed import IndexedWriter, optimal_dtype, token_count
 from motif_megatron.data.readers import (
     Document,
     Reject,
-    Unit,
     input_files,
     input_root,
     input_units,
     iter_documents,
-    task_units,
 )
 from motif_megatron.errors import UserError
 
@@ -172,7 +166,7 @@ def refuse_other(prefix: str, made: dict) -> None:
             )
 
 
-def _tokenize(
+def tokenize_records(
     records: Iterator[Document | Reject],
     final: str,
     encoder: Encoder,
@@ -253,42 +247,6 @@ def _summary(final: str, stats: TokenizeStats, meta: dict) -> None:
     Path(final + ".json").write_text(json.dumps(stats.__dict__ | meta) + "\n")
 
 
-class TokenizeShards(PipelineStep):
-    """Task ``rank`` of a tokenisation: its share of the corpus into
-    ``{prefix}_{rank:05d}_{key}_document`` (ours as a datatrove block: gigatoken's ids, which
-    equal the HF tokenizer's, Megatron's format, partitions to resume from). A finished shard
-    is kept."""
-
-    type = "🔢 - TOKENIZER"
-    name = "megatron shards"
-
-    def __init__(self, units: list[Unit], prefix: str, json_key: str, settings: dict) -> None:
-        """``settings``: tokenizer, backend, append_eod, partition_docs, threads, made."""
-        super().__init__()
-        self.units, self.prefix, self.json_key, self.settings = units, prefix, json_key, settings
-
-    def run(self, data=None, rank: int = 0, world_size: int = 1):
-        s = self.settings
-        shard = shard_prefix(self.prefix, rank, self.json_key)
-        if not Path(shard + ".json").is_file():
-            # the Rust encoders size their thread pools from these at first use
-            os.environ["RAYON_NUM_THREADS"] = os.environ["GIGATOKEN_NUM_THREADS"] = str(
-                s["threads"]
-            )
-            encoder = Encoder(s["tokenizer"], s["backend"])
-            records = (
-                r
-                for u in task_units(self.units, rank, world_size)
-                for r in u.documents(self.json_key, "id")
-            )
-            stats = _tokenize(
-                records, shard, encoder, s["append_eod"], s["partition_docs"], False, s["made"]
-            )
-            self.stat_update("documents", value=stats.documents)
-            self.stat_update("tokens", value=stats.tokens)
-        return data
-
-
 def shard_prefix(prefix: str | Path, rank: int, json_key: str) -> str:
     return f"{prefix}_{rank:05d}_{json_key}_document"
 
@@ -325,7 +283,7 @@ def tokenize_corpus(
     if tasks == 1 and executor is None:
         encoder = Encoder(tokenizer, backend)
         records = (r for f in files for r in iter_documents(f, text_key=json_key))
-        return _tokenize(
+        return tokenize_records(
             islice(records, max_docs), final, encoder, append_eod, partition_docs, progress, made
         )
     if max_docs is not None:
@@ -333,6 +291,10 @@ def tokenize_corpus(
     shards = [shard_prefix(output_prefix, rank, json_key) for rank in range(tasks)]
     for shard in [*shards, final]:
         refuse_other(shard, made)
+    from motif_megatron.data.blocks import metered
+    from motif_megatron.data.executors import Stage, execute
+    from motif_megatron.data.shards import TokenizeShards
+
     settings = {
         "tokenizer": str(Path(tokenizer).resolve()),
         "backend": backend,
@@ -345,7 +307,8 @@ def tokenize_corpus(
     step = TokenizeShards(units, str(Path(output_prefix).resolve()), json_key, settings)
     logs = Path(logging_dir) if logging_dir else Path(f"{final}.logs")
     stage = Stage("tokenize", metered([step]), tasks)
-    execute([stage], executor or "local", workers, logs, **executor_options)
+    # this process holds no encoder and no threads: forked workers skip its imports
+    execute([stage], executor or "local", workers, logs, start_method="fork", **executor_options)
     total, summaries = TokenizeStats(), [json.loads(Path(s + ".json").read_text()) for s in shards]
     for done in summaries:
         for k in ("documents", "tokens", "rejected", "seconds"):
