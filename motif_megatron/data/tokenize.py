@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,10 +27,12 @@ from motif_megatron.data.indexed import IndexedWriter, optimal_dtype, token_coun
 from motif_megatron.data.readers import (
     Document,
     Reject,
+    Unit,
     input_files,
     input_root,
     input_units,
     iter_documents,
+    task_units,
 )
 from motif_megatron.errors import UserError
 
@@ -247,6 +250,36 @@ def _summary(final: str, stats: TokenizeStats, meta: dict) -> None:
     Path(final + ".json").write_text(json.dumps(stats.__dict__ | meta) + "\n")
 
 
+class TokenizeShards:
+    """Task ``rank`` of a tokenisation: its share of the corpus into
+    ``{prefix}_{rank:05d}_{key}_document`` (ours as a datatrove pipeline step, a plain callable:
+    gigatoken's ids, which equal the HF tokenizer's, Megatron's format, partitions to resume
+    from; its counts are in the shard's summary). A finished shard is kept."""
+
+    def __init__(self, units: list[Unit], prefix: str, json_key: str, settings: dict) -> None:
+        """``settings``: tokenizer, backend, append_eod, partition_docs, threads, made."""
+        self.units, self.prefix, self.json_key, self.settings = units, prefix, json_key, settings
+
+    def __call__(self, data=None, rank: int = 0, world_size: int = 1):
+        s = self.settings
+        shard = shard_prefix(self.prefix, rank, self.json_key)
+        if not Path(shard + ".json").is_file():
+            # the Rust encoders size their thread pools from these at first use
+            os.environ["RAYON_NUM_THREADS"] = os.environ["GIGATOKEN_NUM_THREADS"] = str(
+                s["threads"]
+            )
+            encoder = Encoder(s["tokenizer"], s["backend"])
+            records = (
+                r
+                for u in task_units(self.units, rank, world_size)
+                for r in u.documents(self.json_key, "id")
+            )
+            tokenize_records(
+                records, shard, encoder, s["append_eod"], s["partition_docs"], False, s["made"]
+            )
+        return data
+
+
 def shard_prefix(prefix: str | Path, rank: int, json_key: str) -> str:
     return f"{prefix}_{rank:05d}_{json_key}_document"
 
@@ -293,7 +326,6 @@ def tokenize_corpus(
         refuse_other(shard, made)
     from motif_megatron.data.blocks import metered
     from motif_megatron.data.executors import Stage, execute
-    from motif_megatron.data.shards import TokenizeShards
 
     settings = {
         "tokenizer": str(Path(tokenizer).resolve()),
