@@ -166,14 +166,19 @@ def _slurm(stages, workers: int, logs: Path, options: SlurmOptions, resources: R
         previous.run()  # submits the chain of dependencies
     except subprocess.CalledProcessError as exc:
         raise UserError(f"--executor slurm: sbatch refused a stage ({exc.output or exc})") from None
-    _wait(jobs, logs / stages[-1].name, options.poll_seconds)
+    _wait(jobs, logs / stages[-1].name, stages[-1].tasks, options.poll_seconds)
 
 
-def _wait(jobs, last_logs: Path, poll: float) -> None:
+def _complete(logs: Path, tasks: int) -> bool:
+    """Whether every task of the stage logging to ``logs`` has its completion marker."""
+    return all((logs / "completions" / f"{rank:05d}").is_file() for rank in range(tasks))
+
+
+def _wait(jobs, last_logs: Path, tasks: int, poll: float) -> None:
     """Until the last stage is complete; a job that failed (its dependents never start) stops
     the wait with the stage to look at."""
     ids = {str(j.job_id): j.job_name for j in jobs if j.job_id not in (None, -1)}
-    while not (last_logs / "completions" / "00000").is_file():
+    while not _complete(last_logs, tasks):
         queue = subprocess.run(
             ["squeue", "-h", "-o", "%A %r", "-j", ",".join(ids)], capture_output=True, text=True
         )
@@ -186,7 +191,7 @@ def _wait(jobs, last_logs: Path, poll: float) -> None:
         ]
         if stuck or not states:
             time.sleep(poll)  # the last marker may land just after the job leaves the queue
-            if (last_logs / "completions" / "00000").is_file():
+            if _complete(last_logs, tasks):
                 return
             subprocess.run(["scancel", *ids])
             raise UserError(
