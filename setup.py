@@ -6,6 +6,7 @@ from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import find_packages, setup
 
 EVAL = ["lm-eval==0.4.13", "accelerate"]
+S3 = ["s3fs"]
 QUALITY = ["ftfy", "kiwipiepy<0.22", "kiwipiepy-model<0.22"]
 CPU_TORCH = "torch==2.13.0"  # the CPU wheel this project is developed and tested with
 
@@ -71,6 +72,8 @@ setup(
             "bitsandbytes",
             *EVAL,
             *QUALITY,
+            *S3,
+            "moto[s3,server]",  # a local S3 endpoint for the corpus stage's fsspec output test
         ],
         # lm-eval (pinned: task names and the model API move between releases); accelerate for
         # its hf model
@@ -84,5 +87,7 @@ setup(
         # KenLM perplexity scoring (the lmplz trainer is built from source by tools/train_kenlm.py)
         "kenlm": ["kenlm"],
         "ray": ["ray"],
+        # the corpus stage's --output on S3 (any other fsspec backend: its own package)
+        "s3": S3,
     },
 )

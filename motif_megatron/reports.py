@@ -11,6 +11,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from fsspec.core import url_to_fs
+
 
 def write_report(
     out: str | Path,
@@ -21,10 +23,12 @@ def write_report(
     dpi: int = 100,
 ) -> None:
     """``out/NAME.json`` (``record``), ``out/NAME.png`` (the figure ``draw(pyplot)`` returns, if
-    given) and ``out/NAME.md`` (``lines``, then the picture)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    given) and ``out/NAME.md`` (``lines``, then the picture); ``out`` is a folder or any fsspec
+    URL (``s3://bucket/run``)."""
+    fs, root = url_to_fs(str(out))
+    fs.makedirs(root, exist_ok=True)
+    with fs.open(f"{root}/{name}.json", "w", encoding="utf-8") as f:
+        f.write(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     if draw is not None:
         import matplotlib
 
@@ -33,7 +37,9 @@ def write_report(
 
         fig = draw(plt)
         fig.tight_layout()
-        fig.savefig(out / f"{name}.png", dpi=dpi)
+        with fs.open(f"{root}/{name}.png", "wb") as f:
+            fig.savefig(f, format="png", dpi=dpi)
         plt.close(fig)
         lines = [*lines, "", f"![{name}]({name}.png)"]
-    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    with fs.open(f"{root}/{name}.md", "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")

@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, ok, run
+from conftest import ROOT, SCRIPT_ENV, ok, run
 
 from motif_megatron.data import minhash as mh
 
@@ -202,6 +202,59 @@ def test_ray_executor_keeps_the_documents_local_keeps(tmp_path, ko_input):
     """datatrove's Ray executor on a local Ray cluster (ray.init in the tool)."""
     pytest.importorskip("ray", reason="pip install ray (part of the dev extra)")
     _same_as_local(tmp_path, ko_input, "ray", "--executor", "ray", "--workers", "2")
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    """A local S3 endpoint (moto's server, what datatrove's own tests use), named to the tools
+    by the standard AWS environment; yields its fsspec filesystem with a bucket ``corpus``."""
+    server = pytest.importorskip("moto.server", reason="pip install 'moto[s3,server]' s3fs")
+    pytest.importorskip("s3fs", reason="pip install s3fs (the s3 extra)")
+    moto = server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    moto.start()
+    host, port = moto.get_host_and_port()
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_DEFAULT_REGION": "us-east-1"}
+    env |= {"AWS_ACCESS_KEY_ID": "motif", "AWS_SECRET_ACCESS_KEY": "motif"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+        monkeypatch.setitem(SCRIPT_ENV, key, value)
+    import fsspec
+
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    fs.mkdir("corpus")
+    yield fs
+    moto.stop()
+
+
+def test_output_to_an_fsspec_url_is_the_local_output(tmp_path, ko_input, s3):
+    """``--output s3://...`` through datatrove's storage layer: the same kept, removed, rejected
+    records and report as a local output; the intermediates in ``--work-dir``, then removed."""
+    local = _run(ko_input, tmp_path / "local", "--tasks", "3", "--workers", "2")
+    path, *_ = ko_input
+    args = ["tools/preprocess_corpus.py", "--input", str(path), "--output", "s3://corpus/ko"]
+    result = run([*args, "--tasks", "3"])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: --output s3://corpus/ko is remote: give --work-dir, a folder all tasks share"
+    )
+    work = tmp_path / "shared"
+    ok(run([*args, "--tasks", "3", "--workers", "2", "--work-dir", str(work)]))
+    assert sorted(p.name for p in work.iterdir()) == ["logs"]  # work/ went after the run
+    results = ["config.json", "kept", "rejects.jsonl", "removed.jsonl", "report.json"]
+    results += ["report.md", "report.png"]
+    assert sorted(s3.ls("corpus/ko", detail=False)) == [f"corpus/ko/{n}" for n in results]
+    for name in ("removed.jsonl", "rejects.jsonl", "config.json"):
+        assert s3.cat(f"corpus/ko/{name}") == (tmp_path / "local" / name).read_bytes()
+    kept = sorted(s3.ls("corpus/ko/kept", detail=False))
+    assert [p.rsplit("/", 1)[1] for p in kept] == sorted(
+        p.name for p in (tmp_path / "local/kept").iterdir()
+    )
+    for p in kept:
+        assert s3.cat(p) == (tmp_path / "local/kept" / p.rsplit("/", 1)[1]).read_bytes()
+    report = json.loads(s3.cat("corpus/ko/report.json"))
+    counts = ("input", "kept", "filtered", "rejected", "by_filter", "lsh")
+    assert {k: report[k] for k in counts} == {k: local[0][k] for k in counts}
+    assert s3.cat("corpus/ko/report.png")[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def _datatrove_clusters(docs: list[str], config, folder) -> np.ndarray:

@@ -7,9 +7,11 @@
 Datatrove stages (see motif_megatron/data/pipeline.py) on its local, Slurm or Ray executor. Writes
 ``OUT/kept/*.jsonl``, ``OUT/removed.jsonl`` (``id``, ``filter``, ``reason``), ``OUT/rejects.jsonl``
 (``source``, ``line``, ``reason``: malformed input) and ``OUT/report.{json,md,png}``, where
-``input = kept + filtered + rejected``. Every stage has a ``--no-...`` switch; a killed run resumes
-from its finished tasks (``--logging-dir``, default ``OUT/logs``); a changed configuration in the
-same output folder is refused.
+``input = kept + filtered + rejected``. ``OUT`` may be any fsspec URL (``s3://bucket/ko``); the
+intermediates then go to ``--work-dir`` (``WORK/work``, removed after a complete run, and
+``WORK/logs``; both under ``OUT`` by default). Every stage has a ``--no-...`` switch; a killed run
+resumes from its finished tasks (``--logging-dir``, default ``WORK/logs``); a changed configuration
+in the same output folder is refused.
 """
 
 import argparse
@@ -29,7 +31,11 @@ def parse_args() -> argparse.Namespace:
         help="a JSONL (.gz/.zst) or Parquet file, a glob of them (quoted), a folder of them, or a "
         "folder of text files",
     )
-    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument(
+        "--output",
+        required=True,
+        help="output folder, or any fsspec URL (s3://bucket/ko: needs s3fs, and --work-dir)",
+    )
     p.add_argument("--text-key", default="text", help="JSON/Parquet field holding the text")
     p.add_argument(
         "--id-key", default="id", help="field holding the document id (else source:line)"
@@ -49,11 +55,16 @@ def parse_args() -> argparse.Namespace:
         default=1,
         help="tasks run at once (local processes, Ray tasks; on Slurm the array's limit, none at 1)",
     )
-    x.add_argument("--logging-dir", help="task logs, stats and completion markers (OUT/logs)")
+    x.add_argument(
+        "--work-dir",
+        help="where WORK/work (every stage's intermediates) and WORK/logs go, on a filesystem "
+        "every task sees (default: --output; needed when --output is a URL)",
+    )
+    x.add_argument("--logging-dir", help="task logs, stats and completion markers (WORK/logs)")
     x.add_argument(
         "--keep-work",
         action="store_true",
-        help="keep OUT/work (every stage's intermediates) after a complete run",
+        help="keep WORK/work after a complete run",
     )
     x.add_argument(
         "--ray-address", help="a running Ray cluster (default: RAY_ADDRESS or a new one)"
@@ -206,6 +217,7 @@ def main() -> None:
         logging_dir=args.logging_dir,
         resources=resources,
         keep_work=args.keep_work,
+        work_dir=args.work_dir,
         slurm=SlurmOptions(args.slurm_partition, args.slurm_time),
         ray_address=args.ray_address,
     )

@@ -28,6 +28,7 @@ from itertools import islice
 from pathlib import Path
 
 from datatrove.data import Document as DtDocument
+from datatrove.io import get_datafolder
 from datatrove.pipeline.dedup.exact_dedup import (
     ExactDedupConfig,
     ExactDedupFilter,
@@ -162,10 +163,12 @@ def datatrove_minhash(config: mh.MinHashConfig) -> MinhashConfig:
     )
 
 
-def stages(config: CorpusConfig, units: list[Unit], out: Path, logs: Path) -> list[Stage]:
+def stages(
+    config: CorpusConfig, units: list[Unit], out: str, work: Path, logs: Path
+) -> list[Stage]:
     """The stages for ``config`` in order (document stages of ``config.tasks`` tasks between
-    global ones)."""
-    work, n = out / "work", config.tasks
+    global ones): intermediates in ``work``, results in ``out`` (a path or an fsspec URL)."""
+    n = config.tasks
     removed = str(work / "removed")
     filters = build_filters(config)
     for f in filters:
@@ -218,37 +221,54 @@ def stages(config: CorpusConfig, units: list[Unit], out: Path, logs: Path) -> li
     for k, (name, steps, signatures) in enumerate(segments):
         source = [] if k == 0 else [TaskReader(str(work / segments[k - 1][0]))]
         last = k == len(segments) - 1
-        sink = kept_writer(str(out / "kept")) if last else work_writer(str(work / name))
+        sink = kept_writer(f"{out}/kept") if last else work_writer(str(work / name))
         tail = [signatures] if signatures else []  # terminal: after the survivors are written
         result.append(Stage(name, metered([*source, *steps, sink, *tail]), n))
         result += [] if last else between[k]
     blocks = [f.name for f in filters] + ["perplexity", "exact_dedup", "minhash"]
-    report = Report(out, logs, {s.name: s.kind for s in result}, blocks, config)
+    report = Report(out, work, logs, {s.name: s.kind for s in result}, blocks, config)
     result.append(Stage("report", [report], 1, "global"))
     return result
 
 
-def _check_config(out: Path, saved: dict) -> None:
+def _check_config(out: str, saved: dict) -> None:
     """Refuse to mix results of two configurations in one output folder."""
-    path = out / "config.json"
-    if path.is_file():
-        old = json.loads(path.read_text())
+    folder = get_datafolder(out)
+    if folder.isfile("config.json"):
+        with folder.open("config.json") as f:
+            old = json.load(f)
         changed = sorted(k for k in old.keys() | saved.keys() if old.get(k) != saved.get(k))
         if changed:
             raise UserError(
                 f"{out} holds a run with a different configuration ({', '.join(changed)} "
                 "changed): use a new --output, or delete it to start over"
             )
-    out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(saved, indent=2, default=str) + "\n")
+    with folder.open("config.json", "w") as f:
+        f.write(json.dumps(saved, indent=2, default=str) + "\n")
+
+
+def folders(output: str | Path, work_dir=None, logging_dir=None) -> tuple[str, Path, Path]:
+    """``(out, work, logs)``: the results go to ``output`` (a path or any fsspec URL, written
+    through datatrove's storage layer); what the tasks read back (``work/``, ``logs/``) lives
+    under ``work_dir`` on a filesystem every task sees (default: ``output`` when it is local)."""
+    out = str(output)
+    if work_dir is None:
+        if "://" in out and not out.startswith("file://"):
+            raise UserError(f"--output {out} is remote: give --work-dir, a folder all tasks share")
+        work_dir = out.removeprefix("file://")
+    work_dir = Path(work_dir)
+    return out, work_dir / "work", Path(logging_dir) if logging_dir else work_dir / "logs"
 
 
 def plan(
-    input_spec: str | Path, output_dir: str | Path, config: CorpusConfig, logging_dir=None
+    input_spec: str | Path,
+    output: str | Path,
+    config: CorpusConfig,
+    work_dir=None,
+    logging_dir=None,
 ) -> list[Stage]:
     """Check the inputs and the settings, save the configuration and build the stages."""
-    out = Path(output_dir)
-    logs = Path(logging_dir) if logging_dir else out / "logs"
+    out, work, logs = folders(output, work_dir, logging_dir)
     files = input_files(input_spec)
     units = input_units(files, config.tasks, input_root(input_spec))
     if config.language == "auto":
@@ -262,32 +282,33 @@ def plan(
         KenLMScorer(config.kenlm_model)
     saved = asdict(config) | {"input": [str(f.resolve()) for f in files]}
     _check_config(out, json.loads(json.dumps(saved, default=str)))
-    return stages(config, units, out, logs)
+    return stages(config, units, out, work, logs)
 
 
 def run(
     input_spec: str | Path,
-    output_dir: str | Path,
+    output: str | Path,
     config: CorpusConfig,
     executor: str = "local",
     workers: int = 1,
     logging_dir: str | Path | None = None,
     resources: Resources | None = None,
     keep_work: bool = False,
+    work_dir: str | Path | None = None,
     **executor_options,
 ) -> dict:
     """Run every stage on ``executor``; returns the report (also in ``report.json``). Global
     stages get memory for the corpus's size unless ``resources`` says otherwise. ``work/`` (the
     stages' intermediates, as large as the corpus) goes once the run is complete, unless
-    ``keep_work``."""
-    out = Path(output_dir)
-    logs = Path(logging_dir) if logging_dir else out / "logs"
+    ``keep_work``. ``output`` may be an fsspec URL (``s3://...``), with a shared ``work_dir``."""
+    out, work, logs = folders(output, work_dir, logging_dir)
     resources = resources or Resources()
     if resources.global_mem_gb is None:
         size = text_bytes(input_files(input_spec))
         resources = replace(resources, global_mem_gb=global_memory_gb(size))
-    stages = plan(input_spec, out, config, logs)
+    stages = plan(input_spec, out, config, work.parent, logs)
     execute(stages, executor, workers, logs, resources, **executor_options)
     if not keep_work:
-        shutil.rmtree(out / "work", ignore_errors=True)
-    return json.loads((out / "report.json").read_text())
+        shutil.rmtree(work, ignore_errors=True)
+    with get_datafolder(out).open("report.json") as f:
+        return json.load(f)

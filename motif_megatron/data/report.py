@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import fsspec
 import numpy as np
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.writers.jsonl import JsonlWriter
@@ -40,11 +41,11 @@ def _total(stats: dict[str, dict[str, MetricStats]], block: str, metric: str) ->
     return found.total if found else 0
 
 
-def _concatenate(files: list[Path], out: Path, keys: tuple[str, ...], seen=None) -> int:
-    """Stream ``files``' records (only ``keys``) to ``out`` in order, each full record first to
-    ``seen`` (which may amend it); returns how many."""
+def _concatenate(files: list[Path], out: str, keys: tuple[str, ...], seen=None) -> int:
+    """Stream ``files``' records (only ``keys``) to ``out`` (a path or an fsspec URL) in order,
+    each full record first to ``seen`` (which may amend it); returns how many."""
     count = 0
-    with open(out, "w") as sink:
+    with fsspec.open(out, "w", encoding="utf-8") as sink:
         for path in files:
             with open(path) as f:
                 for line in f:
@@ -121,33 +122,34 @@ class Report(PipelineStep):
     name = "report"
 
     def __init__(
-        self, out: Path, logs: Path, stages: dict[str, str], blocks: list[str], config
+        self, out: str, work: Path, logs: Path, stages: dict[str, str], blocks: list[str], config
     ) -> None:
-        """``stages``: the stages before this one, name -> ``document`` or ``global``;
-        ``blocks``: the names under which the stages wrote removed records."""
+        """``out``: a path or an fsspec URL; ``stages``: the stages before this one, name ->
+        ``document`` or ``global``; ``blocks``: the names under which the stages wrote removed
+        records."""
         super().__init__()
-        self.out, self.logs, self.stages, self.config = Path(out), Path(logs), stages, config
-        self.blocks = blocks
+        self.out, self.work, self.logs = str(out), Path(work), Path(logs)
+        self.stages, self.config, self.blocks = stages, config, blocks
 
     def run(self, data=None, rank: int = 0, world_size: int = 1) -> None:
         from motif_megatron.data.blocks import read_bounds
 
         reset_peak_rss()
         started = time.perf_counter()
-        out, work, config = self.out, self.out / "work", self.config
+        out, work, config = self.out, self.work, self.config
         stats = {stage: stage_stats(self.logs, stage) for stage in self.stages}
         names = list(self.stages)
         first, last = stats[names[0]], stats[names[-1]]
         tally = Tally()
         removed = _concatenate(
             _removed_files(work, self.blocks),
-            out / "removed.jsonl",
+            f"{out}/removed.jsonl",
             ("id", "filter", "reason"),
             tally,
         )
         rejects = sorted(work.glob("rejects_*.jsonl"))
         keys = ("source", "line", "offset", "reason")
-        _concatenate(rejects, out / "rejects.jsonl", keys, FileLines(work / "lines"))
+        _concatenate(rejects, f"{out}/rejects.jsonl", keys, FileLines(work / "lines"))
         dropped = sum(_total(s, b, "dropped") for s in stats.values() for b in s if b != "report")
         input_docs = _total(first, "corpus", "input")
         rejected = _total(first, "corpus", "rejected")
@@ -294,7 +296,7 @@ def _draw_lsh(ax, lsh: dict | None) -> None:
     )
 
 
-def write(out: Path, report: dict, ppl_folder: Path | None, blocks: list[str]) -> None:
+def write(out: str, report: dict, ppl_folder: Path | None, blocks: list[str]) -> None:
     lines = [
         "# Corpus report",
         "",
