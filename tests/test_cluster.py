@@ -545,6 +545,24 @@ def test_sigterm_saves_the_current_iteration_and_resumes_bitwise(tmp_path, tiny_
     assert steps(metrics) == whole
 
 
+def test_a_signal_while_a_finished_run_shuts_down_is_not_fatal():
+    """Python restores the default (fatal) actions as it shuts down; with
+    --exit-signal-handler the signals are ignored from the exit on, so Slurm's warning just after
+    the last save cannot kill a complete run (exit 0, not 138). The check sits in an exit hook
+    registered first, so it runs last, after the trainer's own."""
+    code = (
+        "import atexit, os, signal, sys\n"
+        "def late():\n"
+        "    os.kill(os.getpid(), signal.SIGUSR1); os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    print(signal.getsignal(signal.SIGUSR1) is signal.SIG_IGN, flush=True)\n"
+        "atexit.register(late)\n"
+        "from motif_megatron.training import preemption\n"
+        "preemption.catch(['--exit-signal-handler'])\n"
+    )
+    done = subprocess.run([PYTHON, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert (done.returncode, done.stdout) == (0, "True\n"), done.stderr
+
+
 def test_exit_duration_saves_and_stops(tmp_path, tiny_ckpt, ko_data):
     save = tmp_path / "run"
     flags = ["--train-iters", "6", "--exit-duration-in-mins", "0"]

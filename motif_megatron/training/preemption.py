@@ -13,6 +13,7 @@ only when it checks, so an entry point can install the handlers first.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import signal
@@ -30,10 +31,19 @@ def _record(signum: int, frame: object) -> None:
 
 def catch(argv: list[str]) -> None:
     """Install the recording handlers now if ``argv`` asks for ``--exit-signal-handler`` (the
-    entry point calls this before importing torch and Megatron)."""
+    entry point calls this before importing torch and Megatron). As the interpreter shuts down,
+    Python puts its handlers back to the default action, which kills: a signal during that
+    teardown (Slurm's time-limit warning just after the last save) would turn a finished run
+    into a killed one, so from the exit on the signals are ignored."""
     if "--exit-signal-handler" in argv:
         for sig in SIGNALS:
             signal.signal(sig, _record)
+        atexit.register(_ignore_signals)
+
+
+def _ignore_signals() -> None:
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 PR_SET_PDEATHSIG = 1
@@ -44,8 +54,7 @@ def ignore() -> None:
     which Slurm signals along with every other process of the step. Such a helper is killed
     when its rank dies (Linux's parent-death signal): a rank killed before its cleanup would
     otherwise leave it running, holding the step's output open."""
-    for sig in SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+    _ignore_signals()
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
 
