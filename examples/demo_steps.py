@@ -7,8 +7,9 @@
 
 ``tokenizer`` stands in for a downloaded base tokenizer, ``random-base`` for the untrained model
 the demo pretrains on English (no weights can be downloaded), and ``split`` keeps the last
-``share`` of the filtered documents (at least 5) out of training: ``DIR/train.jsonl`` and
-``DIR/heldout.jsonl``.
+``share`` of the documents (at least 10; ``--share 1``: all, for a domain no step trains on) out
+of training and halves it: ``DIR/train.jsonl``, ``DIR/dev.jsonl`` (what design choices look at)
+and ``DIR/test.jsonl`` (read only by the final evaluation).
 """
 
 from __future__ import annotations
@@ -34,25 +35,28 @@ def parse_args() -> argparse.Namespace:
     base.add_argument("--out", required=True)
     split = sub.add_parser("split", help="hold out the last share of the documents")
     split.add_argument("--input", required=True, help="JSONL file, folder or quoted glob")
-    split.add_argument("--share", type=float, default=0.1, help="held-out share")
+    split.add_argument("--share", type=float, default=0.1, help="held-out share (dev + test)")
     split.add_argument("--out", required=True)
     return p.parse_args()
 
 
 def split(source: str, out: Path, share: float) -> None:
-    from motif_megatron.data.readers import input_files
+    import json
+
+    from motif_megatron.data.readers import Document, input_files, iter_documents
 
     lines = [
-        line
+        json.dumps({"id": d.id, "text": d.text}, ensure_ascii=False) + "\n"
         for path in input_files(source)
-        for line in path.read_text(encoding="utf-8").splitlines()
-        if line.strip()
+        for d in iter_documents(path)
+        if isinstance(d, Document)
     ]
-    cut = len(lines) - max(5, int(len(lines) * share))
+    cut = len(lines) - min(len(lines), max(10, round(len(lines) * share)))
+    half = cut + (len(lines) - cut) // 2
     out.mkdir(parents=True, exist_ok=True)
-    (out / "train.jsonl").write_text("".join(f"{line}\n" for line in lines[:cut]))
-    (out / "heldout.jsonl").write_text("".join(f"{line}\n" for line in lines[cut:]))
-    print(f"{cut} training and {len(lines) - cut} held-out documents in {out}")
+    for name, part in (("train", lines[:cut]), ("dev", lines[cut:half]), ("test", lines[half:])):
+        (out / f"{name}.jsonl").write_text("".join(part), encoding="utf-8")
+    print(f"{cut} training, {half - cut} dev and {len(lines) - half} test documents in {out}")
 
 
 @run_cli

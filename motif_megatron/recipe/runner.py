@@ -320,6 +320,32 @@ def choose(recipe: Recipe, out: Path, arm_candidates: dict) -> dict[str, dict] |
     return result
 
 
+def repeats(recipe: Recipe, out: Path, kept: dict[str, dict]) -> dict[str, dict[str, list[Job]]]:
+    """Per arm the seeds repeat, per seed value after the first, its jobs up to the report's
+    step at the arm's kept sweep value."""
+    setting = recipe.seeds.get("setting")
+    return {
+        arm: {
+            str(v): jobs(
+                recipe, arm, out, kept.get(arm, {}) | {setting: v}, [recipe.report["step"]]
+            )
+            for v in recipe.seeds["values"][1:]
+        }
+        for arm in recipe.seed_arms()
+    }
+
+
+def _seeds(recipe: Recipe, plans: dict, kept: dict, seeded: dict) -> dict | None:
+    """Per arm, each seed's jobs, the arm's own run first (None without ``seeds``)."""
+    if not recipe.seeds:
+        return None
+    setting = recipe.seeds["setting"]
+    return {
+        arm: {str(recipe.settings_of(arm, kept.get(arm))[setting]): arm_jobs} | seeded.get(arm, {})
+        for arm, arm_jobs in plans.items()
+    }
+
+
 def _kept(recipe: Recipe, chosen: dict | None) -> dict[str, dict]:
     if not chosen:
         return {}
@@ -353,10 +379,14 @@ def run(
         if not dry_run:
             (out / "arms").mkdir(parents=True, exist_ok=True)
             (out / "arms" / f"{arm}.json").write_text(json.dumps(folders, indent=2) + "\n")
+    seeded = {} if dry_run and recipe.sweep else repeats(recipe, out, kept)
+    for arm, by_seed in seeded.items():
+        for value, arm_jobs in by_seed.items():
+            _run_arm(f"{arm} {recipe.seeds['setting']}={value}", arm_jobs, ran, dry_run, rerun)
     if recipe.report and not dry_run:
         from motif_megatron.recipe import ablation
 
-        ablation.write(out, plans, recipe.report, chosen)
+        ablation.write(out, plans, recipe.report, chosen, _seeds(recipe, plans, kept, seeded))
     return plans
 
 
@@ -377,9 +407,14 @@ def _slurm_units(recipe: Recipe, out: Path) -> list[tuple[str, list[Job]]]:
                 for arm, by_value in arm_candidates.items()
                 for value, arm_jobs in by_value.items()
             ]
-        kept = _kept(recipe, chosen)
-        return [(arm, jobs(recipe, arm, out, kept.get(arm))) for arm in recipe.arm_names()]
-    return [(arm, jobs(recipe, arm, out)) for arm in recipe.arm_names()]
+    kept = _kept(recipe, chosen) if recipe.sweep else {}
+    units = [(arm, jobs(recipe, arm, out, kept.get(arm))) for arm in recipe.arm_names()]
+    setting = recipe.seeds.get("setting")
+    return units + [
+        (f"{arm} {setting}={value}", arm_jobs)
+        for arm, by_seed in repeats(recipe, out, kept).items()
+        for value, arm_jobs in by_seed.items()
+    ]
 
 
 ROOT = Path(__file__).resolve().parents[2]

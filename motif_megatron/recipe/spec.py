@@ -10,6 +10,7 @@
   targets: [train]
   arms: {baseline: {train_from: "{import}"}, low_lr: {lr: 1.0e-4}, main: {targets: [train, export]}}
   sweep: {setting: lr, values: [1.0e-4, 3.0e-4], select: train}
+  seeds: {setting: seed, values: ["1", "2", "3"], arms: [baseline, main]}
 
 A step's ``nodes``, ``gpus_per_node`` or ``tasks_per_node``, ``cpus_per_task``, ``mem`` and
 ``time`` say what it runs on, over the recipe's ``resources`` defaults (:mod:`resources`). A step
@@ -21,7 +22,9 @@ dependency), and any other name is a setting; settings are templates too, so an 
 a step's input. Each arm runs the steps its targets reach (an arm's own ``targets`` replace the
 recipe's). A ``sweep`` runs every arm up to its ``select`` step once per value of one setting and
 keeps, per arm, the value whose ``select`` step ended with the lowest ``metric`` (default
-``eval_loss``, the last one in the step's ``metrics.jsonl``). A step is identified by a hash of its
+``eval_loss``, the last one in the step's ``metrics.jsonl``). ``seeds`` reruns ``arms`` (all by
+default) up to the report's step once per other value of one setting, at the kept sweep value:
+the report gives each figure's mean and spread over them (the first value is the arm's own run). A step is identified by a hash of its
 command with every dependency replaced by that dependency's hash, its number of ranks, the
 contents of its ``inputs`` and of every ``--config`` file its command names, and the project's
 code version: arms that agree on a step share it, and a step whose hash has a finished folder is
@@ -85,6 +88,8 @@ class Recipe:
     ``korean`` / ``english`` (its languages), ``baseline`` and ``recipe`` (arms), ``base`` (the
     label of the untrained model) and ``train`` (the step whose metrics count tokens)."""
     sweep: dict[str, object] = field(default_factory=dict)
+    seeds: dict[str, object] = field(default_factory=dict)
+    """``setting``, ``values`` (the first the headline run's) and ``arms`` to repeat."""
     arm_targets: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
@@ -129,6 +134,7 @@ class Recipe:
             dict(raw.get("slurm") or {}),
             dict(raw.get("report") or {}),
             dict(raw.get("sweep") or {}),
+            dict(raw.get("seeds") or {}),
             {k: list(v.pop("targets")) for k, v in arms.items() if "targets" in v},
         )
         step = recipe.report.get("step")
@@ -143,6 +149,7 @@ class Recipe:
             if target not in self.steps:
                 raise UserError(f"target {target!r} is not a step")
         self._check_sweep()
+        self._check_seeds()
         for arm, overrides in self.arms.items():
             unknown = set(overrides) - set(self.settings)
             if unknown:
@@ -180,6 +187,29 @@ class Recipe:
             )
         if self.sweep.get("select") not in self.steps:
             raise UserError(f"sweep: select {self.sweep.get('select')!r} is not a step")
+
+    def _check_seeds(self) -> None:
+        if not self.seeds:
+            return
+        setting, values = self.seeds.get("setting"), self.seeds.get("values")
+        arms = self.seeds.get("arms", self.arm_names())
+        if (
+            set(self.seeds) - {"setting", "values", "arms"}
+            or setting not in self.settings
+            or not isinstance(values, list)
+            or len(values) < 2
+            or str(values[0]) != str(self.settings[setting])
+            or not set(arms) <= set(self.arm_names())
+        ):
+            raise UserError(
+                "seeds: needs setting (a setting), values (a list of at least 2, the first the "
+                f"setting's own value) and optionally arms (arms); got {self.seeds}"
+            )
+        if not self.report.get("step"):
+            raise UserError("seeds: the repeats run up to the report's step; give report.step")
+
+    def seed_arms(self) -> list[str]:
+        return list(self.seeds.get("arms", self.arm_names())) if self.seeds else []
 
     def arm_names(self) -> list[str]:
         return list(self.arms) or [MAIN_ARM]
