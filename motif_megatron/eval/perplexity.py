@@ -71,8 +71,10 @@ def mask_padded_vocab(model, vocab_size: int):
         logits, bias = output
         local = logits.shape[-1]
         first = parallel_state.get_tensor_model_parallel_rank() * local
-        padded = torch.arange(first, first + local, device=logits.device) >= vocab_size
-        return logits.masked_fill(padded, float("-inf")), bias
+        # the padded columns are this shard's last ones: filled in place (forward-only), not a
+        # copy of the whole logits tensor
+        logits[..., max(vocab_size - first, 0) :].fill_(float("-inf"))
+        return logits, bias
 
     return layer.register_forward_hook(hook)
 

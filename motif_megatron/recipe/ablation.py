@@ -116,12 +116,17 @@ def _row(arm: str, jobs, report: dict, seeds: dict | None) -> dict | None:
         "tokens": _tokens(jobs, report),
         "wall_seconds": round(seconds, 1),
         "tasks": runs[0][1].get("tasks", {}),
-        "checkpoint": runs[0][1].get("load"),
+        "checkpoint": _absolute(runs[0][1].get("load")),
         "domains": domains,
         "dev_domains": _per_domain([(headline, dev["checkpoints"][label])], _domains(report))
         if dev
         else None,
     }
+
+
+def _absolute(path: str | None) -> str | None:
+    """A path the steps were given relative to the runner's folder, usable from anywhere."""
+    return str(Path(path).resolve()) if path else None
 
 
 def _better(a: dict, b: dict) -> bool:
@@ -209,7 +214,7 @@ def summary(plans: dict, report: dict, result: dict) -> dict | None:
         "recipe": recipe["name"],
         "evaluation": {k: recipe[k] for k in ("korean_ppl", "english_ppl")},
         "steps": _steps(plans[recipe["name"]]),
-        "reference_tokenizer": evaluation.get("reference_tokenizer"),
+        "reference_tokenizer": _absolute(evaluation.get("reference_tokenizer")),
     }
     if baseline is None:
         return own | {"arms": result["arms"]}

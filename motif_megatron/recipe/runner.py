@@ -372,7 +372,13 @@ def run(
     plans = {arm: jobs(recipe, arm, out, kept.get(arm)) for arm in recipe.arm_names()}
     for arm, arm_jobs in plans.items():
         if dry_run and recipe.sweep:
-            print(f"[{arm}] then the steps after {recipe.sweep['select']} with the kept value")
+            again = ""
+            if arm in recipe.seed_arms():
+                values = ", ".join(str(v) for v in recipe.seeds["values"][1:])
+                again = f", then again at {recipe.seeds['setting']} {values}"
+            print(
+                f"[{arm}] then the steps after {recipe.sweep['select']} with the kept value{again}"
+            )
             continue
         _run_arm(arm, arm_jobs, ran, dry_run, rerun)
         folders = _folders(arm_jobs)
