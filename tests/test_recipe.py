@@ -483,7 +483,10 @@ report:
     assert report["goal"]["ko"]["beyond_spread"] and report["goal_met"] is False
     arms = {a["name"]: a for a in report["arms"]}
     assert arms["recipe"]["checkpoint"].endswith("/ckpt") and arms["recipe"]["korean_ppl"] == 63.0
-    assert "| recipe | 63.0 +- 3 (n=3) | 123.0 +- 3 (n=3) |" in (out / "ablation.md").read_text()
+    assert (
+        "| recipe | 63.0 +- 3 (n=3, 1.00 bpc) | 123.0 +- 3 (n=3, 2.00 bpc) |"
+        in (out / "ablation.md").read_text()
+    )
 
 
 @pytest.mark.parametrize("name", ["eeve", "redwhale"])

@@ -292,7 +292,9 @@ def _draw(plt, result: dict, names: list[str]):
 
 def _cell(stats: dict) -> str:
     sd = f" +- {stats['ppl_sd']:.0f}" if stats["ppl_sd"] is not None else ""
-    return f"{stats['ppl_mean']:.1f}{sd} (n={len(stats['seeds'])})"
+    bits = stats["bits_per_char_mean"]
+    bits = f", {bits:.2f} bpc" if bits is not None else ""
+    return f"{stats['ppl_mean']:.1f}{sd} (n={len(stats['seeds'])}{bits})"
 
 
 def _markdown(result: dict, recipe: dict | None, names: list[str]) -> list[str]:
@@ -318,7 +320,8 @@ def _markdown(result: dict, recipe: dict | None, names: list[str]) -> list[str]:
         )
     lines += [
         "",
-        "Perplexity per reference token on every test domain, mean +- sample sd over seeds:",
+        "Perplexity per reference token on every test domain, mean +- sample sd over seeds "
+        "(n), and bits per character (mean):",
         "",
         "| arm | " + " | ".join(names) + " |",
         "|---|" + "---|" * len(names),
