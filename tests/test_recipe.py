@@ -462,7 +462,7 @@ report:
     ok(run(["tools/run_recipe.py", str(recipe), "--out", str(out)]))
     assert len(list((out / "steps").iterdir())) == 3 + 2 * 2  # every arm once, two repeats each
     report = json.loads((out / "report.json").read_text())
-    assert report["reference_tokenizer"] == "tok"
+    assert report["reference_tokenizer"] == str(ROOT / "tok")  # made absolute: usable anywhere
     ko = report["domains"]["ko"]
     assert ko["split"] == "test" and ko["language"] == "ko"
     assert ko["arms"]["recipe"] == {
