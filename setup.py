@@ -6,7 +6,7 @@ from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import find_packages, setup
 
 EVAL = ["lm-eval==0.4.13", "accelerate"]
-S3 = ["s3fs"]
+S3 = ["s3fs>=2023.12.2"]  # datatrove's bound: unbounded, pip backtracks to 0.4 beside boto3
 QUALITY = ["ftfy", "kiwipiepy<0.22", "kiwipiepy-model<0.22"]
 CPU_TORCH = "torch==2.13.0"  # the CPU wheel this project is developed and tested with
 

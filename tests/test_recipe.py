@@ -609,6 +609,7 @@ def test_the_demo_recipe_writes_its_arm_table(tmp_path):
     )
     spec["sweep"]["values"] = ["3.0e-3"]
     spec["seeds"]["values"] = ["1234", "1"]
+    spec["targets"] = ["evaluate"]  # the dev evaluation in the recipe arm alone: suite time
     spec["arms"]["llamapro"]["targets"] = ["ratio_expanded", "ratio_alone", "evaluate_dev"]
     recipe, out = tmp_path / "demo.yaml", tmp_path / "out"
     recipe.write_text(yaml.safe_dump(spec, sort_keys=False))

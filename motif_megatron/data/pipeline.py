@@ -306,7 +306,7 @@ def run(
     if resources.global_mem_gb is None:
         size = text_bytes(input_files(input_spec))
         resources = replace(resources, global_mem_gb=global_memory_gb(size))
-    stages = plan(input_spec, out, config, work.parent, logs)
+    stages = plan(input_spec, output, config, work_dir, logging_dir)
     execute(stages, executor, workers, logs, resources, **executor_options)
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)

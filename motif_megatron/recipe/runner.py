@@ -398,7 +398,8 @@ def run(
 
 def _slurm_units(recipe: Recipe, out: Path) -> list[tuple[str, list[Job]]]:
     """The arms to submit: a sweep's candidates until they have all run, then the arms with
-    their kept values."""
+    their kept values (and the seeds' repeats)."""
+    kept = {}
     if recipe.sweep:
         arm_candidates = candidates(recipe, out)
         chosen = choose(recipe, out, arm_candidates)
@@ -413,7 +414,7 @@ def _slurm_units(recipe: Recipe, out: Path) -> list[tuple[str, list[Job]]]:
                 for arm, by_value in arm_candidates.items()
                 for value, arm_jobs in by_value.items()
             ]
-    kept = _kept(recipe, chosen) if recipe.sweep else {}
+        kept = _kept(recipe, chosen)
     units = [(arm, jobs(recipe, arm, out, kept.get(arm))) for arm in recipe.arm_names()]
     setting = recipe.seeds.get("setting")
     return units + [
