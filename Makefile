@@ -2,17 +2,23 @@
 # Both create and use the virtualenv at .venv.
 VENV   := .venv
 PY     := $(VENV)/bin/python
+# the demo's packages (the library and KenLM's Python module), then the development tools on top
+RUNTIME := $(VENV)/.installed-runtime
 STAMP  := $(VENV)/.installed
 # nodes of the local Slurm cluster the tests use (each a slurmd in its own network namespace)
 SLURM_NODES ?= 2
 
 .PHONY: venv kenlm demo test test-compat lint format clean slurm gpu-check gpu-wheels
 
-$(STAMP): setup.py pyproject.toml
+$(RUNTIME): setup.py pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# the CPU torch wheel first: an unpinned torch would pull a multi-GB CUDA build
 	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[kenlm]'
+	touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME)
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
@@ -20,7 +26,7 @@ venv: $(STAMP)
 
 # KenLM's lmplz and build_binary, built once from the PyPI source tarball (the demo's data step
 # and the corpus tests use them)
-kenlm: venv
+kenlm: $(RUNTIME)
 	$(PY) tools/build_kenlm.py
 
 # the recipe with its arms (examples/recipes/demo.yaml); a rerun resumes and skips finished steps

@@ -2,8 +2,10 @@
 
 from pathlib import Path
 
-from pybind11.setup_helpers import Pybind11Extension, build_ext
+from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
 from setuptools import find_packages, setup
+
+ParallelCompile("NPY_NUM_BUILD_JOBS").install()  # the C++ sources on every core (default)
 
 EVAL = ["lm-eval==0.4.13", "accelerate"]
 S3 = ["s3fs>=2023.12.2"]  # datatrove's bound: unbounded, pip backtracks to 0.4 beside boto3

@@ -213,9 +213,9 @@ def test_sbatch_pretrain_runs_the_demo_config(slurm, tmp_path, widened, ko_data)
     )
     text = log.read_text()
     assert "srun" in text.splitlines()[0], text[-2000:]
-    assert (tmp_path / "cpt/latest_checkpointed_iteration.txt").read_text().strip() == "24", text
+    assert (tmp_path / "cpt/latest_checkpointed_iteration.txt").read_text().strip() == "16", text
     got = steps(tmp_path / "cpt/metrics.jsonl")
-    assert [r["iteration"] for r in got] == list(range(1, 25))
+    assert [r["iteration"] for r in got] == list(range(1, 17))
     assert [got[0]["stage"], got[-1]["stage"]] == ["llama-pro+eeve-3", "full"]
     assert got[-1]["msg_mask"] == 1.0
 

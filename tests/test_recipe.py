@@ -425,6 +425,7 @@ SEEDED = """
 import argparse, json, pathlib
 p = argparse.ArgumentParser()
 p.add_argument("--out"); p.add_argument("--ko", type=float); p.add_argument("--seed", type=float)
+p.add_argument("--base")
 a = p.parse_args()
 rows = {"final": {}, "base": {}}
 for name, scale in (("ko", 1.0), ("ko_faq", 2.0), ("en", 3.0), ("en_faq", 4.0)):
@@ -437,20 +438,21 @@ out = {"reference_tokenizer": "tok", "checkpoints": rows}
 
 
 def test_seeds_repeat_arms_and_the_report_gives_mean_and_spread_per_domain(tmp_path):
-    """``seeds`` reruns the named arms; report.json's ``domains`` has each arm's mean, sample
-    sd and seeds per domain, ``goal`` per test domain, each arm its checkpoint."""
+    """``seeds`` reruns the named arms (with the seeds' own settings); report.json's
+    ``domains`` has each arm's mean, sample sd and seeds per domain, ``goal`` per test domain,
+    each arm its checkpoint."""
     (tmp_path / "evaluate.py").write_text(SEEDED)
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
         f"""name: seeds
-settings: {{script: {tmp_path / "evaluate.py"}, ko: "100", seed: "0"}}
+settings: {{script: {tmp_path / "evaluate.py"}, ko: "100", seed: "0", base: --base b}}
 steps:
-  - {{name: evaluate, run: "{{script}} --out {{out}} --ko {{ko}} --seed {{seed}}"}}
+  - {{name: evaluate, run: "{{script}} --out {{out}} --ko {{ko}} --seed {{seed}} {{base}}"}}
 arms:
   baseline: {{}}
   recipe: {{ko: "60"}}
   other: {{ko: "10"}}
-seeds: {{setting: seed, values: ["0", "3", "6"], arms: [baseline, recipe]}}
+seeds: {{setting: seed, values: ["0", "3", "6"], arms: [baseline, recipe], settings: {{base: ""}}}}
 report:
   step: evaluate
   baseline: baseline
@@ -460,7 +462,11 @@ report:
     )
     out = tmp_path / "out"
     ok(run(["tools/run_recipe.py", str(recipe), "--out", str(out)]))
-    assert len(list((out / "steps").iterdir())) == 3 + 2 * 2  # every arm once, two repeats each
+    steps = list((out / "steps").iterdir())
+    assert len(steps) == 3 + 2 * 2  # every arm once, two repeats each
+    # the repeats without the headline runs' --base (seeds.settings)
+    argvs = [json.loads((s / "job.json").read_text())["argv"] for s in steps]
+    assert sorted("--base" in a for a in argvs) == [False] * 4 + [True] * 3
     report = json.loads((out / "report.json").read_text())
     assert report["reference_tokenizer"] == str(ROOT / "tok")  # made absolute: usable anywhere
     ko = report["domains"]["ko"]

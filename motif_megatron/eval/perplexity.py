@@ -102,13 +102,18 @@ def perplexity(
     all_rows = windows(docs, seq_length, pad)
     nll, count = 0.0, 0
     handle = mask_padded_vocab(model, vocab_size)
-    for start in range(0, all_rows.tokens.shape[0], batch):
-        sl = slice(start, start + batch)
+    # longest windows first, each batch cut to its longest one: a causal model's predictions do
+    # not depend on the padding after them, which documents' tail windows would spend compute on
+    lengths = all_rows.loss_mask.sum(1)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    for start in range(0, len(order), batch):
+        rows = order[start : start + batch]
+        width = int(lengths[rows[0]])
         part = Batch(
-            all_rows.tokens[sl],
-            all_rows.labels[sl],
-            all_rows.loss_mask[sl],
-            all_rows.position_ids[sl],
+            all_rows.tokens[rows, :width],
+            all_rows.labels[rows, :width],
+            all_rows.loss_mask[rows, :width],
+            all_rows.position_ids[rows, :width],
         )
         n = int(part.loss_mask.sum())
         reports = forward_only([model], part, part.tokens.shape[0])

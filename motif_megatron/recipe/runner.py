@@ -322,12 +322,13 @@ def choose(recipe: Recipe, out: Path, arm_candidates: dict) -> dict[str, dict] |
 
 def repeats(recipe: Recipe, out: Path, kept: dict[str, dict]) -> dict[str, dict[str, list[Job]]]:
     """Per arm the seeds repeat, per seed value after the first, its jobs up to the report's
-    step at the arm's kept sweep value."""
-    setting = recipe.seeds.get("setting")
+    step at the arm's kept sweep value, with the seeds' own ``settings`` (such as leaving out
+    what only the headline run's report reads)."""
+    setting, own = recipe.seeds.get("setting"), recipe.seeds.get("settings", {})
     return {
         arm: {
             str(v): jobs(
-                recipe, arm, out, kept.get(arm, {}) | {setting: v}, [recipe.report["step"]]
+                recipe, arm, out, kept.get(arm, {}) | own | {setting: v}, [recipe.report["step"]]
             )
             for v in recipe.seeds["values"][1:]
         }

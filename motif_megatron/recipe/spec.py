@@ -194,8 +194,10 @@ class Recipe:
         setting, values = self.seeds.get("setting"), self.seeds.get("values")
         arms = self.seeds.get("arms", self.arm_names())
         if (
-            set(self.seeds) - {"setting", "values", "arms"}
+            set(self.seeds) - {"setting", "values", "arms", "settings"}
             or setting not in self.settings
+            or not isinstance(self.seeds.get("settings", {}), dict)
+            or not set(self.seeds.get("settings", {})) <= set(self.settings) - {setting}
             or not isinstance(values, list)
             or len(values) < 2
             or str(values[0]) != str(self.settings[setting])
@@ -203,7 +205,8 @@ class Recipe:
         ):
             raise UserError(
                 "seeds: needs setting (a setting), values (a list of at least 2, the first the "
-                f"setting's own value) and optionally arms (arms); got {self.seeds}"
+                "setting's own value) and optionally arms (arms) and settings (other settings' "
+                f"values in the repeats); got {self.seeds}"
             )
         if not self.report.get("step"):
             raise UserError("seeds: the repeats run up to the report's step; give report.step")
