@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
 import torch
 from conftest import bundled_corpus, ok, run
 
@@ -25,7 +26,10 @@ def test_windows_predict_every_token_once():
     ).all()
 
 
-def test_perplexity_matches_hf_and_the_report_is_written(tmp_path, tiny_hf, tiny_ckpt):
+@pytest.mark.parametrize("seq_length", [4096, 16])  # whole documents; windows with short tails
+def test_perplexity_matches_hf_and_the_report_is_written(tmp_path, tiny_hf, tiny_ckpt, seq_length):
+    """Against HF on the same windows: batches of windows of different lengths, cut to their
+    longest, give each window's NLL as HF gives it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     corpus, texts = bundled_corpus(tmp_path, "ko-libreoffice-help", n=3)
@@ -40,7 +44,7 @@ def test_perplexity_matches_hf_and_the_report_is_written(tmp_path, tiny_hf, tiny
                 "--out",
                 str(tmp_path / "ev"),
                 "--seq-length",
-                "4096",
+                str(seq_length),
             ]
         )
     )
@@ -50,12 +54,12 @@ def test_perplexity_matches_hf_and_the_report_is_written(tmp_path, tiny_hf, tiny
     nll, tokens = 0.0, 0
     with torch.no_grad():
         for text in texts:
-            ids = torch.tensor(
-                [[tok.bos_token_id, *tok(text, add_special_tokens=False)["input_ids"]]]
-            )
-            n = ids.shape[1] - 1
-            nll += float(model(ids, labels=ids).loss) * n
-            tokens += n
+            ids = [tok.bos_token_id, *tok(text, add_special_tokens=False)["input_ids"]]
+            for start in range(0, len(ids) - 1, seq_length):
+                chunk = torch.tensor([ids[start : start + seq_length + 1]])
+                n = chunk.shape[1] - 1
+                nll += float(model(chunk, labels=chunk).loss) * n
+                tokens += n
     assert report["tokens"] == report["reference_tokens"] == tokens
     assert report["ppl"] == report["token_ppl"]
     assert math.isclose(report["ppl"], math.exp(nll / tokens), rel_tol=1e-4)

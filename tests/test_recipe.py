@@ -183,6 +183,22 @@ def test_recipes_that_cannot_run_on_a_cluster_are_refused_in_one_line(tmp_path, 
     assert result.returncode == 2 and last.startswith("error: ") and needle in last, last
 
 
+@pytest.mark.parametrize("settings", ["{nope: x}", "{seed: '3'}", "[base]"])
+def test_seeds_settings_name_other_existing_settings(tmp_path, settings):
+    """``seeds.settings`` overrides settings the recipe has, never the seed itself: anything
+    else is one line."""
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text(
+        "name: bad\nsettings: {seed: '0', base: --base b}\n"
+        "steps: [{name: evaluate, run: 'tools/a.py {seed} {base}'}]\n"
+        f"seeds: {{setting: seed, values: ['0', '1'], settings: {settings}}}\n"
+        "report: {step: evaluate}\n"
+    )
+    result = run(["tools/run_recipe.py", str(recipe), "--out", str(tmp_path / "out"), "--dry-run"])
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2 and last.startswith("error: seeds: needs setting"), last
+
+
 def test_the_code_version_and_config_files_are_part_of_a_steps_identity(tmp_path, monkeypatch):
     """A step's hash changes with the project's git commit (or dirty state) and with the
     contents of a ``--config`` file its command names; step.json records the version."""
